@@ -1,0 +1,235 @@
+"""The project file ``fieldguide.toml``: read once into a validated pydantic model.
+
+Code takes the values it needs as arguments; only this module reads the file, and only
+:func:`project_dir_from` reads the environment (``FIELDGUIDE_PROJECT``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fieldguide.errors import ConfigError
+
+CONFIG_NAME = "fieldguide.toml"
+PROJECT_ENV = "FIELDGUIDE_PROJECT"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectSection(_Section):
+    name: str = Field(min_length=1, description="a human name for the project")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '_', '.', '-' (and start with a letter or digit)")
+        return v
+
+
+class StoreSection(_Section):
+    dataset_name: str = Field(default="", description="FiftyOne dataset name; empty: derived")
+    database_uri: str = Field(
+        default="", description="an external MongoDB (team set-up); empty: embedded, under the project"
+    )
+
+
+class IngestSection(_Section):
+    extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"]
+    )
+    workers: int = Field(default=4, ge=1, le=64)
+
+
+class ModelsSection(_Section):
+    backbone: str = "efficientnet_lite0"
+    weights: str = Field(default="", description="weights file or folder overriding the backbone's own")
+    batch_size: int = Field(default=64, ge=1)
+    num_workers: int = Field(default=2, ge=0)
+    device: str = "auto"
+
+
+class PredictSection(_Section):
+    head: str = "logreg"
+    folds: int = Field(default=5, ge=2)
+    seed: int = 0
+
+
+class EvaluateSection(_Section):
+    cost_matrix: str = Field(
+        default="",
+        description="CSV with columns true,predicted,cost (class names); missing pairs cost 1, diagonal 0",
+    )
+
+
+class CurationSection(_Section):
+    scarce_class_count: int = Field(default=10, ge=1)
+    knn_k: int = Field(default=10, ge=1)
+
+
+class LabelStudioSection(_Section):
+    url: str = Field(default="", description="your own server; empty: the project's local one")
+    port: int = Field(default=8089, ge=1, le=65535)
+    username: str = "curator@fieldguide.local"
+
+
+class Config(_Section):
+    project: ProjectSection
+    store: StoreSection = Field(default_factory=StoreSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
+    models: ModelsSection = Field(default_factory=ModelsSection)
+    predict: PredictSection = Field(default_factory=PredictSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    curation: CurationSection = Field(default_factory=CurationSection)
+    labelstudio: LabelStudioSection = Field(default_factory=LabelStudioSection)
+
+
+class Project:
+    """A project folder and its validated configuration.
+
+    Everything the project owns lives under ``root``: the FiftyOne database, the warehouse,
+    embeddings, checkpoints, the Label Studio data dir and run outputs.
+    """
+
+    def __init__(self, root: Path, config: Config):
+        self.root = root
+        self.config = config
+
+    # ---- places on disk -------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def database_dir(self) -> Path:
+        return self.root / "db"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def labelstudio_dir(self) -> Path:
+        return self.root / "labelstudio"
+
+    @property
+    def dataset_name(self) -> str:
+        """The FiftyOne dataset name: configured, or the project name plus a hash of its path.
+
+        The hash keeps two projects with the same name apart when they share a database.
+        """
+        if self.config.store.dataset_name:
+            return self.config.store.dataset_name
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
+        return f"fieldguide-{self.config.project.name}-{digest}"
+
+    def run_dir(self, run_id: str) -> Path:
+        path = self.runs_dir / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def default_config(name: str) -> Config:
+    return Config(project=ProjectSection(name=name))
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def dump_config(config: Config) -> str:
+    """TOML text for ``config``, every key written with its description as a comment."""
+    lines = ["# fieldguide project file: every key is optional but [project].name", ""]
+    for section_name, field in Config.model_fields.items():
+        section = getattr(config, section_name)
+        lines.append(f"[{section_name}]")
+        for key, info in type(section).model_fields.items():
+            if info.description:
+                lines.append(f"# {info.description}")
+            lines.append(f"{key} = {_toml_value(getattr(section, key))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{where}'")
+        elif e["type"] == "missing":
+            parts.append(f"missing key '{where}'")
+        else:
+            parts.append(f"'{where}': {e['msg']} (got {e.get('input')!r})")
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} does not exist (run 'fieldguide init {path.parent}' or pass --project DIR)"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(path, e)) from None
+
+
+def project_dir_from(option: str | Path | None) -> Path:
+    """The project folder: the option, else ``FIELDGUIDE_PROJECT``, else the current folder."""
+    value = option or os.environ.get(PROJECT_ENV) or "."
+    return Path(value).expanduser().resolve()
+
+
+def open_project(root: str | Path | None) -> Project:
+    root = project_dir_from(root)
+    return Project(root, load_config(root / CONFIG_NAME))
+
+
+def init_project(root: str | Path, name: str | None = None, *, exist_ok: bool = True) -> Project:
+    """Create ``root/fieldguide.toml`` (kept as is when it exists and ``exist_ok``)."""
+    root = Path(root).expanduser().resolve()
+    path = root / CONFIG_NAME
+    if path.exists():
+        if not exist_ok:
+            raise ConfigError(f"{path} already exists")
+        return Project(root, load_config(path))
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or root.name).strip("-.") or "project"
+    config = default_config(slug)
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_config(config))
+    return Project(root, config)
+

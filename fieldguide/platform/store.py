@@ -1,0 +1,266 @@
+"""The FiftyOne store: one persistent dataset per project, in the project's own database.
+
+Only this package talks to FiftyOne. It turns the store into arrays aligned with sample ids
+and writes arrays back in bulk (``set_values``), never one ``save()`` per sample.
+
+The embedded MongoDB lives under ``PROJECT/db``; FiftyOne reads its configuration when it is
+first imported, so :func:`configure_fiftyone` must run before anything imports ``fiftyone``
+(every function here calls it). One process talks to one project's database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fieldguide.config import Project
+from fieldguide.errors import FieldguideError, StoreError
+from fieldguide.platform.warehouse import Warehouse, now
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "unlabeled")
+ORIGINS = ("real", "pseudo", "synthetic")
+LABEL_SOURCES = ("ingest", "crowd", "curator", "labelstudio", "pseudo", "model")
+
+_configured_for: str | None = None
+
+
+def configure_fiftyone(project: Project) -> None:
+    """Point FiftyOne at the project's database dir and keep it from writing to the home dir."""
+    global _configured_for
+    db_dir = str(project.database_dir)
+    uri = project.config.store.database_uri
+    key = uri or db_dir
+    if _configured_for == key:
+        return
+    settings = {
+        "FIFTYONE_DATABASE_DIR": db_dir,
+        "FIFTYONE_DO_NOT_TRACK": "true",
+        "FIFTYONE_DATABASE_VALIDATION": "false",
+        "FIFTYONE_SHOW_PROGRESS_BARS": os.environ.get("FIFTYONE_SHOW_PROGRESS_BARS", "true"),
+        "FIFTYONE_PLUGINS_DIR": str(Path(__file__).resolve().parent.parent / "plugins"),
+        "FIFTYONE_MODEL_ZOO_DIR": str(project.root / "models-zoo"),
+        "FIFTYONE_DATASET_ZOO_DIR": str(project.root / "datasets-zoo"),
+        "FIFTYONE_DEFAULT_DATASET_DIR": str(project.root / "fiftyone-datasets"),
+    }
+    if uri:
+        settings["FIFTYONE_DATABASE_URI"] = uri
+    else:
+        os.environ.pop("FIFTYONE_DATABASE_URI", None)
+    # FiftyOne passes the port of the mongod it started to child processes in this variable;
+    # a port inherited from another project's process would point at the wrong database.
+    os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
+    os.environ.update(settings)
+    import sys
+
+    if "fiftyone" in sys.modules:
+        _reconnect(project, db_dir, uri)
+    project.database_dir.mkdir(parents=True, exist_ok=True)
+    _configured_for = key
+
+
+def _reconnect(project: Project, db_dir: str, uri: str) -> None:
+    """FiftyOne was imported for another project in this process: move it to this one."""
+    import fiftyone as fo
+    import fiftyone.core.odm.database as fod
+
+    if fo.config.database_dir == db_dir and (fo.config.database_uri or "") == uri:
+        return
+    fod._disconnect()
+    fod._connection_kwargs.pop("port", None)
+    fod._connection_kwargs.pop("host", None)
+    if getattr(fod, "_db_service", None) is not None:
+        try:
+            fod._db_service.stop()
+        except Exception:  # noqa: BLE001 - an already-stopped service is fine
+            pass
+        fod._db_service = None
+    fo.config.database_dir = db_dir
+    fo.config.database_uri = uri or None
+    fo.config.database_validation = False
+
+
+def dataset(project: Project, *, create: bool = True) -> "fo.Dataset":
+    """The project's dataset, created (persistent, with the fieldguide schema) when missing."""
+    configure_fiftyone(project)
+    import fiftyone as fo
+
+    name = project.dataset_name
+    if fo.dataset_exists(name):
+        return fo.load_dataset(name)
+    if not create:
+        raise StoreError(
+            f"project {project.root} has no dataset yet (run 'fieldguide ingest SOURCE' first)"
+        )
+    ds = fo.Dataset(name)
+    ds.persistent = True
+    _declare_schema(ds)
+    return ds
+
+
+def _declare_schema(ds: "fo.Dataset") -> None:
+    import fiftyone as fo
+
+    ds.add_sample_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+    ds.add_sample_field("votes", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classifications)
+    ds.add_sample_field("origin", fo.StringField)
+    ds.add_sample_field("parent_id", fo.StringField)
+    ds.add_sample_field("filehash", fo.StringField)
+    ds.add_sample_field("location", fo.EmbeddedDocumentField, embedded_doc_type=fo.GeoLocation)
+    ds.add_sample_field("observed_at", fo.DateTimeField)
+    ds.add_sample_field("observer", fo.StringField)
+    ds.add_sample_field(
+        "label_history",
+        fo.ListField,
+        subfield=fo.EmbeddedDocumentField,
+        embedded_doc_type=fo.DynamicEmbeddedDocument,
+    )
+    ds.info["fieldguide_schema"] = 1
+    ds.save()
+
+
+def warehouse(project: Project) -> Warehouse:
+    return Warehouse(project.warehouse_path)
+
+
+# ---- reading arrays ---------------------------------------------------------------------
+def split_of(tags: Iterable[str]) -> str | None:
+    for split in SPLITS:
+        if split in tags:
+            return split
+    return None
+
+
+def samples_table(ds, fields: Iterable[str] = ()):
+    """A DataFrame with ``id``, ``filepath``, ``label``, ``split``, ``origin`` and ``fields``.
+
+    One query per field (``values``), never a loop over samples.
+    """
+    import pandas as pd
+
+    fields = list(fields)
+    ids, paths, labels, tags, origins, *extra = ds.values(
+        ["id", "filepath", "ground_truth.label", "tags", "origin", *fields]
+    )
+    df = pd.DataFrame(
+        {
+            "id": ids,
+            "filepath": paths,
+            "label": labels,
+            "split": [split_of(t) for t in tags],
+            "origin": origins,
+        }
+    )
+    for name, values in zip(fields, extra):
+        df[name] = values
+    return df
+
+
+def classes(ds) -> list[str]:
+    """The project's class list: the dataset's default classes plus any label in use."""
+    in_use = set(ds.distinct("ground_truth.label"))
+    known = list(ds.default_classes or [])
+    return known + sorted(in_use - set(known))
+
+
+def add_classes(ds, new: Iterable[str]) -> list[str]:
+    known = list(ds.default_classes or [])
+    added = sorted(set(new) - set(known) - {None, ""})
+    if added:
+        ds.default_classes = known + added
+        ds.save()
+    return added
+
+
+# ---- the one function that changes a label ------------------------------------------------
+def set_labels(
+    project: Project,
+    ds,
+    labels: Mapping[str, str | None],
+    *,
+    source: str,
+    actor: str,
+    run_id: str | None = None,
+    allow_new_classes: bool = False,
+) -> int:
+    """Set ``ground_truth`` of the samples in ``labels`` (sample id -> label, None removes it).
+
+    Every change appends ``{old, new, source, actor, time, run_id}`` to the sample's
+    ``label_history`` and the warehouse's ``label_events``; nothing overwrites a label
+    silently. A label equal to the current one is a confirmation: recorded in history, the
+    label untouched. Unknown sample ids and unknown classes are errors (nothing is written).
+    Returns how many samples had their label changed.
+    """
+    import fiftyone as fo
+
+    if source not in LABEL_SOURCES:
+        raise FieldguideError(f"label source {source!r} is not one of {', '.join(LABEL_SOURCES)}")
+    if not labels:
+        return 0
+    ids = list(labels)
+    view = ds.select(ids, ordered=True)
+    found_ids, old_labels, histories = view.values(["id", "ground_truth.label", "label_history"])
+    missing = set(ids) - set(found_ids)
+    if missing:
+        raise FieldguideError(
+            f"{len(missing)} sample(s) are not in the store (e.g. {sorted(missing)[0]}); nothing changed"
+        )
+    known = set(classes(ds))
+    unknown = {v for v in labels.values() if v is not None and v not in known}
+    if unknown and not allow_new_classes:
+        raise FieldguideError(
+            f"unknown class(es) {', '.join(sorted(unknown))}: not in the project's class list; nothing changed"
+        )
+    if unknown:
+        add_classes(ds, unknown)
+    when = now()
+    new_gt, new_hist, events, changed = [], [], [], 0
+    for sid, old, hist in zip(found_ids, old_labels, histories):
+        new = labels[sid]
+        entry = fo.DynamicEmbeddedDocument(
+            old=old, new=new, source=source, actor=actor, time=when, run_id=run_id
+        )
+        new_hist.append(list(hist or []) + [entry])
+        new_gt.append(fo.Classification(label=new) if new is not None else None)
+        changed += int(new != old)
+        events.append(
+            {
+                "event_id": f"{sid}-{len(hist or [])}",
+                "sample_id": sid,
+                "old": old,
+                "new": new,
+                "source": source,
+                "actor": actor,
+                "time": when,
+                "run_id": run_id,
+            }
+        )
+    # history first: a crash between the two writes leaves a history entry, never a silent change
+    view.set_values("label_history", new_hist)
+    view.set_values("ground_truth", new_gt)
+    warehouse(project).write("label_events", events)
+    return changed
+
+
+def label_history(ds, sample_id: str) -> list[dict]:
+    sample = ds[sample_id]
+    return [dict(e.to_dict(), **{}) for e in (sample.label_history or [])]
+
+
+def set_field(ds, field: str, values: Mapping[str, object]) -> None:
+    """Bulk-write ``field`` for the samples in ``values`` (sample id -> value)."""
+    if values:
+        ds.set_values(field, dict(values), key_field="id")
+
+
+def as_array(values: Iterable[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)

@@ -1,0 +1,188 @@
+"""The DuckDB warehouse: every run, metric, signal, relabel task and label event.
+
+Connections are short-lived (open, write or query, close) so that the dashboards can read
+the file while the CLI writes to it between steps. Every table has a primary key and every
+write is ``INSERT OR REPLACE``: running a step twice never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from fieldguide.errors import FieldguideError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+TABLES: dict[str, str] = {
+    "schema_info": "key VARCHAR PRIMARY KEY, value VARCHAR",
+    "runs": (
+        "run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, config JSON, status VARCHAR NOT NULL, "
+        "started TIMESTAMP NOT NULL, finished TIMESTAMP, message VARCHAR"
+    ),
+    "metrics": (
+        "run_id VARCHAR, split VARCHAR, name VARCHAR, value DOUBLE, "
+        "PRIMARY KEY (run_id, split, name)"
+    ),
+    "class_metrics": (
+        "run_id VARCHAR, split VARCHAR, class VARCHAR, precision DOUBLE, recall DOUBLE, "
+        "f1 DOUBLE, support INTEGER, PRIMARY KEY (run_id, split, class)"
+    ),
+    "confusions": (
+        "run_id VARCHAR, split VARCHAR, true_label VARCHAR, predicted_label VARCHAR, "
+        "count INTEGER, PRIMARY KEY (run_id, split, true_label, predicted_label)"
+    ),
+    "curves": (
+        "run_id VARCHAR, step INTEGER, name VARCHAR, value DOUBLE, PRIMARY KEY (run_id, step, name)"
+    ),
+    "signals": (
+        "run_id VARCHAR, sample_id VARCHAR, signal VARCHAR, value DOUBLE, "
+        "PRIMARY KEY (run_id, sample_id, signal)"
+    ),
+    "annotators": (
+        "run_id VARCHAR, annotator VARCHAR, quality DOUBLE, agreement DOUBLE, num_labels INTEGER, "
+        "PRIMARY KEY (run_id, annotator)"
+    ),
+    "relabel_tasks": (
+        "project VARCHAR, sample_id VARCHAR, task_id BIGINT, status VARCHAR, pushed TIMESTAMP, "
+        "answered TIMESTAMP, answer VARCHAR, PRIMARY KEY (project, sample_id)"
+    ),
+    "label_events": (
+        "event_id VARCHAR PRIMARY KEY, sample_id VARCHAR, old VARCHAR, new VARCHAR, "
+        "source VARCHAR, actor VARCHAR, time TIMESTAMP, run_id VARCHAR"
+    ),
+    "rejects": "run_id VARCHAR, path VARCHAR, reason VARCHAR, PRIMARY KEY (run_id, path)",
+    "backbone_costs": (
+        "backbone VARCHAR PRIMARY KEY, params BIGINT, macs BIGINT, input_size INTEGER, "
+        "images_per_s DOUBLE, measured TIMESTAMP"
+    ),
+}
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def new_run_id(kind: str) -> str:
+    return f"{kind}-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+class Warehouse:
+    """The project's DuckDB file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @contextlib.contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; retries briefly while another process holds the lock."""
+        if read_only and not self.path.exists():
+            raise FieldguideError(f"warehouse {self.path} does not exist yet (run a step first)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        delay = 0.05
+        for attempt in range(40):
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower() or attempt == 39:
+                    raise FieldguideError(f"warehouse {self.path} could not be opened: {e}") from None
+                time.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
+        try:
+            if not read_only:
+                _ensure_schema(con)
+            yield con
+        finally:
+            con.close()
+
+    # ---- writes -----------------------------------------------------------------------
+    def write(self, table: str, rows: pd.DataFrame | list[dict]) -> int:
+        """Insert or replace ``rows`` (matched by column name) into ``table``; returns the count."""
+        if table not in TABLES:
+            raise ValueError(f"unknown warehouse table {table!r}")
+        df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+        if df.empty:
+            return 0
+        with self.connect() as con:
+            con.register("_rows", df)
+            con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM _rows")
+            con.unregister("_rows")
+        return len(df)
+
+    def start_run(self, kind: str, config: dict | None = None, run_id: str | None = None) -> str:
+        run_id = run_id or new_run_id(kind)
+        self.write(
+            "runs",
+            [{
+                "run_id": run_id,
+                "kind": kind,
+                "config": json.dumps(config or {}, default=str, sort_keys=True),
+                "status": "running",
+                "started": now(),
+                "finished": None,
+                "message": None,
+            }],
+        )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str = "completed", message: str | None = None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET status = ?, finished = ?, message = ? WHERE run_id = ?",
+                [status, now(), message, run_id],
+            )
+
+    @contextlib.contextmanager
+    def run(self, kind: str, config: dict | None = None) -> Iterator[str]:
+        """Record a run: ``running`` on entry, ``completed`` or ``failed`` (with the error) on exit."""
+        run_id = self.start_run(kind, config)
+        try:
+            yield run_id
+        except BaseException as e:
+            self.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+            raise
+        self.finish_run(run_id, "completed")
+
+    # ---- reads ------------------------------------------------------------------------
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        if not self.path.exists():
+            return pd.DataFrame()
+        with self.connect(read_only=True) as con:
+            return con.execute(sql, params or []).df()
+
+    def last_run(self, kind: str, status: str = "completed") -> dict | None:
+        df = self.query(
+            "SELECT * FROM runs WHERE kind = ? AND status = ? ORDER BY started DESC LIMIT 1",
+            [kind, status],
+        )
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def schema_version(self) -> int:
+        df = self.query("SELECT value FROM schema_info WHERE key = 'schema_version'")
+        return int(df.iloc[0, 0]) if not df.empty else 0
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    for name, columns in TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+    rows = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchall()
+    row = rows[0] if rows else None
+    if row is None:
+        con.execute("INSERT INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+    elif int(row[0]) > SCHEMA_VERSION:
+        raise FieldguideError(
+            f"warehouse schema version {row[0]} is newer than this fieldguide's {SCHEMA_VERSION} "
+            "(upgrade fieldguide)"
+        )

@@ -1,0 +1,66 @@
+"""Shared fixtures: temporary projects on a real embedded MongoDB, tiny generated images."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CUB100 = SHARED_DATA / "cub100"
+
+os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def make_image(path: Path, color: tuple[int, int, int], size: int = 32, seed: int = 0) -> Path:
+    """A small JPEG: a base colour plus noise, so images of one class look alike."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 20, (size, size, 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+CLASS_COLORS = {"red_bird": (200, 40, 40), "green_bird": (40, 180, 60), "blue_bird": (40, 60, 200)}
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """``folder`` layout: train/<class>/*.jpg (6 each) and test/<class>/*.jpg (2 each)."""
+    root = tmp_path / "images"
+    seed = 0
+    for split, n in (("train", 6), ("test", 2)):
+        for cls, color in CLASS_COLORS.items():
+            for i in range(n):
+                seed += 1
+                make_image(root / split / cls / f"{cls}_{split}_{i}.jpg", color, seed=seed)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """A fresh project in a temporary folder, with its own embedded database."""
+    from fieldguide.config import init_project
+
+    return init_project(tmp_path / "proj", "testproj")
+
+
+@pytest.fixture
+def ingested(project, image_folder):
+    """A project holding ``image_folder`` (18 train + 6 test samples, 3 classes)."""
+    from fieldguide.platform.ingest import ingest
+
+    ingest(project, image_folder, fmt="folder")
+    return project
+
+
+@pytest.fixture
+def rng():
+    random.seed(0)
+    return np.random.default_rng(0)

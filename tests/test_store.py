@@ -1,0 +1,71 @@
+"""The store on a real embedded MongoDB in a temporary project."""
+
+from __future__ import annotations
+
+import pytest
+
+from fieldguide.config import init_project
+from fieldguide.errors import FieldguideError
+from fieldguide.platform import store
+from fieldguide.platform.ingest import ingest
+
+
+def test_database_lives_under_the_project(ingested):
+    import fiftyone as fo
+
+    assert fo.config.database_dir == str(ingested.database_dir)
+    assert any(ingested.database_dir.iterdir())
+    ds = store.dataset(ingested, create=False)
+    assert len(ds) == 24
+    assert ds.persistent
+
+
+def test_two_projects_in_one_process_do_not_share_a_database(tmp_path, image_folder):
+    a = init_project(tmp_path / "a", "same")
+    b = init_project(tmp_path / "b", "same")
+    ingest(a, image_folder, fmt="folder")
+    assert len(store.dataset(a, create=False)) == 24
+    with pytest.raises(FieldguideError, match="no dataset yet"):
+        store.dataset(b, create=False)
+    ingest(b, image_folder / "test", fmt="folder")
+    assert len(store.dataset(b, create=False)) == 6
+    assert len(store.dataset(a, create=False)) == 24
+
+
+def test_set_labels_appends_history_and_mirrors_to_warehouse(ingested):
+    ds = store.dataset(ingested, create=False)
+    ids = ds.match_tags("train").values("id")[:3]
+    old = ds.select(ids, ordered=True).values("ground_truth.label")
+    new = {ids[0]: "blue_bird", ids[1]: old[1], ids[2]: None}
+    changed = store.set_labels(ingested, ds, new, source="curator", actor="ann", run_id="r1")
+    assert changed == 2 - int(old[0] == "blue_bird")
+    ds.reload()
+    s0 = ds[ids[0]]
+    assert s0.ground_truth.label == "blue_bird"
+    assert [(e.old, e.new, e.source, e.actor, e.run_id) for e in s0.label_history] == [
+        (old[0], "blue_bird", "curator", "ann", "r1")
+    ]
+    assert ds[ids[1]].label_history[0].new == old[1]  # a confirmation is recorded too
+    assert ds[ids[2]].ground_truth is None
+    events = store.warehouse(ingested).query("SELECT * FROM label_events ORDER BY sample_id")
+    assert len(events) == 3
+    assert set(events["source"]) == {"curator"}
+    store.set_labels(ingested, ds, {ids[0]: "red_bird"}, source="labelstudio", actor="b")
+    ds.reload()
+    assert [e.new for e in ds[ids[0]].label_history] == ["blue_bird", "red_bird"]
+    assert len(store.warehouse(ingested).query("SELECT * FROM label_events")) == 4
+
+
+def test_set_labels_refuses_unknown_class_and_unknown_sample(ingested):
+    ds = store.dataset(ingested, create=False)
+    sid = ds.first().id
+    before = ds[sid].ground_truth.label
+    with pytest.raises(FieldguideError, match="unknown class"):
+        store.set_labels(ingested, ds, {sid: "dodo"}, source="curator", actor="a")
+    with pytest.raises(FieldguideError, match="not in the store"):
+        store.set_labels(ingested, ds, {"0" * 24: "red_bird"}, source="curator", actor="a")
+    with pytest.raises(FieldguideError, match="label source"):
+        store.set_labels(ingested, ds, {sid: "red_bird"}, source="oracle", actor="a")
+    ds.reload()
+    assert ds[sid].ground_truth.label == before
+    assert not ds[sid].label_history
