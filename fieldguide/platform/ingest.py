@@ -370,6 +370,7 @@ def ingest(project: Project, source: str | Path, *, fmt: str = "folder",
         if votes:
             report.votes_added = ingest_votes(project, ds, Path(votes).expanduser().resolve(), report.rejects)
         _write_rejects(project, report)
+        store.snapshot_samples(project, ds)
     return report
 
 

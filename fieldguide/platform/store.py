@@ -251,6 +251,33 @@ def set_labels(
     return changed
 
 
+def snapshot_samples(project: Project, ds) -> int:
+    """Mirror every sample's label, split, origin, prediction and noise score to the warehouse.
+
+    The dashboards read only the warehouse; each step that changes these calls this (one
+    bulk query, one bulk write). Samples no longer in the store are removed.
+    """
+    schema = ds.get_field_schema()
+    fields = [f for f in ("noise_score", "label_issue") if f in schema]
+    has_pred = "prediction" in schema
+    df = samples_table(ds, fields + (["prediction.label", "prediction.confidence"] if has_pred else []))
+    df = df.rename(columns={"id": "sample_id", "prediction.label": "predicted_label",
+                            "prediction.confidence": "confidence"})
+    for col in ("predicted_label", "confidence", "noise_score", "label_issue"):
+        if col not in df:
+            df[col] = None
+    df["updated"] = now()
+    wh = warehouse(project)
+    with wh.connect() as con:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM samples")
+        if len(df):
+            con.register("_rows", df)
+            con.execute("INSERT INTO samples BY NAME SELECT * FROM _rows")
+        con.execute("COMMIT")
+    return len(df)
+
+
 def label_history(ds, sample_id: str) -> list[dict]:
     sample = ds[sample_id]
     return [dict(e.to_dict(), **{}) for e in (sample.label_history or [])]

@@ -62,6 +62,11 @@ TABLES: dict[str, str] = {
         "event_id VARCHAR PRIMARY KEY, sample_id VARCHAR, old VARCHAR, new VARCHAR, "
         "source VARCHAR, actor VARCHAR, time TIMESTAMP, run_id VARCHAR"
     ),
+    "samples": (
+        "sample_id VARCHAR PRIMARY KEY, filepath VARCHAR, label VARCHAR, split VARCHAR, "
+        "origin VARCHAR, predicted_label VARCHAR, confidence DOUBLE, noise_score DOUBLE, "
+        "label_issue BOOLEAN, updated TIMESTAMP"
+    ),
     "rejects": "run_id VARCHAR, path VARCHAR, reason VARCHAR, PRIMARY KEY (run_id, path)",
     "backbone_costs": (
         "backbone VARCHAR PRIMARY KEY, params BIGINT, macs BIGINT, input_size INTEGER, "
