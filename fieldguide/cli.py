@@ -154,6 +154,64 @@ def app_cmd(
 
 
 @app.command()
+def embed(
+    backbone: Optional[str] = typer.Option(None, help="Backbone name (default: models.backbone)."),
+    weights: Optional[str] = typer.Option(None, help="Local weights file or folder (default: models.weights)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per batch."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Embed the images the cache does not hold yet (new or changed files only)."""
+    from fieldguide.models.embed import embed as run_embed
+
+    report = run_embed(_project(), backbone, weights, batch_size=batch_size, device=device)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"{report.backbone}: embedded {report.embedded}, cached {report.cached}, "
+               f"skipped {len(report.skipped)} ({report.images_per_s:.1f} images/s)")
+    for path, err in report.skipped[:10]:
+        typer.echo(f"  skipped {path}: {err}")
+
+
+@app.command()
+def predict(
+    head: Optional[str] = typer.Option(None, help="logreg | mlp | knn | ensemble (default: predict.head)."),
+    folds: Optional[int] = typer.Option(None, help="K for the stratified K-fold (default: predict.folds)."),
+    backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Out-of-sample predictions for every sample (K-fold for labeled training samples)."""
+    from fieldguide.models.predict import predict as run_predict
+
+    report = run_predict(_project(), head=head, folds=folds, backbone=backbone)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"{report.head}: {report.n_cross_validated} samples by {report.folds}-fold "
+               f"(out-of-fold top-1 {report.oof_top1:.3f}), {report.n_fit_all} by a head fit on all of them")
+
+
+@app.command()
+def evaluate(
+    split: str = typer.Option("test", help="The split to score."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Top-1/5, macro-F1, calibration, per-class scores, confusions and cost of the predictions."""
+    from fieldguide.models.evaluate import evaluate as run_evaluate
+
+    m = run_evaluate(_project(), split=split)
+    if as_json:
+        _echo_json(m)
+        return
+    typer.echo(f"{m['split']} (n={m['n']}): top-1 {m['top1']:.3f}  top-5 {m['top5']:.3f}  "
+               f"macro-F1 {m['macro_f1']:.3f}  ECE {m['ece']:.3f}  cost {m['cost_score']:.3f}")
+    for pair in m["most_confused"][:5]:
+        typer.echo(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    typer.echo(f"confusion matrix: {m['confusion_png']}")
+
+
+@app.command()
 def demo(
     directory: Path = typer.Argument(Path("demo-project"), help="Folder for the demo project."),
     data: Path = typer.Option(Path("../shared/data/cub100"), help="The CUB-style data to ingest."),
@@ -162,6 +220,114 @@ def demo(
     from fieldguide.demo import run_demo
 
     run_demo(directory, data, echo=typer.echo)
+
+
+@app.command()
+def dashboard(port: int = typer.Option(8501, help="Port for the Streamlit server (on 127.0.0.1).")) -> None:
+    """Serve the Streamlit dashboards on the project's warehouse (read-only)."""
+    from fieldguide.dashboards.server import serve, url
+
+    project = _project()
+    typer.echo(f"dashboards: {url(port)}  (Ctrl-C to stop)")
+    serve(project, port)
+
+
+labelstudio_app = typer.Typer(help="The project's Label Studio server.", no_args_is_help=True)
+relabel_app = typer.Typer(help="Send flagged samples to Label Studio and take the answers back.",
+                          no_args_is_help=True)
+app.add_typer(labelstudio_app, name="labelstudio")
+app.add_typer(relabel_app, name="relabel")
+
+
+@labelstudio_app.command("start")
+def labelstudio_start(
+    port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: labelstudio.port)."),
+    timeout: float = typer.Option(300.0, help="Seconds to wait for /health (the first start migrates)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Start the project's Label Studio (127.0.0.1, data under PROJECT/labelstudio)."""
+    from fieldguide.platform.labelstudio_server import start
+
+    info = start(_project(), port=port, timeout_s=timeout)
+    if as_json:
+        _echo_json(info.as_dict())
+        return
+    typer.echo(f"Label Studio running at {info.url} (pid {info.pid})")
+    typer.echo(f"log in as {info.username}; password in {info.data_dir}/credentials.json")
+
+
+@labelstudio_app.command("stop")
+def labelstudio_stop() -> None:
+    """Stop the project's Label Studio (its whole process group)."""
+    from fieldguide.platform.labelstudio_server import stop
+
+    typer.echo("Label Studio stopped" if stop(_project()) else "Label Studio was not running")
+
+
+@labelstudio_app.command("status")
+def labelstudio_status(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """Is the project's Label Studio running, and where (the token is never shown)."""
+    from fieldguide.platform.labelstudio_server import status as ls_status
+
+    info = ls_status(_project())
+    if as_json:
+        _echo_json(info.as_dict())
+        return
+    typer.echo(f"Label Studio {'running' if info.running else 'stopped'}"
+               + (f" at {info.url}" if info.url else "") + (f": {info.message}" if info.message else ""))
+    if not info.running:
+        raise typer.Exit(3)
+
+
+@labelstudio_app.command("listen")
+def labelstudio_listen(
+    port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: labelstudio.webhook_port)."),
+) -> None:
+    """Receive Label Studio's annotation webhooks and pull each answered task (Ctrl-C stops)."""
+    from fieldguide.platform.relabel import listen
+
+    def show(task_ids, report):
+        typer.echo(f"tasks {', '.join(map(str, task_ids))}: applied {report.applied} "
+                   f"(changed {report.changed}, accepted {report.accepted}, unsure {report.unsure}, "
+                   f"skipped {report.skipped})")
+        for line in report.problems:
+            typer.echo(f"  {line}")
+
+    typer.echo("listening for Label Studio webhooks (Ctrl-C to stop)")
+    listen(_project(), port=port, on_report=show)
+
+
+@relabel_app.command("push")
+def relabel_push(
+    view: str = typer.Option("to_review", help="The saved view to push."),
+    limit: Optional[int] = typer.Option(None, help="Push at most the first N samples of the view."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Send the samples of a saved view to Label Studio (a sample never gets two tasks)."""
+    from fieldguide.platform.relabel import push
+
+    report = push(_project(), view=view, limit=limit)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"pushed {report.pushed}, already pushed {report.already_pushed} "
+               f"(Label Studio project {report.project_id} at {report.url})")
+
+
+@relabel_app.command("pull")
+def relabel_pull(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """Apply the curators' answers from Label Studio (re-running applies nothing twice)."""
+    from fieldguide.platform.relabel import pull
+
+    report = pull(_project())
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"applied {report.applied}: changed {report.changed}, accepted {report.accepted}, "
+               f"unsure {report.unsure}, skipped {report.skipped}; waiting {report.pending}, "
+               f"already applied {report.unchanged}")
+    for line in report.problems:
+        typer.echo(f"  {line}")
 
 
 def run() -> None:

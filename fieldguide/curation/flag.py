@@ -1,0 +1,220 @@
+"""The ``flag`` step: signals from the stored embeddings and predictions, one noise score, the review queue.
+
+Reads arrays from the store (labels, votes), the latest pred_probs and the cached embeddings;
+computes the registered signals on the assessable samples; writes ``noise_score``,
+``label_issue`` and the signal fields to the store in bulk, every signal to the warehouse
+``signals`` table under the run, per-annotator quality to ``annotators``; replaces the previous
+run's review tags and saves the views ``to_review``, ``outliers``, ``near_duplicates`` and
+``scarce_classes``.
+
+A sample is assessable when it has a label, an out-of-sample prediction and an embedding, and
+its class has at least ``MIN_CLASS_SAMPLES`` labeled samples; the others get no score (None)
+and are counted as not assessable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fieldguide.config import Project
+from fieldguide.curation import signals as sig
+from fieldguide.curation.noise_score import flag_top, noise_score
+from fieldguide.platform import store
+
+log = logging.getLogger(__name__)
+
+MIN_CLASS_SAMPLES = 3
+REVIEW_TAGS = ("to_review", "outlier", "near_duplicate")
+#: signal arrays written to the store as sample fields (the rest go to the warehouse only)
+STORE_FIELDS = {"label_quality": "label_quality", "outlier_score": "outlier_score",
+                "knn_disagreement": "knn_disagreement", "annotator_agreement": "annotator_agreement"}
+
+
+@dataclass
+class FlagReport:
+    run_id: str
+    assessed: int
+    not_assessable: int
+    flagged: int
+    outliers: int
+    near_duplicates: int
+    signals: list[str]
+    not_assessable_reasons: dict[str, int] = field(default_factory=dict)
+    top: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _votes_frame(votes_values, class_index: dict[str, int]) -> pd.DataFrame | None:
+    rows, any_vote = [], False
+    for v in votes_values:
+        row = {}
+        for c in (v.classifications if v is not None else []):
+            if c.label in class_index:
+                row[str(c["annotator"] if "annotator" in c else "unknown")] = class_index[c.label]
+                any_vote = True
+        rows.append(row)
+    return pd.DataFrame(rows, dtype=float) if any_vote else None
+
+
+def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
+    """Compute the signals and the review queue; see the module docstring."""
+    from fieldguide.models.embed import load_embeddings
+    from fieldguide.models.predict import load_pred_probs
+
+    ds = store.dataset(project, create=False)
+    pp = load_pred_probs(project)
+    table = store.samples_table(ds, ["votes"]).set_index("id")
+    try:
+        emb_ids, X = load_embeddings(project, backbone, ds)
+        emb_row = {s: i for i, s in enumerate(emb_ids)}
+    except Exception as e:  # noqa: BLE001 - the label signals run without embeddings
+        log.warning("no embeddings (%s): kNN and Datalab signals are left out", e)
+        X, emb_row = None, {}
+    pred_row = {s: i for i, s in enumerate(pp.sample_ids)}
+    classes = pp.classes
+    class_index = {c: i for i, c in enumerate(classes)}
+    labeled = table[table["label"].notna()]
+    counts = labeled["label"].value_counts()
+
+    reasons: dict[str, int] = {}
+    assess: list[str] = []
+    for sid, row in table.iterrows():
+        reason = None
+        if row["label"] is None or pd.isna(row["label"]):
+            reason = "no label"
+        elif sid not in pred_row:
+            reason = "no prediction"
+        elif X is not None and sid not in emb_row:
+            reason = "no embedding"
+        elif row["label"] not in class_index:
+            reason = "class unknown to the predictions"
+        elif counts.get(row["label"], 0) < MIN_CLASS_SAMPLES:
+            reason = f"class with fewer than {MIN_CLASS_SAMPLES} labeled samples"
+        if reason:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        else:
+            assess.append(sid)
+
+    wh = store.warehouse(project)
+    with wh.run("flag", {"predict_run": pp.run_id, "backbone": backbone or project.config.models.backbone}) as run_id:
+        values: dict[str, np.ndarray] = {}
+        stats = None
+        if len(assess) >= 2:
+            sub = table.loc[assess]
+            labels = np.array([class_index[v] for v in sub["label"]])
+            probs = pp.pred_probs[[pred_row[s] for s in assess]]
+            # cleanlab wants classes 0..K-1 that all occur: compact to the classes in use
+            used = np.unique(labels)
+            remap = {c: i for i, c in enumerate(used)}
+            probs_c = probs[:, used]
+            probs_c = probs_c / np.maximum(probs_c.sum(axis=1, keepdims=True), 1e-12)
+            labels_c = np.array([remap[v] for v in labels])
+            votes = _votes_frame(sub["votes"].tolist(), class_index)
+            if votes is not None:  # votes for classes outside the compacted set are dropped
+                votes = votes.apply(lambda col: col.map(lambda v: remap.get(int(v), np.nan) if pd.notna(v) else np.nan))
+            inputs = sig.SignalInputs(labels=labels_c, pred_probs=probs_c,
+                                      features=X[[emb_row[s] for s in assess]] if X is not None else None,
+                                      votes=votes, knn_k=project.config.curation.knn_k)
+            values = sig.compute_signals(inputs)
+            used_names = [classes[i] for i in used]
+            stats = inputs.extra.get("annotator_stats")
+            weights, direction = sig.combine_weights()
+            score = noise_score(values, weights, direction)
+            n_issues = int(values.get("cl_issue", np.zeros(len(assess))).sum())
+            flagged = flag_top(score, n_issues)
+            values["noise_score"] = score
+            values["label_issue"] = flagged.astype(float)
+            if "near_duplicate_of" in values:
+                dup = values.pop("near_duplicate_of")
+                near_dup_of = {assess[i]: assess[int(j)] for i, j in enumerate(dup) if not np.isnan(j)}
+            else:
+                near_dup_of = {}
+            consensus = values.pop("consensus_label", None)
+        else:
+            near_dup_of, consensus, flagged, used_names = {}, None, np.zeros(0, dtype=bool), None
+
+        _write_store(ds, table.index.tolist(), assess, values, near_dup_of, consensus, used_names)
+        _write_warehouse(wh, run_id, assess, values, stats)
+        _save_views(ds, project.config.curation.scarce_class_count, counts)
+        store.snapshot_samples(project, ds)
+
+        top = []
+        if len(assess):
+            view = ds.load_saved_view("to_review").limit(10)
+            for sid, path, label, pred, score in zip(*view.values(["id", "filepath", "ground_truth.label",
+                                                                    "prediction.label", "noise_score"])):
+                top.append({"id": sid, "filepath": path, "label": label, "predicted": pred, "noise_score": score})
+        report = FlagReport(
+            run_id=run_id, assessed=len(assess), not_assessable=len(table) - len(assess),
+            flagged=int(flagged.sum()),
+            outliers=int(np.nansum(values.get("is_outlier", np.zeros(0)))),
+            near_duplicates=len(near_dup_of), signals=sorted(values), not_assessable_reasons=reasons, top=top,
+        )
+        wh.write("metrics", [{"run_id": run_id, "split": "all", "name": k, "value": float(v)} for k, v in (
+            ("assessed", report.assessed), ("not_assessable", report.not_assessable),
+            ("flagged", report.flagged), ("outliers", report.outliers), ("near_duplicates", report.near_duplicates))])
+    return report
+
+
+def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names) -> None:
+    """Every sample gets fresh values (None where not assessed): no stale flags from a past run."""
+    pos = {s: i for i, s in enumerate(assess)}
+
+    def column(arr, cast=float):
+        return {sid: (cast(arr[pos[sid]]) if sid in pos and not np.isnan(arr[pos[sid]]) else None) for sid in all_ids}
+
+    n = len(assess)
+    ds.untag_samples(list(REVIEW_TAGS))
+    ds.set_values("noise_score", column(values.get("noise_score", np.full(n, np.nan))), key_field="id")
+    ds.set_values("label_issue", column(values.get("label_issue", np.full(n, np.nan)), bool), key_field="id")
+    for key, fld in STORE_FIELDS.items():
+        if key in values or ds.has_sample_field(fld):
+            ds.set_values(fld, column(values.get(key, np.full(n, np.nan))), key_field="id")
+    ds.set_values("near_duplicate_of", {sid: near_dup_of.get(sid) for sid in all_ids}, key_field="id")
+    if consensus is not None and used_names is not None:
+        ds.set_values("consensus_label", {
+            sid: (used_names[int(consensus[pos[sid]])] if sid in pos and not np.isnan(consensus[pos[sid]]) else None)
+            for sid in all_ids}, key_field="id")
+    flagged = [assess[i] for i in np.where(values.get("label_issue", np.zeros(n)) > 0)[0]]
+    outliers = [assess[i] for i in np.where(np.nan_to_num(values.get("is_outlier", np.zeros(n))) > 0)[0]]
+    ds.select(flagged).tag_samples("to_review")
+    ds.select(outliers).tag_samples("outlier")
+    ds.select(list(near_dup_of)).tag_samples("near_duplicate")
+
+
+def _write_warehouse(wh, run_id: str, assess: list[str], values: dict[str, np.ndarray], stats) -> None:
+    frames = []
+    for name, arr in values.items():
+        ok = ~np.isnan(arr)
+        if ok.any():
+            frames.append(pd.DataFrame({"run_id": run_id, "sample_id": np.array(assess)[ok],
+                                        "signal": name, "value": arr[ok]}))
+    if frames:
+        wh.write("signals", pd.concat(frames, ignore_index=True))
+    if stats is not None:
+        wh.write("annotators", pd.DataFrame({
+            "run_id": run_id, "annotator": stats["annotator_id"].astype(str),
+            "quality": stats["annotator_quality"].astype(float),
+            "agreement": stats["agreement_with_consensus"].astype(float),
+            "num_labels": stats["num_examples_labeled"].astype(int),
+        }))
+
+
+def _save_views(ds, scarce_count: int, counts: pd.Series) -> None:
+    from fiftyone import ViewField as F
+
+    scarce = sorted(c for c, n in counts.items() if n < scarce_count)
+    views = {
+        "to_review": ds.match_tags("to_review").sort_by("noise_score", reverse=True),
+        "outliers": ds.match_tags("outlier").sort_by("outlier_score"),
+        "near_duplicates": ds.match(F("near_duplicate_of") != None).sort_by("near_duplicate_of"),  # noqa: E711
+        "scarce_classes": ds.match(F("ground_truth.label").is_in(scarce)),
+    }
+    for name, view in views.items():
+        ds.save_view(name, view, overwrite=True)

