@@ -211,15 +211,80 @@ def evaluate(
     typer.echo(f"confusion matrix: {m['confusion_png']}")
 
 
+@app.command("flag")
+def flag_cmd(
+    backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Label-issue signals, one noise score and the review queue (saved views to_review, outliers, ...)."""
+    from fieldguide.curation.flag import flag
+
+    report = flag(_project(), backbone=backbone)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"assessed {report.assessed}, not assessable {report.not_assessable}, flagged {report.flagged}, "
+               f"outliers {report.outliers}, near-duplicates {report.near_duplicates}")
+    for reason, n in report.not_assessable_reasons.items():
+        typer.echo(f"  not assessable ({reason}): {n}")
+    typer.echo(f"signals: {', '.join(report.signals) or 'none'}")
+    for row in report.top:
+        typer.echo(f"  {row['noise_score']:.3f}  given {row['label']}  predicted {row['predicted']}  {row['filepath']}")
+    if report.flagged:
+        typer.echo("open the queue: fieldguide app --view to_review")
+
+
+@signals_app.command("export")
+def signals_export(
+    out: Path = typer.Argument(..., help="The CSV file to write."),
+    run: Optional[str] = typer.Option(None, help="A flag run id (default: the latest)."),
+) -> None:
+    """One row per sample: filepath, label, predicted_label, noise_score, label_issue, then each signal."""
+    from fieldguide.curation.export import export_signals
+
+    path, rows = export_signals(_project(), out, run_id=run)
+    typer.echo(f"wrote {rows} rows to {path}")
+
+
+@bench_app.command("noise")
+def bench_noise(
+    rates: str = typer.Option("0.1,0.2,0.4", help="Comma-separated noise rates."),
+    kinds: str = typer.Option("symmetric,pairs", help="symmetric and/or pairs (confusable classes)."),
+    seed: int = typer.Option(0, help="Seed of the injected noise."),
+    head: Optional[str] = typer.Option(None, help="Head for the out-of-sample pred_probs (default: predict.head)."),
+    folds: Optional[int] = typer.Option(None, help="K of the K-fold (default: predict.folds)."),
+    backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON records."),
+) -> None:
+    """Inject label noise into your (clean) labels and score how well each signal finds it."""
+    from fieldguide.curation.noise_bench import project_noise_benchmark
+
+    try:
+        rate_list = tuple(float(r) for r in rates.split(",") if r.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--rates {rates!r}: use numbers like 0.1,0.2") from None
+    table, path = project_noise_benchmark(
+        _project(), rates=rate_list, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        seed=seed, head=head, folds=folds, backbone=backbone,
+    )
+    if as_json:
+        _echo_json(table.to_dict("records"))
+        return
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"table: {path}")
+
+
 @app.command()
 def demo(
     directory: Path = typer.Argument(Path("demo-project"), help="Folder for the demo project."),
     data: Path = typer.Option(Path("../shared/data/cub100"), help="The CUB-style data to ingest."),
+    labelstudio: bool = typer.Option(True, help="Start Label Studio and push the top of the review queue."),
+    push_limit: int = typer.Option(20, help="How many flagged samples to push to Label Studio."),
 ) -> None:
     """The main job: a project on cub100 through every step of the loop, then a summary."""
     from fieldguide.demo import run_demo
 
-    run_demo(directory, data, echo=typer.echo)
+    run_demo(directory, data, echo=typer.echo, labelstudio=labelstudio, push_limit=push_limit)
 
 
 @app.command()

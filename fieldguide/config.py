@@ -79,6 +79,23 @@ class LabelStudioSection(_Section):
     url: str = Field(default="", description="your own server; empty: the project's local one")
     port: int = Field(default=8089, ge=1, le=65535)
     username: str = "curator@fieldguide.local"
+    token_env: str = Field(
+        default="LABEL_STUDIO_API_KEY", description="environment variable holding your own server's API token"
+    )
+    token: str = Field(
+        default="", repr=False, description="your own server's API token (prefer token_env); never printed"
+    )
+    files_root: str = Field(
+        default="",
+        description="the server's local-files document root; empty: the parent of the folder holding the images",
+    )
+    majority_rule: str = Field(
+        default="majority", pattern="^(majority|plurality|unanimous)$",
+        description="several annotators on a task: majority | plurality | unanimous",
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="seconds per Label Studio request")
+    retries: int = Field(default=3, ge=0, le=10, description="retries (with backoff) on transient errors")
+    webhook_port: int = Field(default=8091, ge=1, le=65535, description="port of 'fieldguide labelstudio listen'")
 
 
 class Config(_Section):

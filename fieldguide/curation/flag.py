@@ -169,7 +169,15 @@ def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names
     def column(arr, cast=float):
         return {sid: (cast(arr[pos[sid]]) if sid in pos and not np.isnan(arr[pos[sid]]) else None) for sid in all_ids}
 
+    import fiftyone as fo
+
     n = len(assess)
+    # declared up front: a first run where every value is None cannot infer a field's type
+    kinds = {"noise_score": fo.FloatField, "label_issue": fo.BooleanField, "near_duplicate_of": fo.StringField,
+             "consensus_label": fo.StringField, **{f: fo.FloatField for f in STORE_FIELDS.values()}}
+    for name, kind in kinds.items():
+        if not ds.has_sample_field(name):
+            ds.add_sample_field(name, kind)
     ds.untag_samples(list(REVIEW_TAGS))
     ds.set_values("noise_score", column(values.get("noise_score", np.full(n, np.nan))), key_field="id")
     ds.set_values("label_issue", column(values.get("label_issue", np.full(n, np.nan)), bool), key_field="id")
@@ -199,7 +207,7 @@ def _write_warehouse(wh, run_id: str, assess: list[str], values: dict[str, np.nd
         wh.write("signals", pd.concat(frames, ignore_index=True))
     if stats is not None:
         wh.write("annotators", pd.DataFrame({
-            "run_id": run_id, "annotator": stats["annotator_id"].astype(str),
+            "run_id": run_id, "annotator": stats.index.astype(str),
             "quality": stats["annotator_quality"].astype(float),
             "agreement": stats["agreement_with_consensus"].astype(float),
             "num_labels": stats["num_examples_labeled"].astype(int),

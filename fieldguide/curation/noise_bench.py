@@ -112,3 +112,53 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
             df["seconds"] = time.perf_counter() - start
             frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed: int = 0,
+                            head: str | None = None, folds: int | None = None, backbone: str | None = None,
+                            splits: tuple[str, ...] = ("train", "val"), progress: bool = True):
+    """The noise benchmark on a project's own labels, taken as clean (``fieldguide bench noise``).
+
+    Uses the cached embeddings of the labeled samples of ``splits``; writes the table to
+    ``PROJECT/runs/benchmarks/noise-<run>.csv`` (which the dashboards show) and a run with its
+    headline numbers (combined score's F1 and AUROC per setting) to the warehouse.
+    Returns ``(table, csv_path)``.
+    """
+    from fieldguide.errors import FieldguideError, NotReadyError
+    from fieldguide.models.embed import load_embeddings
+    from fieldguide.platform import store
+
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise FieldguideError(f"noise kind(s) {', '.join(bad) or 'none'}: use one or more of {', '.join(KINDS)}")
+    if not rates or not all(0 < r < 1 for r in rates):
+        raise FieldguideError(f"noise rates {list(rates)}: each must be between 0 and 1 (exclusive)")
+    ds = store.dataset(project, create=False)
+    ids, X = load_embeddings(project, backbone, ds)
+    table = store.samples_table(ds).set_index("id").loc[ids]
+    keep = (table["label"].notna() & table["split"].isin(splits)).to_numpy()
+    if keep.sum() < 10:
+        raise NotReadyError(f"the noise benchmark needs labeled {'/'.join(splits)} samples with embeddings "
+                            f"(have {int(keep.sum())}; run 'fieldguide ingest' and 'fieldguide embed')")
+    labels = table["label"][keep].to_numpy()
+    classes = sorted(set(labels))
+    index = {c: i for i, c in enumerate(classes)}
+    clean = np.array([index[v] for v in labels])
+    head = head or project.config.predict.head
+    folds = folds or project.config.predict.folds
+    wh = store.warehouse(project)
+    config = {"rates": list(rates), "kinds": list(kinds), "seed": seed, "head": head, "folds": folds,
+              "backbone": backbone or project.config.models.backbone, "samples": int(keep.sum())}
+    with wh.run("bench_noise", config) as run_id:
+        result = run_noise_benchmark(X[keep], clean, len(classes), rates=rates, kinds=kinds, seed=seed,
+                                     head=head, folds=folds, progress=progress)
+        folder = project.runs_dir / "benchmarks"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"noise-{run_id}.csv"
+        result.to_csv(path, index=False, float_format="%.4f")
+        combined = result[result["signal"] == "noise_score"]
+        wh.write("metrics", [
+            {"run_id": run_id, "split": f"{r.kind}@{r.rate:g}", "name": name, "value": float(getattr(r, name))}
+            for r in combined.itertuples() for name in ("f1", "auroc", "precision_top5")
+        ])
+    return result, path

@@ -96,7 +96,7 @@ def iter_features(bb: Backbone, paths: list[str], *, batch_size: int = 64, num_w
         persistent_workers=False,
     )
     with torch.inference_mode():
-        for idx, batch, bad in tqdm(loader, desc=desc, unit="batch"):
+        for idx, batch, bad in tqdm(loader, desc=desc, unit="batch", disable=None):
             feats = np.zeros((0, bb.dim), dtype=np.float32)
             if batch is not None:
                 feats = model(batch.to(dev, non_blocking=True)).float().cpu().numpy()

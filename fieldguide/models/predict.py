@@ -67,7 +67,7 @@ def cross_val_pred_probs(make: Callable[[], object], X: np.ndarray, y: np.ndarra
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         splits = list(skf.split(X, y))
-    for f, (tr, te) in enumerate(tqdm(splits, desc="k-fold", unit="fold", disable=not progress)):
+    for f, (tr, te) in enumerate(tqdm(splits, desc="k-fold", unit="fold", disable=None if progress else True)):
         model = make().fit(X[tr], y[tr])
         probs[te] = _aligned_proba(model, X[te], n_classes)
         fold[te] = f

@@ -9,6 +9,7 @@ warehouse ``rejects`` table). A file already in the store is never added twice.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -16,6 +17,8 @@ import logging
 import math
 import mimetypes
 import re
+import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,27 +171,44 @@ def read_manifest(path: Path, what: str = "CSV") -> pd.DataFrame:
     if not path.is_file():
         raise IngestError(f"{path}: {what} file does not exist")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with warnings.catch_warnings():
+            # a first row longer than the header would silently become the index, shifting columns
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
     except pd.errors.EmptyDataError:
         raise IngestError(f"{path}: the {what} is empty") from None
+    except pd.errors.ParserWarning:
+        raise IngestError(f"{path}: malformed {what} (a row has more fields than the header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise IngestError(f"{path}: malformed {what} ({str(e).splitlines()[0]})") from None
+        raise IngestError(f"{path}: malformed {what} ({str(e).strip().splitlines()[0]})") from None
     if df.empty:
         raise IngestError(f"{path}: the {what} has a header but no rows")
     return df
 
 
-def _typed(value: str):
-    """CSV cells arrive as text: give numbers back their type, empty cells become None."""
+_INT_RE = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+
+
+def _column_cast(values) -> type:
+    """One type per CSV column (a field has one type): int, float, else text.
+
+    Codes with leading zeros ("01234") stay text.
+    """
+    cells = [v.strip() for v in values if v.strip()]
+    if cells and all(_INT_RE.fullmatch(v) for v in cells):
+        return int
+    try:
+        if cells and all(math.isfinite(float(v)) for v in cells):
+            return float
+    except ValueError:
+        pass
+    return str
+
+
+def _typed(value: str, cast: type = str):
+    """CSV cells arrive as text: give them their column's type, empty cells become None."""
     value = value.strip()
-    if not value:
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
+    return cast(value) if value else None
 
 
 def read_csv(path: Path, *, filepath_column: str = "filepath", label_column: str = "label",
@@ -206,6 +226,7 @@ def read_csv(path: Path, *, filepath_column: str = "filepath", label_column: str
     split_col = _pick(columns, SPLIT_COLUMNS)
     used = {filepath_column, label_column, lat, lon, date, observer, split_col} - {None}
     extra = {c: _field_name(c) for c in columns if c not in used}
+    casts = {c: _column_cast(df[c]) for c in extra}
     records = []
     for row_no, row in enumerate(df.to_dict("records"), start=2):
         raw_path = row[filepath_column].strip()
@@ -213,10 +234,12 @@ def read_csv(path: Path, *, filepath_column: str = "filepath", label_column: str
             rejects.append(Reject(f"{path}:{row_no}", "empty file path"))
             continue
         label = row[label_column].strip() or None
-        fields = {name: _typed(row[c]) for c, name in extra.items()}
+        fields = {name: _typed(row[c], casts[c]) for c, name in extra.items()}
         if lat and lon and row[lat].strip() and row[lon].strip():
             try:
                 fields["location"] = (float(row[lon]), float(row[lat]))
+                if not (abs(fields["location"][1]) <= 90 and abs(fields["location"][0]) <= 180):
+                    raise ValueError("out of range")
             except ValueError:
                 rejects.append(Reject(f"{path}:{row_no}", f"bad latitude/longitude {row[lat]!r}, {row[lon]!r}"))
                 continue
@@ -282,16 +305,18 @@ def _check(record: Record, root: Path) -> tuple[Record, dict | None, str | None]
 
 
 def check_records(records: list[Record], root: Path, workers: int, rejects: list[Reject]) -> list[tuple[Record, dict]]:
-    good, seen = [], set()
+    good, seen, rejected = [], set(), set()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(lambda r: _check(r, root), records, chunksize=32)
-        for record, meta, reason in tqdm(results, total=len(records), desc="checking images", unit="img"):
-            if reason:
-                rejects.append(Reject(str(record.filepath), reason))
-            elif str(record.filepath) in seen:
-                rejects.append(Reject(str(record.filepath), "listed twice in the source"))
+        for record, meta, reason in tqdm(results, total=len(records), desc="checking images", unit="img", disable=None):
+            path = str(record.filepath)
+            if path in rejected:  # one reject per file (the report's key), however often it is listed
+                continue
+            if reason or path in seen:
+                rejects.append(Reject(path, reason or "listed twice in the source"))
+                rejected.add(path)
             else:
-                seen.add(str(record.filepath))
+                seen.add(path)
                 good.append((record, meta))
     return good
 
@@ -365,7 +390,9 @@ def ingest(project: Project, source: str | Path, *, fmt: str = "folder",
         report.classes_added = len(store.add_classes(ds, {r.label for r, _ in new if r.label}))
         if new:
             samples = [_to_sample(r, m) for r, m in new]
-            ds.add_samples(samples, progress=True)
+            # FiftyOne's bar prints to stdout: keep stdout for results (--json), bars on a terminal only
+            with contextlib.redirect_stdout(sys.stderr):
+                ds.add_samples(samples, progress=sys.stderr.isatty())
         report.added = len(new)
         if votes:
             report.votes_added = ingest_votes(project, ds, Path(votes).expanduser().resolve(), report.rejects)
@@ -416,12 +443,16 @@ def ingest_votes(project: Project, ds, path: Path, rejects: list[Reject]) -> int
             old = current.get(sid)
             updates[sid] = {c.annotator: c for c in (old.classifications if old else [])}
         when = _clean(row.get(cols.get("time", ""), None)) if "time" in cols else None
+        when = pd.to_datetime(when, errors="coerce", utc=True) if when else None
+        if when is not None and pd.isna(when):
+            rejects.append(Reject(f"{path}:{row_no}", f"bad vote time {row[cols['time']]!r}"))
+            continue
         prev = updates[sid].get(annotator)
         if prev is None or prev.label != label:
             added += int(prev is None)
             updates[sid][annotator] = fo.Classification(
                 label=label, annotator=annotator,
-                time=pd.to_datetime(when).to_pydatetime() if when else dt.datetime(1970, 1, 1),
+                time=when.to_pydatetime().replace(tzinfo=None) if when is not None else dt.datetime(1970, 1, 1),
             )
     if updates:
         ds.set_values("votes", {sid: fo.Classifications(classifications=list(v.values()))

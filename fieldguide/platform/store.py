@@ -65,7 +65,40 @@ def configure_fiftyone(project: Project) -> None:
     if "fiftyone" in sys.modules:
         _reconnect(project, db_dir, uri)
     project.database_dir.mkdir(parents=True, exist_ok=True)
+    _isolate_database_service()
     _configured_for = key
+
+
+def _isolate_database_service() -> None:
+    """Make FiftyOne attach only to a mongod serving *this* database dir.
+
+    FiftyOne's ``DatabaseService`` attaches to any running fieldguide-less FiftyOne database
+    service of the same user, whatever its ``--dbpath``: two projects open at once (or a test
+    run beside a project) would share one database. This subclass searches for a service whose
+    command line also names the same mongod and ``--dbpath``.
+    """
+    import fiftyone.core.service as fos
+    import fiftyone.service.util as fosu
+
+    if getattr(fos.DatabaseService, "_fieldguide_isolated", False):
+        return
+
+    class ProjectDatabaseService(fos.DatabaseService):
+        _fieldguide_isolated = True
+
+        def start(self):
+            key = self._service_args + self.command[:3]  # ... mongod --dbpath DIR
+            for process in fosu.find_processes_by_args(key):
+                try:
+                    if fosu.send_ipc_message(process, ("register", os.getpid())) is True:
+                        self.attached = True
+                        self.child = process
+                        return
+                except IOError:
+                    log.warning("database service %s did not respond", process.pid)
+            fos.Service.start(self)
+
+    fos.DatabaseService = ProjectDatabaseService
 
 
 def _reconnect(project: Project, db_dir: str, uri: str) -> None:

@@ -1,0 +1,49 @@
+"""Ingest rate on a CUB-style folder (default ../shared/data/cub100) into a fresh project.
+
+    .venv/bin/python benchmarks/ingest_bench.py [--data DIR] [--workers N]
+
+Prints a table: images, seconds, images/s for the first ingest (image checks + metadata +
+bulk insert) and for the re-run (which must add 0 samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cub100")
+    ap.add_argument("--workers", type=int, default=None)
+    args = ap.parse_args()
+
+    from fieldguide.config import init_project
+    from fieldguide.platform.ingest import ingest
+    from fieldguide.platform.store import dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        project = init_project(Path(tmp) / "bench", "bench")
+        if args.workers:
+            project.config.ingest.workers = args.workers
+        rows = []
+        for label in ("first ingest", "re-run"):
+            t = time.perf_counter()
+            rep = ingest(project, args.data, fmt="cub")
+            dt = time.perf_counter() - t
+            n = rep.added + rep.existing
+            rows.append((label, n, rep.added, dt, n / dt))
+        total = len(dataset(project))
+        meta = dataset(project).exists("metadata").count()
+    print(f"\n| step | images | added | seconds | images/s |\n|---|---|---|---|---|")
+    for label, n, added, dt, rate in rows:
+        print(f"| {label} | {n} | {added} | {dt:.1f} | {rate:.0f} |")
+    print(f"\nstore: {total} samples, {meta} with image metadata")
+
+
+if __name__ == "__main__":
+    main()

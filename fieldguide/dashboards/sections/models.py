@@ -1,0 +1,156 @@
+"""Models: a leaderboard of runs, training curves (mean entropy and λ for two-stage entropy
+runs), per-class F1 changes between two runs, the confusion matrix and most-confused pairs."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from fieldguide.dashboards import context, queries
+
+MATRIX_MAX_CLASSES = 40  # a bigger matrix shows the classes with the most confusions
+
+
+def lambda_switch(curve: pd.DataFrame) -> int | None:
+    """The first step where λ turns negative after being positive (explore -> exploit), if any."""
+    lam = curve[curve["name"] == "lambda"].sort_values("step")
+    was_positive = False
+    for step, value in zip(lam["step"], lam["value"]):
+        if value > 0:
+            was_positive = True
+        elif value < 0 and was_positive:
+            return int(step)
+    return None
+
+
+def leaderboard_section(wh) -> None:
+    st.subheader("Leaderboard")
+    splits = queries.metric_splits(wh)
+    split = st.selectbox("Split", splits, key="leaderboard_split") if len(splits) > 1 else splits[0]
+    board = queries.leaderboard(wh, split)
+    st.caption(f"{len(board)} runs on the {split} split, best macro-F1 first.")
+    fmt = {m: st.column_config.NumberColumn(m, format="%.3f") for m in ("top1", "top5", "macro_f1", "ece")}
+    fmt.update({m: st.column_config.NumberColumn(m, format="%.0f") for m in ("params", "macs")})
+    fmt["images_per_s"] = st.column_config.NumberColumn("images/s", format="%.1f")
+    fmt["cost_score"] = st.column_config.NumberColumn("cost_score", format="%.3f")
+    st.dataframe(board, hide_index=True, alt="leaderboard", column_config=fmt)
+    if {"macro_f1", "images_per_s"} <= set(board.columns) and board["images_per_s"].notna().any():
+        st.altair_chart(alt.Chart(board).mark_circle(size=120).encode(
+            x=alt.X("images_per_s:Q", title="images/s"), y=alt.Y("macro_f1:Q", title="macro-F1"),
+            color="kind:N", tooltip=["run_id", "backbone", "macro_f1", "images_per_s"],
+        ).properties(height=260, title="accuracy against speed"), width="stretch")
+
+
+def curves_section(wh) -> None:
+    st.subheader("Training curves")
+    runs = queries.curve_runs(wh)
+    if runs.empty:
+        st.caption("No training curves yet (fieldguide train writes loss, accuracy, mean entropy and λ).")
+        return
+    default = runs["run_id"].head(2).tolist()
+    chosen = st.multiselect("Runs", runs["run_id"].tolist(), default=default, key="curve_runs")
+    data = queries.curves(wh, chosen)
+    if data.empty:
+        st.caption("Pick at least one run.")
+        return
+    chart = alt.Chart(data).mark_line().encode(
+        x=alt.X("step:Q"), y=alt.Y("value:Q", title=None), color=alt.Color("run_id:N", title="run"),
+        tooltip=["run_id", "name", "step", "value"],
+    ).properties(height=180, width=320).facet(facet=alt.Facet("name:N", title=None), columns=2)
+    st.altair_chart(chart.resolve_scale(y="independent"))
+    rows = []
+    for run_id, curve in data.groupby("run_id"):
+        names = set(curve["name"])
+        last = curve.sort_values("step").groupby("name")["value"].last()
+        rows.append({
+            "run_id": run_id,
+            "steps": int(curve["step"].max()),
+            "two_stage_entropy": "lambda" in names,
+            "lambda_switch_step": lambda_switch(curve),
+            "final_loss": last.get("loss"),
+            "final_accuracy": last.get("accuracy"),
+            "final_mean_entropy": last.get("mean_entropy"),
+        })
+    st.dataframe(pd.DataFrame(rows), hide_index=True, alt="curve summary")
+
+
+def class_f1_section(wh) -> None:
+    st.subheader("Per-class F1: what changed between two runs")
+    runs = queries.class_metric_runs(wh)
+    if runs.empty:
+        st.caption("No per-class metrics yet (fieldguide evaluate writes them).")
+        return
+    split = runs["split"].iloc[0]
+    splits = runs["split"].unique().tolist()
+    if len(splits) > 1:
+        split = st.selectbox("Split", splits, key="f1_split")
+    ids = runs[runs["split"] == split]["run_id"].tolist()
+    if len(ids) < 2:
+        st.caption(f"Only one run ({ids[0]}) has per-class metrics on {split}; evaluate another to compare.")
+        return
+    left, right = st.columns(2)
+    run_a = left.selectbox("Before (A)", ids, index=1, key="f1_run_a")
+    run_b = right.selectbox("After (B)", ids, index=0, key="f1_run_b")
+    change = queries.class_f1_change(wh, run_a, run_b, split)
+    known = change.dropna(subset=["change"])
+    cols = st.columns(3)
+    cols[0].metric("Classes better", int((known["change"] > 0).sum()))
+    cols[1].metric("Classes worse", int((known["change"] < 0).sum()))
+    cols[2].metric("Mean F1 change", f"{known['change'].mean():+.3f}" if len(known) else "n/a")
+    if len(known):
+        shown = pd.concat([known.head(15), known.tail(15)]).drop_duplicates("class")
+        st.altair_chart(alt.Chart(shown).mark_bar().encode(
+            x=alt.X("change:Q", title="F1 change (B - A)"),
+            y=alt.Y("class:N", sort="x", title=None),
+            color=alt.condition("datum.change < 0", alt.value("#d62728"), alt.value("#2ca02c")),
+            tooltip=["class", "f1_a", "f1_b", "change", "support"],
+        ).properties(height=max(120, 18 * len(shown))), width="stretch")
+    st.dataframe(change, hide_index=True, alt="class f1 change")
+
+
+def confusion_section(wh) -> None:
+    st.subheader("Confusion matrix")
+    runs = queries.confusion_runs(wh)
+    if runs.empty:
+        st.caption("No confusion matrix yet (fieldguide evaluate writes one).")
+        return
+    options = [f"{r.run_id} ({r.split})" for r in runs.itertuples()]
+    picked = st.selectbox("Run", options, key="confusion_run") if len(options) > 1 else options[0]
+    row = runs.iloc[options.index(picked)]
+    matrix = queries.confusions(wh, row["run_id"], row["split"])
+    pairs = queries.most_confused(matrix)
+    classes = sorted(set(matrix["true_label"]) | set(matrix["predicted_label"]))
+    if len(classes) > MATRIX_MAX_CLASSES:
+        involved = pd.concat([pairs["true_label"], pairs["predicted_label"]]).unique().tolist()
+        classes = sorted(involved)[:MATRIX_MAX_CLASSES]
+        st.caption(f"Showing the {len(classes)} classes in the most-confused pairs.")
+    shown = matrix[matrix["true_label"].isin(classes) & matrix["predicted_label"].isin(classes)]
+    heat = alt.Chart(shown).mark_rect().encode(
+        x=alt.X("predicted_label:N", sort=classes, title="predicted"),
+        y=alt.Y("true_label:N", sort=classes, title="true"),
+        color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")),
+        tooltip=["true_label", "predicted_label", "count"],
+    )
+    size = min(640, 28 * len(classes) + 80)
+    st.altair_chart(heat.properties(width=size, height=size))
+    st.markdown("**Most-confused pairs**")
+    st.dataframe(pairs, hide_index=True, alt="most confused",
+                 column_config={"share": st.column_config.NumberColumn("share", format="%.2f")})
+
+
+def main() -> None:
+    ctx = context.current()
+    st.title("Models")
+    wh = ctx.warehouse
+    if not queries.metric_splits(wh) and queries.curve_runs(wh).empty:
+        context.show_empty(ctx, "No model metrics yet: evaluate a model (or train one).", "evaluate")
+        return
+    if queries.metric_splits(wh):
+        leaderboard_section(wh)
+    curves_section(wh)
+    class_f1_section(wh)
+    confusion_section(wh)
+
+
+main()

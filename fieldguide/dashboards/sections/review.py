@@ -1,0 +1,90 @@
+"""Review queue: flagged samples over runs, the top of the queue with thumbnails, the signals
+behind each flag, and the command that opens the same view in the FiftyOne App."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from fieldguide.dashboards import context, queries
+
+APP_PORT = 5151  # `fieldguide app`'s default port
+GRID_COLUMNS = 4
+
+
+def caption(row: pd.Series) -> str:
+    score = "n/a" if pd.isna(row["noise_score"]) else f"{row['noise_score']:.2f}"
+    return f"{row['label']} → {row['predicted_label']} · noise {score}"
+
+
+def thumbnails(top: pd.DataFrame) -> None:
+    for start in range(0, len(top), GRID_COLUMNS):
+        cols = st.columns(GRID_COLUMNS)
+        for col, (_, row) in zip(cols, top.iloc[start:start + GRID_COLUMNS].iterrows()):
+            with col:
+                path = Path(str(row["filepath"]))
+                if path.is_file():
+                    st.image(str(path), caption=caption(row), width="stretch")
+                else:
+                    st.caption(f"{caption(row)} (image missing: {path})")
+
+
+def main() -> None:
+    ctx = context.current()
+    st.title("Review queue")
+    wh = ctx.warehouse
+    history = queries.flagged_over_runs(wh)
+    total = queries.flagged_total(wh)
+    if history.empty and total == 0:
+        context.show_empty(ctx, "Nothing flagged yet: the review queue fills in when label-issue "
+                                "signals are computed.", "flag")
+        return
+
+    cols = st.columns(3)
+    cols[0].metric("Flagged now", total, help="samples with label_issue in the store's last snapshot")
+    if not history.empty:
+        last = int(history["flagged"].iloc[-1])
+        delta = last - int(history["flagged"].iloc[-2]) if len(history) > 1 else None
+        cols[1].metric("Flagged by the last run", last, delta=delta, delta_color="inverse")
+        cols[2].metric("Flag runs", len(history))
+
+        st.subheader("Flagged samples over runs")
+        chart = alt.Chart(history).mark_line(point=True).encode(
+            x=alt.X("started:T", title="run started"), y=alt.Y("flagged:Q", title="flagged samples"),
+            tooltip=["run_id", "kind", "started", "flagged"],
+        ).properties(height=260)
+        st.altair_chart(chart, width="stretch")
+
+    st.subheader("Open it in the FiftyOne App")
+    st.code(ctx.command("app --view to_review"), language="bash")
+    app_url = f"http://127.0.0.1:{APP_PORT}/datasets/{quote(ctx.project.dataset_name)}?view=to_review"
+    st.markdown(f"Then: [{app_url}]({app_url})")
+
+    limit = st.slider("Samples shown", min_value=4, max_value=96, value=12, step=4)
+    top = queries.flagged_samples(wh, limit)
+    if top.empty:
+        st.caption("The store's snapshot has no sample marked label_issue.")
+        return
+    st.subheader(f"Top {len(top)} flagged samples")
+    thumbnails(top)
+
+    st.subheader("Per-signal breakdown")
+    signals = queries.latest_signals(wh, top["sample_id"].tolist())
+    table = top[["sample_id", "label", "predicted_label", "confidence", "noise_score"]]
+    if not signals.empty:
+        table = table.merge(signals.drop(columns=["noise_score"], errors="ignore"), on="sample_id", how="left")
+    st.dataframe(table, hide_index=True, alt="flagged signals",
+                 column_config={"noise_score": st.column_config.ProgressColumn(
+                     "noise_score", min_value=0.0, format="%.2f",
+                     max_value=float(max(1.0, table["noise_score"].max(skipna=True) or 0.0)))})
+    summary = queries.signal_summary(wh)
+    if not summary.empty:
+        st.markdown("Each signal over its latest run (`flagged`: samples with the 0/1 flag set):")
+        st.dataframe(summary, hide_index=True, alt="signal summary")
+
+
+main()

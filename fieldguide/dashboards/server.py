@@ -1,0 +1,57 @@
+"""Serve the dashboards: ``streamlit run app.py`` on 127.0.0.1 for one project."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+from fieldguide.config import PROJECT_ENV, Project
+from fieldguide.errors import FieldguideError
+
+APP = Path(__file__).resolve().parent / "app.py"
+ADDRESS = "127.0.0.1"
+
+
+def command(port: int) -> list[str]:
+    """The ``streamlit run`` command line (headless, no usage stats, no file watcher)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.address", ADDRESS,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+        "--theme.base", "light",
+    ]
+
+
+def url(port: int) -> str:
+    return f"http://{ADDRESS}:{port}/"
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((ADDRESS, port))
+        except OSError:
+            raise FieldguideError(
+                f"port {port} on {ADDRESS} is in use (pass --port with a free one)"
+            ) from None
+
+
+def serve(project: Project, port: int = 8501) -> None:
+    """Replace this process with the Streamlit server for ``project`` (returns only on failure).
+
+    The app finds the project through ``FIELDGUIDE_PROJECT`` and reads only its warehouse
+    (read-only, one short connection per query) and the images by path.
+    """
+    if not 1 <= port <= 65535:
+        raise FieldguideError(f"port {port} is not a TCP port (pass --port between 1 and 65535)")
+    _check_port_free(port)
+    env = dict(os.environ, **{PROJECT_ENV: str(project.root)})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, command(port), env)

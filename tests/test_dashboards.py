@@ -1,0 +1,400 @@
+"""The Streamlit dashboards, rendered with AppTest on a real DuckDB warehouse in a temporary
+project (runs, metrics, curves, signals, relabel tasks, thumbnails) and on empty projects."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from fieldguide.config import PROJECT_ENV
+from fieldguide.platform.warehouse import Warehouse
+from tests.conftest import make_image
+
+APP = Path(__file__).resolve().parents[1] / "fieldguide" / "dashboards" / "app.py"
+PAGES = ["sections/health.py", "sections/review.py", "sections/relabel.py", "sections/models.py",
+         "sections/benchmarks.py"]
+T0 = dt.datetime(2025, 5, 1, 9, 0, 0)
+
+COLORS = {"red_bird": (200, 40, 40), "green_bird": (40, 180, 60), "blue_bird": (40, 60, 200),
+          "yellow_bird": (220, 210, 40), "black_bird": (20, 20, 20)}
+# real samples per class: (train, test); yellow_bird and black_bird are scarce (< 10 train)
+REAL = {"red_bird": (14, 3), "green_bird": (12, 3), "blue_bird": (11, 2),
+        "yellow_bird": (4, 1), "black_bird": (2, 1)}
+# the samples the last flag run marks, with their noise score and predicted label (best first)
+FLAGGED = [("s-red_bird-train-0", 0.97, "blue_bird"), ("s-green_bird-train-1", 0.91, "red_bird"),
+           ("s-blue_bird-train-2", 0.85, "green_bird"), ("s-red_bird-train-3", 0.74, "green_bird"),
+           ("s-yellow_bird-train-0", 0.66, "red_bird"), ("s-blue_bird-test-0", 0.58, "green_bird")]
+OUTLIERS = {"s-black_bird-train-0": 0.05, "s-green_bird-train-5": 0.12, "s-red_bird-test-1": 0.2}
+NEAR_DUPLICATES = ("s-red_bird-train-7", "s-red_bird-train-8")
+
+
+def t(minutes: float) -> dt.datetime:
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+def run_row(run_id: str, kind: str, minute: float, **config) -> dict:
+    return {"run_id": run_id, "kind": kind, "config": json.dumps(config), "status": "completed",
+            "started": t(minute), "finished": t(minute + 1), "message": None}
+
+
+def build_warehouse(project) -> Warehouse:
+    """Every table the pipeline writes, with realistic rows and real JPEG thumbnails."""
+    wh = Warehouse(project.warehouse_path)
+    images = project.root / "images"
+    flagged = {sid: (score, pred) for sid, score, pred in FLAGGED}
+    samples, seed = [], 0
+    for label, (n_train, n_test) in REAL.items():
+        for split, n in (("train", n_train), ("test", n_test)):
+            for i in range(n):
+                seed += 1
+                sid = f"s-{label}-{split}-{i}"
+                path = make_image(images / label / f"{label}_{split}_{i}.jpg", COLORS[label], seed=seed)
+                score, pred = flagged.get(sid, (0.1, label))
+                samples.append({"sample_id": sid, "filepath": str(path), "label": label, "split": split,
+                                "origin": "real", "predicted_label": pred, "confidence": 0.9 - score / 2,
+                                "noise_score": score, "label_issue": sid in flagged, "updated": t(60)})
+    for origin, label, n in (("pseudo", "yellow_bird", 3), ("synthetic", "black_bird", 2)):
+        for i in range(n):
+            path = make_image(images / origin / f"{label}_{i}.jpg", COLORS[label], seed=100 + i)
+            samples.append({"sample_id": f"s-{origin}-{i}", "filepath": str(path), "label": label,
+                            "split": "train", "origin": origin, "predicted_label": label,
+                            "confidence": 0.8, "noise_score": 0.05, "label_issue": False, "updated": t(60)})
+    for i in range(2):
+        path = make_image(images / "unlabeled" / f"u_{i}.jpg", (128, 128, 128), seed=200 + i)
+        samples.append({"sample_id": f"s-unlabeled-{i}", "filepath": str(path), "label": None,
+                        "split": "unlabeled", "origin": "real", "predicted_label": "red_bird",
+                        "confidence": 0.4, "noise_score": None, "label_issue": False, "updated": t(60)})
+    wh.write("samples", samples)
+
+    wh.write("runs", [
+        run_row("ingest-0", "ingest", 0), run_row("ingest-1", "ingest", 5),
+        run_row("embed-1", "embed", 10, backbone="efficientnet_lite0"),
+        run_row("predict-1", "predict", 15, head="logreg", folds=5),
+        run_row("flag-1", "flag", 20), run_row("evaluate-a", "evaluate", 25, backbone="efficientnet_lite0"),
+        run_row("train-1", "train", 30, backbone="efficientnet_lite0", entropy="two_stage"),
+        run_row("relabel_push-1", "relabel_push", 35), run_row("relabel_pull-1", "relabel_pull", 50),
+        run_row("retrain-1", "retrain", 55, backbone="efficientnet_lite0"),
+        run_row("flag-2", "flag", 60),
+        run_row("evaluate-b", "evaluate", 65, models={"backbone": "vit_small"}),
+    ])
+    wh.write("rejects", [
+        {"run_id": "ingest-0", "path": "/data/old/broken.jpg", "reason": "not an image"},
+        {"run_id": "ingest-1", "path": "/data/new/empty.jpg", "reason": "empty file"},
+        {"run_id": "ingest-1", "path": "/data/new/notes.txt", "reason": "not an image"},
+    ])
+    wh.write("metrics", [
+        {"run_id": "flag-1", "split": "all", "name": "flagged", "value": 9},
+        {"run_id": "flag-2", "split": "all", "name": "flagged", "value": 6},
+        *({"run_id": "evaluate-a", "split": "test", "name": k, "value": v} for k, v in
+          {"top1": 0.71, "top5": 0.93, "macro_f1": 0.62, "ece": 0.08, "cost_score": 0.35}.items()),
+        *({"run_id": "evaluate-b", "split": "test", "name": k, "value": v} for k, v in
+          {"top1": 0.78, "top5": 0.95, "macro_f1": 0.70, "ece": 0.06, "cost_score": 0.27,
+           "params": 22_000_000, "macs": 4_600_000_000, "images_per_s": 310.0}.items()),
+        {"run_id": "train-1", "split": "val", "name": "top1", "value": 0.75},
+    ])
+    wh.write("backbone_costs", [{"backbone": "efficientnet_lite0", "params": 4_652_008, "macs": 385_000_000,
+                                 "input_size": 224, "images_per_s": 850.0, "measured": t(10)}])
+    curves = []
+    for step in range(1, 21):
+        lam = 0.1 if step < 17 else -0.05  # two-stage entropy: explore, then exploit from step 17
+        for name, value in (("loss", 2.0 / step), ("accuracy", min(0.95, 0.3 + step * 0.03)),
+                            ("mean_entropy", 1.5 - step * 0.05), ("lambda", lam)):
+            curves.append({"run_id": "train-1", "step": step, "name": name, "value": value})
+    wh.write("curves", curves)
+    f1 = {"evaluate-a": {"red_bird": 0.8, "green_bird": 0.7, "blue_bird": 0.5, "yellow_bird": 0.6, "black_bird": 0.5},
+          "evaluate-b": {"red_bird": 0.85, "green_bird": 0.75, "blue_bird": 0.45, "yellow_bird": 0.8, "black_bird": 0.65}}
+    wh.write("class_metrics", [
+        {"run_id": run, "split": "test", "class": c, "precision": v, "recall": v, "f1": v, "support": REAL[c][1]}
+        for run, per in f1.items() for c, v in per.items()
+    ])
+    cells = {("red_bird", "red_bird"): 3, ("green_bird", "green_bird"): 2, ("green_bird", "red_bird"): 1,
+             ("blue_bird", "blue_bird"): 1, ("blue_bird", "green_bird"): 3, ("yellow_bird", "red_bird"): 2,
+             ("black_bird", "black_bird"): 1}
+    wh.write("confusions", [{"run_id": "evaluate-b", "split": "test", "true_label": a, "predicted_label": b,
+                             "count": n} for (a, b), n in cells.items()])
+
+    signals = []
+    for s in samples:
+        sid = s["sample_id"]
+        if s["label"] is None:
+            continue
+        for run in ("flag-1", "flag-2"):
+            issue = sid in flagged if run == "flag-2" else sid in flagged or sid.endswith("train-9")
+            signals += [
+                {"run_id": run, "sample_id": sid, "signal": "label_issue", "value": float(issue)},
+                {"run_id": run, "sample_id": sid, "signal": "noise_score", "value": s["noise_score"]},
+            ]
+        signals += [
+            {"run_id": "flag-2", "sample_id": sid, "signal": "cleanlab_label_quality", "value": 1 - s["noise_score"]},
+            {"run_id": "flag-2", "sample_id": sid, "signal": "outlier_score", "value": OUTLIERS.get(sid, 0.8)},
+            {"run_id": "flag-2", "sample_id": sid, "signal": "near_duplicate", "value": float(sid in NEAR_DUPLICATES)},
+            {"run_id": "flag-2", "sample_id": sid, "signal": "knn_disagreement",
+             "value": 0.9 if sid in flagged else 0.1},
+        ]
+    wh.write("signals", signals)
+    wh.write("annotators", [
+        {"run_id": "flag-1", "annotator": "old_run_annotator", "quality": 0.5, "agreement": 0.5, "num_labels": 3},
+        {"run_id": "flag-2", "annotator": "ana", "quality": 0.92, "agreement": 0.88, "num_labels": 40},
+        {"run_id": "flag-2", "annotator": "ben", "quality": 0.81, "agreement": 0.79, "num_labels": 25},
+        {"run_id": "flag-2", "annotator": "cai", "quality": 0.64, "agreement": 0.6, "num_labels": 15},
+        {"run_id": "flag-2", "annotator": "dee", "quality": 0.31, "agreement": 0.35, "num_labels": 20},
+    ])
+    # 8 tasks: 5 answered (2 changed: a red/green swap, 3 kept), 2 pending, 1 skipped
+    tasks = [("s-red_bird-train-10", "answered", "green_bird"), ("s-green_bird-train-10", "answered", "red_bird"),
+             ("s-blue_bird-train-10", "answered", "blue_bird"), ("s-red_bird-train-11", "answered", "red_bird"),
+             ("s-green_bird-train-11", "answered", "green_bird"), (FLAGGED[0][0], "pushed", None),
+             (FLAGGED[1][0], "pushed", None), ("s-black_bird-train-0", "skipped", None)]
+    wh.write("relabel_tasks", [
+        {"project": "fieldguide-review", "sample_id": sid, "task_id": 100 + i, "status": status, "pushed": t(35),
+         "answered": t(45 + i) if status != "pushed" else None, "answer": answer}
+        for i, (sid, status, answer) in enumerate(tasks)
+    ])
+    # accepting the answers changed two labels (the store's snapshot holds the new ones); an older
+    # crowd event, before the push, does not count as a change
+    swapped = {"s-red_bird-train-10": ("red_bird", "green_bird"), "s-green_bird-train-10": ("green_bird", "red_bird")}
+    events = [{"event_id": f"e-{sid}", "sample_id": sid, "old": old, "new": new, "source": "labelstudio",
+               "actor": "curator@fieldguide.local", "time": t(51), "run_id": "relabel_pull-1"}
+              for sid, (old, new) in swapped.items()]
+    events.append({"event_id": "e-crowd", "sample_id": "s-red_bird-train-11", "old": None, "new": "red_bird",
+                   "source": "crowd", "actor": "ana", "time": t(1), "run_id": "ingest-0"})
+    wh.write("label_events", events)
+    wh.write("samples", [dict(s, label=swapped[s["sample_id"]][1]) for s in samples if s["sample_id"] in swapped])
+    return wh
+
+
+@pytest.fixture
+def full_project(project, monkeypatch):
+    build_warehouse(project)
+    monkeypatch.setenv(PROJECT_ENV, str(project.root))
+    return project
+
+
+@pytest.fixture
+def empty_project(project, monkeypatch):
+    """A new project: no warehouse file at all."""
+    monkeypatch.setenv(PROJECT_ENV, str(project.root))
+    return project
+
+
+def render(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    if page is not None:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def frame(at: AppTest, alt: str) -> pd.DataFrame:
+    """The table shown with this alt text."""
+    found = [d for d in at.dataframe if d.proto.alt == alt]
+    assert len(found) == 1, f"{len(found)} tables with alt text {alt!r}: {[d.proto.alt for d in at.dataframe]}"
+    return found[0].value
+
+
+def charts(at: AppTest) -> list[tuple[dict, list[pd.DataFrame]]]:
+    """Every Vega-Lite chart shown: its spec and the data frames it plots."""
+    out = []
+    for chart in at.get("vega_lite_chart"):
+        data = [pa.ipc.open_stream(d.data.data).read_pandas() for d in chart.proto.datasets]
+        out.append((json.loads(chart.proto.spec), data))
+    return out
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "info", "code", "warning")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+# ---- the full warehouse ----------------------------------------------------------------
+def test_health_page_counts_classes_splits_origins_rejects(full_project):
+    at = render()  # the default page
+    assert at.title[0].value == "Dataset health"
+    assert metrics(at) == {"Samples": "60", "Classes": "5", "Scarce classes": "2",
+                           "Rejects (last ingest)": "2", "Near-duplicates": "2", "Outliers": "3"}
+    scarce = frame(at, "scarce classes")
+    assert scarce["class"].tolist() == ["black_bird", "yellow_bird"]
+    assert scarce["train"].tolist() == [4, 7]  # 2 real + 2 synthetic; 4 real + 3 pseudo
+    split = frame(at, "per split").set_index("split")["n"].to_dict()
+    assert split == {"train": 48, "test": 10, "unlabeled": 2}
+    origin = frame(at, "per origin").set_index("origin")["n"].to_dict()
+    assert origin == {"real": 55, "pseudo": 3, "synthetic": 2}
+    assert sorted(frame(at, "rejects")["path"]) == ["/data/new/empty.jpg", "/data/new/notes.txt"]
+    assert frame(at, "reject reasons").set_index("reason")["files"].to_dict() == {"empty file": 1, "not an image": 1}
+    assert sorted(frame(at, "near duplicates")["sample_id"]) == list(NEAR_DUPLICATES)
+    outliers = frame(at, "outliers")
+    assert outliers["sample_id"].head(3).tolist() == list(OUTLIERS)
+    assert outliers["outlier_score"].iloc[0] == pytest.approx(0.05)
+    shown = charts(at)
+    assert len(shown) == 3  # the long tail, per split, per origin
+    spec, data = shown[0]
+    assert spec["layer"][0]["encoding"]["x"]["sort"] == ["red_bird", "green_bird", "blue_bird", "yellow_bird", "black_bird"]
+    bars = next(d for d in data if "kind" in d)
+    assert bars.set_index("class")["kind"].to_dict() == {
+        "red_bird": "enough", "green_bird": "enough", "blue_bird": "enough", "yellow_bird": "scarce", "black_bird": "scarce"}
+    assert bars.set_index("class")["samples"].to_dict() == {
+        "red_bird": 17, "green_bird": 15, "blue_bird": 13, "yellow_bird": 8, "black_bird": 5}
+
+
+def test_review_page_shows_queue_thumbnails_and_signals(full_project):
+    at = render("sections/review.py")
+    assert at.title[0].value == "Review queue"
+    shown = metrics(at)
+    assert (shown["Flagged now"], shown["Flagged by the last run"], shown["Flag runs"]) == ("6", "6", "2")
+    assert [m for m in at.metric if m.label == "Flagged by the last run"][0].proto.delta == "-3"
+    captions = [c for img in at.image for c in img.captions]
+    assert captions == [f"{sid.split('-')[1]} → {pred} · noise {score:.2f}" for sid, score, pred in FLAGGED]
+    assert captions[0] == "red_bird → blue_bird · noise 0.97"
+    assert all(url for img in at.image for url in img.value)  # served thumbnails
+    assert any(c.value == f"fieldguide --project {full_project.root} app --view to_review" for c in at.code)
+    table = frame(at, "flagged signals")
+    assert table["sample_id"].tolist() == [sid for sid, _, _ in FLAGGED]
+    assert {"cleanlab_label_quality", "outlier_score", "near_duplicate", "knn_disagreement",
+            "label_issue"} <= set(table.columns)
+    assert table["label_issue"].tolist() == [1.0] * 6  # the newest flag run's values
+    assert table["knn_disagreement"].tolist() == [0.9] * 6
+    summary = frame(at, "signal summary").set_index("signal")
+    assert summary.loc["label_issue", "flagged"] == 6 and summary.loc["label_issue", "run_id"] == "flag-2"
+    assert summary.loc["near_duplicate", "flagged"] == 2
+    assert summary.loc["outlier_score", "min"] == pytest.approx(0.05)
+
+    at.slider[0].set_value(4).run()  # fewer thumbnails
+    assert len([c for img in at.image for c in img.captions]) == 4
+
+
+def test_relabel_page_counts_tasks_outcomes_annotators(full_project):
+    at = render("sections/relabel.py")
+    assert at.title[0].value == "Relabeling"
+    shown = metrics(at)
+    assert {k: shown[k] for k in ("Tasks pushed", "Answered", "Pending", "Skipped", "Labels changed")} == {
+        "Tasks pushed": "8", "Answered": "5", "Pending": "2", "Skipped": "1", "Labels changed": "40%"}
+    per_project = frame(at, "tasks per project")
+    assert per_project.to_dict("records") == [
+        {"project": "fieldguide-review", "tasks": 8, "answered": 5, "pending": 2, "skipped": 1}]
+    assert frame(at, "outcomes").set_index("outcome")["tasks"].to_dict() == {"changed": 2, "kept": 3}
+    moves = frame(at, "label changes")
+    assert sorted(zip(moves["from"], moves["to"])) == [("green_bird", "red_bird"), ("red_bird", "green_bird")]
+    people = frame(at, "annotators")
+    assert people["annotator"].tolist() == ["ana", "ben", "cai", "dee"]  # newest run only, best first
+    assert shown["Annotators"] == "4"
+    assert shown["Agreement (label-weighted)"] == "0.71"
+    assert shown["Lowest quality"] == "0.31"
+    events = frame(at, "label events")
+    assert events["source"].tolist() == ["labelstudio", "labelstudio", "crowd"]
+
+
+def test_models_page_leaderboard_curves_f1_confusions(full_project):
+    at = render("sections/models.py")
+    assert at.title[0].value == "Models"
+    board = frame(at, "leaderboard")
+    assert board["run_id"].tolist() == ["evaluate-b", "evaluate-a"]
+    assert board["backbone"].tolist() == ["vit_small", "efficientnet_lite0"]
+    assert board["macro_f1"].tolist() == pytest.approx([0.70, 0.62])
+    assert board["top1"].tolist() == pytest.approx([0.78, 0.71])
+    assert board["cost_score"].tolist() == pytest.approx([0.27, 0.35])
+    assert board["params"].tolist() == [22_000_000, 4_652_008]  # evaluate-a's from backbone_costs
+    assert board["images_per_s"].tolist() == pytest.approx([310.0, 850.0])
+
+    curves = frame(at, "curve summary").iloc[0]
+    assert curves["run_id"] == "train-1" and curves["steps"] == 20
+    assert bool(curves["two_stage_entropy"]) and curves["lambda_switch_step"] == 17
+    assert curves["final_loss"] == pytest.approx(0.1)
+    assert curves["final_mean_entropy"] == pytest.approx(0.5)
+
+    shown = metrics(at)
+    assert (shown["Classes better"], shown["Classes worse"], shown["Mean F1 change"]) == ("4", "1", "+0.080")
+    change = frame(at, "class f1 change")
+    assert change["class"].iloc[0] == "blue_bird" and change["change"].iloc[0] == pytest.approx(-0.05)
+    assert change.set_index("class").loc["yellow_bird", "change"] == pytest.approx(0.2)
+
+    pairs = frame(at, "most confused")
+    assert list(zip(pairs["true_label"], pairs["predicted_label"], pairs["count"])) == [
+        ("blue_bird", "green_bird", 3), ("yellow_bird", "red_bird", 2), ("green_bird", "red_bird", 1)]
+    assert pairs["share"].tolist() == pytest.approx([0.75, 1.0, 1 / 3])
+
+    # the leaderboard on the val split holds the training run
+    at.selectbox(key="leaderboard_split").set_value("val").run()
+    assert frame(at, "leaderboard")["run_id"].tolist() == ["train-1"]
+    # swapping the two runs flips the F1 changes
+    at.selectbox(key="f1_run_a").set_value("evaluate-b")
+    at.selectbox(key="f1_run_b").set_value("evaluate-a").run()
+    shown = metrics(at)
+    assert (shown["Classes better"], shown["Classes worse"], shown["Mean F1 change"]) == ("1", "4", "-0.080")
+
+
+def test_benchmark_page_shows_project_tables(full_project):
+    folder = full_project.runs_dir / "benchmarks"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"noise_rate": [0.1, 0.2], "method": ["cleanlab", "entropy"],
+                  "f1_issue_detection": [0.81, 0.74]}).to_csv(folder / "noise_detection.csv", index=False)
+    at = render("sections/benchmarks.py")
+    assert at.title[0].value == "Noise benchmark"
+    assert "noise_detection" in [s.value for s in at.subheader]
+    table = frame(at, "noise_detection table")
+    assert table["method"].tolist() == ["cleanlab", "entropy"]
+    assert table["f1_issue_detection"].tolist() == pytest.approx([0.81, 0.74])
+
+
+def test_sidebar_names_the_project(full_project):
+    at = render()
+    assert "testproj" in [m.value.strip("*") for m in at.sidebar.markdown]
+
+
+# ---- empty projects --------------------------------------------------------------------
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_on_a_new_project_says_what_to_run(empty_project, page):
+    at = render(page)
+    assert not at.dataframe and not at.metric
+    shown = texts(at)
+    assert at.info, shown
+    if page != "sections/benchmarks.py":
+        assert f"fieldguide --project {empty_project.root} ingest IMAGES_DIR" in [c.value for c in at.code]
+    else:
+        assert "No benchmark tables in this project yet" in shown
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_on_an_empty_warehouse_says_what_to_run(empty_project, page):
+    wh = Warehouse(empty_project.warehouse_path)
+    with wh.connect():  # the schema, no rows
+        pass
+    assert wh.query("SELECT count(*) FROM runs").iloc[0, 0] == 0
+    at = render(page)
+    assert at.info and not at.metric
+    if page != "sections/benchmarks.py":
+        assert f"fieldguide --project {empty_project.root} ingest IMAGES_DIR" in [c.value for c in at.code]
+
+
+def test_after_ingest_only_pages_point_to_the_next_steps(empty_project):
+    wh = Warehouse(empty_project.warehouse_path)
+    wh.write("runs", [run_row("ingest-1", "ingest", 0)])
+    wh.write("samples", [{"sample_id": f"s{i}", "filepath": f"/x/{i}.jpg", "label": "red_bird", "split": "train",
+                          "origin": "real", "label_issue": False} for i in range(3)])
+    at = render()
+    assert metrics(at)["Samples"] == "3" and metrics(at)["Scarce classes"] == "1"
+    assert "No outlier_score signal yet (run flag)." in texts(at)
+
+    at = render("sections/review.py")
+    codes = [c.value for c in at.code]
+    root = empty_project.root
+    assert codes == [f"fieldguide --project {root} embed", f"fieldguide --project {root} flag"]
+    at = render("sections/models.py")
+    assert f"fieldguide --project {root} evaluate" in [c.value for c in at.code]
+
+
+def test_a_folder_without_a_project_shows_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv(PROJECT_ENV, str(tmp_path / "nowhere"))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
+    assert at.code[0].value == "fieldguide --project DIR dashboard"

@@ -1,0 +1,33 @@
+"""The main job (``fieldguide demo``) end to end on a small folder, with the real default backbone."""
+
+from __future__ import annotations
+
+import pytest
+
+from fieldguide.demo import run_demo
+from fieldguide.platform import store
+from fieldguide.config import open_project
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_every_step_and_resumes(tmp_path, image_folder):
+    lines: list[str] = []
+    summary = run_demo(tmp_path / "demo", image_folder, echo=lines.append, fmt="folder", labelstudio=False)
+    text = "\n".join(lines)
+    assert summary["samples"] == 24 and summary["classes"] == 3
+    assert summary["splits"] == {"train": 18, "test": 6}
+    assert 0 <= summary["test"]["top1"] <= 1
+    assert summary["assessed"] == 24
+    for step in ("ingest", "embed", "predict", "evaluate", "flag", "summary"):
+        assert any(line.startswith(step) for line in lines), text
+    assert "app --view to_review" in text and " dashboard" in text
+    project = open_project(tmp_path / "demo")
+    runs = store.warehouse(project).query("SELECT kind, status FROM runs")
+    assert set(runs["kind"]) >= {"ingest", "embed", "predict", "evaluate", "flag"}
+    assert set(runs["status"]) == {"completed"}
+    # a second demo resumes: nothing is ingested or embedded twice
+    again: list[str] = []
+    run_demo(tmp_path / "demo", image_folder, echo=again.append, fmt="folder", labelstudio=False)
+    assert any(line.startswith("ingest    added 0, already in the store 24") for line in again), again
+    assert any("embedded 0, cached 24" in line for line in again), again

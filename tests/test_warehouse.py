@@ -1,0 +1,99 @@
+"""The DuckDB warehouse on a real file: schema, idempotent writes, runs, read-only queries."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pandas as pd
+import pytest
+
+from fieldguide.errors import FieldguideError
+from fieldguide.platform.warehouse import SCHEMA_VERSION, TABLES, Warehouse
+
+
+@pytest.fixture
+def wh(tmp_path):
+    return Warehouse(tmp_path / "proj" / "warehouse.duckdb")
+
+
+def test_schema_has_every_table_and_its_version(wh):
+    wh.write("metrics", [{"run_id": "r", "split": "test", "name": "acc", "value": 0.5}])
+    assert wh.path.is_file()
+    tables = set(wh.query("SELECT table_name FROM information_schema.tables")["table_name"])
+    assert tables == set(TABLES)
+    assert wh.schema_version() == SCHEMA_VERSION == 1
+    runs_columns = list(wh.query("DESCRIBE runs")["column_name"])
+    assert runs_columns == ["run_id", "kind", "config", "status", "started", "finished", "message"]
+
+
+def test_a_newer_schema_is_refused(wh):
+    wh.write("metrics", [{"run_id": "r", "split": "test", "name": "acc", "value": 0.5}])
+    con = duckdb.connect(str(wh.path))
+    con.execute("UPDATE schema_info SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(FieldguideError, match="schema version 99 is newer"):
+        wh.write("metrics", [{"run_id": "r", "split": "test", "name": "acc", "value": 0.7}])
+
+
+def test_writes_are_insert_or_replace(wh):
+    rows = [
+        {"run_id": "r1", "split": "test", "name": "accuracy", "value": 0.5},
+        {"run_id": "r1", "split": "test", "name": "macro_f1", "value": 0.4},
+    ]
+    assert wh.write("metrics", rows) == 2
+    assert wh.write("metrics", rows) == 2
+    assert len(wh.query("SELECT * FROM metrics")) == 2
+    wh.write("metrics", [{"run_id": "r1", "split": "test", "name": "accuracy", "value": 0.9}])
+    df = wh.query("SELECT name, value FROM metrics ORDER BY name")
+    assert df.to_dict("records") == [
+        {"name": "accuracy", "value": 0.9},
+        {"name": "macro_f1", "value": 0.4},
+    ]
+    # columns are matched by name, in any order, and missing ones are NULL
+    wh.write("class_metrics", [{"f1": 0.5, "class": "wren", "run_id": "r1", "split": "test"}])
+    row = wh.query("SELECT * FROM class_metrics").iloc[0]
+    assert (row["class"], row["f1"]) == ("wren", 0.5)
+    assert pd.isna(row["precision"])  # not given: NULL
+    assert wh.write("metrics", []) == 0
+    with pytest.raises(ValueError, match="unknown warehouse table 'metricz'"):
+        wh.write("metricz", rows)
+
+
+def test_run_context_records_completed_and_failed_runs(wh):
+    with wh.run("ingest", {"source": "/data", "strict": True}) as ok_id:
+        running = wh.query("SELECT status, finished FROM runs WHERE run_id = ?", [ok_id]).iloc[0]
+        assert running["status"] == "running"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with wh.run("predict") as bad_id:
+            raise RuntimeError("disk on fire")
+    runs = wh.query("SELECT * FROM runs ORDER BY started").set_index("run_id")
+    assert ok_id.startswith("ingest-") and bad_id.startswith("predict-")
+    assert runs.loc[ok_id, "status"] == "completed"
+    assert pd.isna(runs.loc[ok_id, "message"])
+    assert json.loads(runs.loc[ok_id, "config"]) == {"source": "/data", "strict": True}
+    assert runs.loc[bad_id, "status"] == "failed"
+    assert runs.loc[bad_id, "message"] == "RuntimeError: disk on fire"
+    assert runs.loc[bad_id, "finished"] >= runs.loc[bad_id, "started"]
+    assert wh.last_run("ingest")["run_id"] == ok_id
+    assert wh.last_run("predict") is None
+    assert wh.last_run("predict", status="failed")["run_id"] == bad_id
+
+
+def test_query_is_read_only_and_needs_no_writer(wh):
+    assert wh.query("SELECT 1").empty  # no file yet: an empty answer, and no file created
+    assert not wh.path.exists()
+    with pytest.raises(FieldguideError, match="does not exist yet"):
+        with wh.connect(read_only=True):
+            pass
+    wh.write("signals", [{"run_id": "r", "sample_id": "s1", "signal": "entropy", "value": 1.5}])
+    # two readers at once (as the dashboards do), while no writer holds the file
+    with wh.connect(read_only=True) as a, wh.connect(read_only=True) as b:
+        assert a.execute("SELECT value FROM signals").fetchone() == (1.5,)
+        assert b.execute("SELECT count(*) FROM signals").fetchone() == (1,)
+        with pytest.raises(duckdb.Error):
+            a.execute("DELETE FROM signals")
+    assert wh.query("SELECT count(*) AS n FROM signals")["n"].tolist() == [1]
+    # and the file is free again for a writer afterwards
+    wh.write("signals", [{"run_id": "r", "sample_id": "s2", "signal": "entropy", "value": 0.5}])
+    assert wh.query("SELECT sum(value) AS v FROM signals")["v"].tolist() == [2.0]
