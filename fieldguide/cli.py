@@ -211,6 +211,58 @@ def evaluate(
     typer.echo(f"confusion matrix: {m['confusion_png']}")
 
 
+def _echo_train(report, as_json: bool, comparison: dict | None = None) -> None:
+    if as_json:
+        _echo_json({**report.as_dict(), **({"comparison": comparison} if comparison is not None else {})})
+        return
+    line = f"{report.run_id}: {report.method} ({report.mode}), {report.epochs} epochs on {report.n_train} samples"
+    if report.excluded or report.downweighted:
+        line += f" ({report.excluded} flagged excluded, {report.downweighted} down-weighted)"
+    typer.echo(line + f" in {report.seconds:.0f} s")
+    if report.top1 is not None:
+        typer.echo(f"test: top-1 {report.top1:.3f}  top-5 {report.top5:.3f}  macro-F1 {report.macro_f1:.3f}")
+    typer.echo(f"curves: {report.curves_png}")
+    if comparison and comparison.get("previous"):
+        c = comparison
+        if c.get("delta_top1") is not None:
+            typer.echo(f"vs {c['previous']}: top-1 {c['previous_top1']:.3f} -> {c['top1']:.3f} ({c['delta_top1']:+.3f}), "
+                       f"macro-F1 {c['previous_macro_f1']:.3f} -> {c['macro_f1']:.3f} ({c['delta_macro_f1']:+.3f})")
+        for row in c.get("class_changes", [])[:10]:
+            typer.echo(f"  {row['class']}: F1 {row['previous_f1']:.3f} -> {row['f1']:.3f} ({row['delta']:+.3f})")
+    elif comparison is not None:
+        typer.echo("no earlier training run with test metrics to compare with")
+
+
+@app.command("train")
+def train_cmd(
+    method: Optional[str] = typer.Option(None, help="ce | two-stage-entropy | grpo (default: train.method)."),
+    mode: Optional[str] = typer.Option(None, help="head | finetune (default: train.mode)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: train.epochs / train.finetune_epochs)."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone (default: models.backbone)."),
+    resume: Optional[str] = typer.Option(None, help="Resume a stopped run from its last checkpoint (its run id)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Noise-tolerant training on the current labels; evaluates on the test split when there is one."""
+    from fieldguide.models.train import train
+
+    _echo_train(train(_project(), method=method, mode=mode, epochs=epochs, backbone=backbone, resume=resume), as_json)
+
+
+@app.command("retrain")
+def retrain_cmd(
+    method: Optional[str] = typer.Option(None, help="ce | two-stage-entropy | grpo (default: train.method)."),
+    mode: Optional[str] = typer.Option(None, help="head | finetune (default: train.mode)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs."),
+    flagged: Optional[str] = typer.Option(None, help="Unresolved flagged samples: keep | downweight | exclude."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report and comparison as JSON."),
+) -> None:
+    """Train on the current labels, evaluate, and compare with the previous training run."""
+    from fieldguide.models.train import retrain
+
+    report, comparison = retrain(_project(), method=method, mode=mode, epochs=epochs, flagged=flagged)
+    _echo_train(report, as_json, comparison)
+
+
 @app.command("flag")
 def flag_cmd(
     backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),

@@ -63,6 +63,31 @@ class PredictSection(_Section):
     seed: int = 0
 
 
+class TrainSection(_Section):
+    method: str = Field(default="two-stage-entropy", pattern="^(ce|two-stage-entropy|grpo)$",
+                        description="ce | two-stage-entropy | grpo")
+    mode: str = Field(default="head", pattern="^(head|finetune)$",
+                      description="head: on the cached embeddings; finetune: the backbone end to end")
+    epochs: int = Field(default=40, ge=1, description="epochs in head mode")
+    lr: float = Field(default=3e-3, gt=0, description="learning rate in head mode (AdamW)")
+    weight_decay: float = Field(default=1e-4, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    hidden: int = Field(default=0, ge=0, description="hidden units of the head; 0: linear")
+    lam_max: float = Field(default=0.5, ge=0, description="entropy bonus while exploring (λ = +lam_max)")
+    lam_min: float = Field(default=0.1, ge=0, description="entropy penalty while exploiting (λ = -lam_min)")
+    switch_at: float = Field(default=0.8, ge=0, le=1, description="fraction of training where λ switches")
+    switch_rule: str = Field(default="fraction", pattern="^(fraction|saturation)$",
+                             description="fraction, or saturation: also switch when mean entropy stops rising")
+    grpo_k: int = Field(default=8, ge=2, description="labels sampled per image for GRPO")
+    finetune_epochs: int = Field(default=5, ge=1)
+    finetune_lr: float = Field(default=1e-4, gt=0)
+    finetune_batch_size: int = Field(default=32, ge=1)
+    flagged: str = Field(default="downweight", pattern="^(keep|downweight|exclude)$",
+                         description="retrain: unresolved flagged samples are kept, down-weighted or excluded")
+    flagged_weight: float = Field(default=0.3, ge=0, le=1, description="weight of a down-weighted sample")
+    seed: int = 0
+
+
 class EvaluateSection(_Section):
     cost_matrix: str = Field(
         default="",
@@ -104,6 +129,7 @@ class Config(_Section):
     ingest: IngestSection = Field(default_factory=IngestSection)
     models: ModelsSection = Field(default_factory=ModelsSection)
     predict: PredictSection = Field(default_factory=PredictSection)
+    train: TrainSection = Field(default_factory=TrainSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     curation: CurationSection = Field(default_factory=CurationSection)
     labelstudio: LabelStudioSection = Field(default_factory=LabelStudioSection)

@@ -31,7 +31,8 @@ MIN_CLASS_SAMPLES = 3
 REVIEW_TAGS = ("to_review", "outlier", "near_duplicate")
 #: signal arrays written to the store as sample fields (the rest go to the warehouse only)
 STORE_FIELDS = {"label_quality": "label_quality", "outlier_score": "outlier_score",
-                "knn_disagreement": "knn_disagreement", "annotator_agreement": "annotator_agreement"}
+                "knn_disagreement": "knn_disagreement", "annotator_agreement": "annotator_agreement",
+                "entropy_aum": "entropy_aum"}
 
 
 @dataclass
@@ -120,7 +121,8 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
                 votes = votes.apply(lambda col: col.map(lambda v: remap.get(int(v), np.nan) if pd.notna(v) else np.nan))
             inputs = sig.SignalInputs(labels=labels_c, pred_probs=probs_c,
                                       features=X[[emb_row[s] for s in assess]] if X is not None else None,
-                                      votes=votes, knn_k=project.config.curation.knn_k)
+                                      votes=votes, knn_k=project.config.curation.knn_k,
+                                      extra=_trajectory_inputs(project, assess))
             values = sig.compute_signals(inputs)
             used_names = [classes[i] for i in used]
             stats = inputs.extra.get("annotator_stats")
@@ -160,6 +162,25 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
             ("assessed", report.assessed), ("not_assessable", report.not_assessable),
             ("flagged", report.flagged), ("outliers", report.outliers), ("near_duplicates", report.near_duplicates))])
     return report
+
+
+def _trajectory_inputs(project: Project, assess: list[str]) -> dict[str, np.ndarray]:
+    """The latest training run's trajectory summaries, aligned with ``assess`` (NaN where unseen)."""
+    from fieldguide.errors import NotReadyError
+    from fieldguide.models.train import load_trajectories, trajectory_signals
+
+    try:
+        run_id, ids, traj = load_trajectories(project)
+    except NotReadyError:
+        return {}
+    summary = trajectory_signals(traj)
+    row = {s: i for i, s in enumerate(ids)}
+    out = {}
+    for name, arr in summary.items():
+        out[name] = np.array([arr[row[s]] if s in row else np.nan for s in assess], dtype=float)
+    log.info("entropy signal from training run %s (%d of %d samples)", run_id, sum(s in row for s in assess),
+             len(assess))
+    return out
 
 
 def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names) -> None:

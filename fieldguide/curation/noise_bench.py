@@ -91,10 +91,26 @@ def detection_table(noisy: np.ndarray, clean: np.ndarray, values: dict[str, np.n
     return pd.DataFrame(rows)
 
 
+def entropy_trajectories(features: np.ndarray, labels: np.ndarray, n_classes: int, *, seed: int = 0,
+                         train_settings: dict | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+    """Trajectory summaries (``aum``, ``agreement``, ``mean_entropy``) of a two-stage entropy head
+    trained on ``labels``: the inputs of the ``entropy`` signal."""
+    from fieldguide.models.train import fit_head, trajectory_signals
+
+    _, state = fit_head(features, labels, n_classes, seed=seed, progress=progress, **(train_settings or {}))
+    return trajectory_signals(state.trajectories)
+
+
 def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int, *,
                         rates=(0.1, 0.2, 0.4), kinds=KINDS, seed: int = 0, head: str = "logreg",
-                        folds: int = 5, signals: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
-    """The full table over ``kinds`` x ``rates`` (one row per signal and setting)."""
+                        folds: int = 5, signals: list[str] | None = None, entropy: bool = True,
+                        train_settings: dict | None = None, progress: bool = True) -> pd.DataFrame:
+    """The full table over ``kinds`` x ``rates`` (one row per signal and setting).
+
+    With ``entropy`` a two-stage entropy head is trained on the noisy labels and its
+    trajectories feed the ``entropy`` signal; the row ``noise_score_without_entropy`` is then the
+    combined score without it, so the table shows what the signal adds.
+    """
     frames = []
     for kind in kinds:
         for rate in rates:
@@ -102,10 +118,15 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
             noisy = inject_noise(clean, n_classes, rate, kind, seed=seed, features=features)
             probs, _ = cross_val_pred_probs(lambda: make_head(head), features, noisy, n_classes,
                                             folds=folds, seed=seed, progress=progress)
-            inputs = sig.SignalInputs(labels=noisy, pred_probs=probs, features=features)
+            extra = (entropy_trajectories(features, noisy, n_classes, seed=seed, train_settings=train_settings)
+                     if entropy else {})
+            inputs = sig.SignalInputs(labels=noisy, pred_probs=probs, features=features, extra=extra)
             values = sig.compute_signals(inputs, signals)
             weights, direction = sig.combine_weights()
             values["noise_score"] = noise_score(values, weights, direction)
+            if entropy and "entropy_aum" in values:
+                without = {k: v for k, v in weights.items() if not k.startswith("entropy_")}
+                values["noise_score_without_entropy"] = noise_score(values, without, direction)
             df = detection_table(noisy, clean, values, probs)
             df.insert(0, "rate", rate)
             df.insert(0, "kind", kind)

@@ -202,3 +202,21 @@ def multiannotator_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     inp.extra["annotator_stats"] = stats  # per-annotator quality, picked up by the flag step
     return {"consensus_quality": quality, "consensus_label": consensus,
             "annotator_agreement": agreement, "consensus_disagrees": disagrees}
+
+
+# ---- training trajectories (noise-tolerant training) ----------------------------------------------------------
+@register_signal("entropy", weights={"entropy_aum": 0.25},
+                 noisy_when={"entropy_aum": "low", "entropy_agreement": "low", "entropy_mean": "high"})
+def entropy_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
+    """Per-sample trajectories of a two-stage entropy (or CE / GRPO) training run, summarised:
+    the area under the margin of the given label (``entropy_aum``; low = the model kept
+    disagreeing with the label), the share of epochs whose prediction agreed with it, and the
+    mean entropy. ``inp.extra`` holds them as ``aum``, ``agreement``, ``mean_entropy`` (NaN for
+    samples the run did not train on)."""
+    if "aum" not in inp.extra:
+        raise SignalUnavailable("no training trajectories (run 'fieldguide train')")
+    aum = np.asarray(inp.extra["aum"], dtype=float)
+    if np.isnan(aum).all():
+        raise SignalUnavailable("the training run saw none of these samples")
+    return {"entropy_aum": aum, "entropy_agreement": np.asarray(inp.extra["agreement"], dtype=float),
+            "entropy_mean": np.asarray(inp.extra["mean_entropy"], dtype=float)}

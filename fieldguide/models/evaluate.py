@@ -130,6 +130,20 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
     return path
 
 
+def record_metrics(wh, run_id: str, split: str, m: dict, classes: list[str], *, headline: bool = True) -> None:
+    """Write ``classification_metrics`` output to the warehouse: ``metrics`` (with ``headline``),
+    ``class_metrics`` and ``confusions`` under ``run_id``."""
+    if headline:
+        wh.write("metrics", [{"run_id": run_id, "split": split, "name": k, "value": float(m[k])}
+                             for k in ("n", "top1", "top5", "macro_f1", "ece", "cost_score")])
+    wh.write("class_metrics", [dict(run_id=run_id, split=split, **r) for r in m["per_class"]])
+    cm = m["confusion"]
+    wh.write("confusions", [
+        {"run_id": run_id, "split": split, "true_label": classes[i], "predicted_label": classes[j],
+         "count": int(cm[i, j])} for i, j in np.argwhere(cm > 0)
+    ])
+
+
 def evaluate(project: Project, *, split: str = "test", predict_run: str | None = None) -> dict:
     """Score the latest predictions on ``split``; write the warehouse rows and the confusion PNG."""
     from fieldguide.models.predict import load_pred_probs
@@ -158,13 +172,7 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
                 if v is not None and not (isinstance(v, float) and np.isnan(v)):
                     rows.append({"run_id": run_id, "split": "cost", "name": k, "value": float(v)})
         wh.write("metrics", rows)
-        wh.write("class_metrics", [dict(run_id=run_id, split=split, **r) for r in m["per_class"]])
-        cm = m["confusion"]
-        nz = np.argwhere(cm > 0)
-        wh.write("confusions", [
-            {"run_id": run_id, "split": split, "true_label": pp.classes[i], "predicted_label": pp.classes[j],
-             "count": int(cm[i, j])} for i, j in nz
-        ])
+        record_metrics(wh, run_id, split, m, pp.classes, headline=False)
         png = plot_confusion(cm, pp.classes, project.run_dir(run_id) / "confusion.png",
                              f"{split}: top-1 {m['top1']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     return {

@@ -1,0 +1,140 @@
+"""Two-stage entropy training, brought from an MLLM's tokens to a classifier's outputs.
+
+After "From Exploration to Exploitation: A Two-Stage Entropy RLVR Approach for Noise-Tolerant
+MLLM Training": the loss is ``task loss + λ(t)·(−mean entropy of the predicted distribution)``.
+λ(t) = +λ_max until the switch (minimising the loss *maximises* entropy: the model stays
+uncertain and explores instead of memorising noisy labels), then −λ_min (entropy is
+minimised: the model commits, exploitation). The switch happens at a fraction of training
+(default 0.8) or when the moving-average entropy stops rising (``rule="saturation"``).
+
+The task loss is cross-entropy, or GRPO on a classifier: K labels sampled per image from its
+softmax, reward 1 when a sample equals the given label, advantage = (r − group mean) /
+(group std + ε), loss = −mean(advantage · log p(sample)). A group whose rewards are all equal
+has zero advantage and so gives no gradient, as in GRPO.
+
+Everything here is a function of tensors; :mod:`fieldguide.models.train` runs the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("ce", "two-stage-entropy", "grpo")
+SWITCH_RULES = ("fraction", "saturation")
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample entropy (nats) of softmax(logits); shape (n,)."""
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Group-normalised advantages of ``rewards`` (n groups, K samples each): (r − mean) / (std + ε).
+
+    A group whose rewards are all equal gets zero advantage (no gradient).
+    """
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards: expected shape (n, K), got {tuple(rewards.shape)}")
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, unbiased=False, keepdim=True)
+    adv = (rewards - mean) / (std + eps)
+    return torch.where(std > 0, adv, torch.zeros_like(adv))
+
+
+def grpo_loss(logits: torch.Tensor, target: torch.Tensor, k: int = 8,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """GRPO's policy loss for a classifier: K labels sampled per row, reward = (sample == target)."""
+    logp = F.log_softmax(logits, dim=-1)
+    with torch.no_grad():
+        samples = torch.multinomial(logp.exp().float(), k, replacement=True, generator=generator)
+        rewards = (samples == target[:, None]).float()
+        adv = grpo_advantages(rewards)
+    chosen = logp.gather(1, samples)
+    return -(adv * chosen).mean()
+
+
+@dataclass
+class EntropySchedule:
+    """λ(t) of two-stage entropy training (``reverse`` = min→max, the ablation the paper reports).
+
+    ``lam(progress)`` takes the fraction of training done; with ``rule="saturation"`` the switch
+    also happens once :meth:`observe` sees the moving-average entropy stop rising (by less than
+    ``tolerance`` relative over ``patience`` epochs), whichever comes first.
+    """
+
+    lam_max: float = 0.5
+    lam_min: float = 0.1
+    switch_at: float = 0.8
+    rule: str = "fraction"
+    reverse: bool = False
+    window: int = 3
+    patience: int = 2
+    tolerance: float = 0.01
+    switched_at: float | None = None
+    history: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.rule not in SWITCH_RULES:
+            raise ValueError(f"switch rule {self.rule!r}: use one of {SWITCH_RULES}")
+        if not 0.0 <= self.switch_at <= 1.0:
+            raise ValueError(f"switch_at must be in [0, 1], got {self.switch_at}")
+        if self.lam_max < 0 or self.lam_min < 0:
+            raise ValueError("lam_max and lam_min are magnitudes (>= 0)")
+
+    def exploring(self, progress: float) -> bool:
+        if self.switched_at is not None:
+            return progress < self.switched_at
+        return progress < self.switch_at
+
+    def lam(self, progress: float) -> float:
+        explore = self.exploring(progress)
+        if self.reverse:
+            explore = not explore
+        return self.lam_max if explore else -self.lam_min
+
+    def observe(self, mean_entropy: float, progress: float) -> None:
+        """Record an epoch's mean entropy; under ``saturation`` this may move the switch earlier."""
+        self.history.append(float(mean_entropy))
+        if self.rule != "saturation" or self.switched_at is not None:
+            return
+        h = self.history
+        need = self.window + self.patience
+        if len(h) < need:
+            return
+        ma = [sum(h[i - self.window + 1:i + 1]) / self.window for i in range(self.window - 1, len(h))]
+        recent = ma[-(self.patience + 1):]
+        gains = [(b - a) / max(abs(a), 1e-8) for a, b in zip(recent, recent[1:])]
+        if all(g < self.tolerance for g in gains):
+            self.switched_at = progress
+
+    def state_dict(self) -> dict:
+        return {"switched_at": self.switched_at, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.switched_at = state.get("switched_at")
+        self.history = list(state.get("history", []))
+
+
+def training_loss(method: str, logits: torch.Tensor, target: torch.Tensor, lam: float, *,
+                  k: int = 8, weight: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, per-sample entropy)`` for ``method``: task loss + λ·(−mean entropy).
+
+    ``ce`` ignores λ; ``two-stage-entropy`` is cross-entropy plus the entropy term; ``grpo`` is the
+    GRPO policy loss plus the entropy term. ``weight`` (n,) down-weights samples in the task loss.
+    """
+    if method not in METHODS:
+        raise ValueError(f"training method {method!r}: use one of {', '.join(METHODS)}")
+    ent = entropy(logits)
+    if method == "grpo":
+        task = grpo_loss(logits, target, k, generator)
+    else:
+        per = F.cross_entropy(logits, target, reduction="none")
+        task = (per * weight).sum() / weight.sum().clamp_min(1e-8) if weight is not None else per.mean()
+    if method == "ce":
+        return task, ent
+    return task + lam * (-ent.mean()), ent
