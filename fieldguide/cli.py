@@ -263,6 +263,17 @@ def retrain_cmd(
     _echo_train(report, as_json, comparison)
 
 
+@app.command("loop")
+def loop_cmd(
+    force: bool = typer.Option(False, help="Run every step even when its inputs did not change."),
+    push_limit: Optional[int] = typer.Option(None, help="Push at most N flagged samples to Label Studio."),
+) -> None:
+    """One turn of the loop: embed, predict, flag, relabel push/pull, retrain, evaluate (unchanged steps skipped)."""
+    from fieldguide.loop import run_loop
+
+    run_loop(_project(), echo=typer.echo, force=force, push_limit=push_limit)
+
+
 @app.command("flag")
 def flag_cmd(
     backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),

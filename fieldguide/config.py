@@ -78,6 +78,7 @@ class TrainSection(_Section):
     switch_at: float = Field(default=0.8, ge=0, le=1, description="fraction of training where λ switches")
     switch_rule: str = Field(default="fraction", pattern="^(fraction|saturation)$",
                              description="fraction, or saturation: also switch when mean entropy stops rising")
+    reverse_schedule: bool = Field(default=False, description="ablation: min→max instead of max→min")
     grpo_k: int = Field(default=8, ge=2, description="labels sampled per image for GRPO")
     finetune_epochs: int = Field(default=5, ge=1)
     finetune_lr: float = Field(default=1e-4, gt=0)

@@ -229,3 +229,23 @@ def test_cli_train_json(embedded):
     res = CliRunner().invoke(app, ["--project", str(embedded.root), "retrain", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["comparison"]["previous"] == out["run_id"]
+
+
+def test_loop_runs_every_step_then_skips_unchanged_ones(embedded):
+    from fieldguide.loop import run_loop
+
+    p = embedded
+    lines: list[str] = []
+    first = run_loop(p, echo=lines.append)
+    assert first["predict"] == first["flag"] == first["retrain"] == "ran"
+    assert first["relabel"].startswith("skipped")  # no Label Studio in this test
+    second = run_loop(p, echo=lines.append)
+    assert second["predict"].startswith("skipped") and second["retrain"].startswith("skipped")
+    # a changed label re-runs predict, flag and retrain
+    ds = store.dataset(p)
+    sid = ds.match_tags("train").first().id
+    store.set_labels(p, ds, {sid: "green_bird" if ds[sid].ground_truth.label != "green_bird" else "red_bird"},
+                     source="curator", actor="test")
+    third = run_loop(p, echo=lines.append)
+    assert third["predict"] == third["flag"] == third["retrain"] == "ran"
+    assert any("vs retrain-" in line for line in lines)

@@ -229,3 +229,28 @@ def load_embeddings(project: Project, backbone: str | None = None, ds=None) -> t
     if not keep:
         raise NotReadyError(f"no cached embeddings for the samples in the store (run 'fieldguide embed --backbone {name}')")
     return [sid for sid, _ in keep], feats[[i for _, i in keep]]
+
+
+def import_embeddings(project: Project, source: Project, backbone: str | None = None) -> int:
+    """Copy ``source``'s cached embeddings of the same image files (matched by content hash)
+    into ``project``'s cache, so a scratch project over the same images needs no re-embedding.
+
+    Returns how many samples got an embedding; the rest are embedded by the next ``embed``.
+    """
+    name = backbone or project.config.models.backbone
+    current = _current_file(source, name)
+    if not current.exists():
+        raise NotReadyError(f"project {source.root} has no embeddings for backbone {name!r}")
+    weights_id = current.read_text().strip()
+    src_ids, src_hashes, feats = read_cache(cache_dir(source, name, weights_id))
+    by_hash = {h: i for i, h in enumerate(src_hashes) if h}
+    ds = store.dataset(project, create=False)
+    ids, hashes = ds.values(["id", "filehash"])
+    directory = cache_dir(project, name, weights_id)
+    have = dict(zip(*read_cache(directory)[:2]))
+    rows = [(sid, h, by_hash[h]) for sid, h in zip(ids, hashes) if h in by_hash and have.get(sid) != h]
+    if rows:
+        _write_part(directory, [r[0] for r in rows], [r[1] for r in rows], feats[[r[2] for r in rows]])
+    _current_file(project, name).parent.mkdir(parents=True, exist_ok=True)
+    _current_file(project, name).write_text(weights_id)
+    return len(rows)

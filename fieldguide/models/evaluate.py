@@ -173,7 +173,7 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
                     rows.append({"run_id": run_id, "split": "cost", "name": k, "value": float(v)})
         wh.write("metrics", rows)
         record_metrics(wh, run_id, split, m, pp.classes, headline=False)
-        png = plot_confusion(cm, pp.classes, project.run_dir(run_id) / "confusion.png",
+        png = plot_confusion(m["confusion"], pp.classes, project.run_dir(run_id) / "confusion.png",
                              f"{split}: top-1 {m['top1']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     return {
         "run_id": run_id, "predict_run": pp.run_id, "split": split, "n": m["n"], "top1": m["top1"],

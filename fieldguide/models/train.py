@@ -251,7 +251,8 @@ class TrainReport:
 
 
 def _schedule(cfg) -> EntropySchedule:
-    return EntropySchedule(lam_max=cfg.lam_max, lam_min=cfg.lam_min, switch_at=cfg.switch_at, rule=cfg.switch_rule)
+    return EntropySchedule(lam_max=cfg.lam_max, lam_min=cfg.lam_min, switch_at=cfg.switch_at, rule=cfg.switch_rule,
+                           reverse=cfg.reverse_schedule)
 
 
 def _training_table(project: Project, ds, ids: list[str], flagged_policy: str):
@@ -309,7 +310,8 @@ def train(project: Project, *, method: str | None = None, mode: str | None = Non
     index = {c: i for i, c in enumerate(classes)}
     config = {"method": method, "mode": mode, "epochs": epochs, "backbone": backbone, "flagged": flagged,
               "kind": kind, "lam_max": cfg.lam_max, "lam_min": cfg.lam_min, "switch_at": cfg.switch_at,
-              "switch_rule": cfg.switch_rule, "seed": cfg.seed, "classes": classes}
+              "switch_rule": cfg.switch_rule, "reverse_schedule": cfg.reverse_schedule, "seed": cfg.seed,
+              "lr": cfg.lr, "classes": classes}
     run_id = resume or wh.start_run(kind, config)
     if resume:
         wh.write("runs", [{"run_id": run_id, "kind": kind, "config": json.dumps(config, default=str, sort_keys=True),
