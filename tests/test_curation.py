@@ -142,6 +142,8 @@ def test_flag_writes_scores_tags_views_and_warehouse(predicted):
     rows = wh.query("SELECT signal, count(*) AS n FROM signals WHERE run_id = ? GROUP BY signal", [report.run_id])
     counts = dict(zip(rows["signal"], rows["n"]))
     assert counts["noise_score"] == 24 and counts["label_quality"] == 24 and "knn_disagreement" in counts
+    assert counts["mistakenness"] == 24 and counts["uniqueness"] == 24  # FiftyOne Brain, from logits and embeddings
+    assert ds.bounds("mistakenness")[0] >= 0
     snap = wh.query("SELECT count(*) FROM samples WHERE noise_score IS NOT NULL").iloc[0, 0]
     assert snap == 24
 

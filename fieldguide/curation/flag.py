@@ -142,6 +142,8 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
             near_dup_of, consensus, flagged, used_names = {}, None, np.zeros(0, dtype=bool), None
 
         _write_store(ds, table.index.tolist(), assess, values, near_dup_of, consensus, used_names)
+        if len(assess) >= 2:
+            values.update(_brain_signals(ds, assess, X[[emb_row[s] for s in assess]] if X is not None else None))
         _write_warehouse(wh, run_id, assess, values, stats)
         _save_views(ds, project.config.curation.scarce_class_count, counts)
         store.snapshot_samples(project, ds)
@@ -162,6 +164,29 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
             ("assessed", report.assessed), ("not_assessable", report.not_assessable),
             ("flagged", report.flagged), ("outliers", report.outliers), ("near_duplicates", report.near_duplicates))])
     return report
+
+
+def _brain_signals(ds, assess: list[str], features: np.ndarray | None) -> dict[str, np.ndarray]:
+    """FiftyOne Brain on the assessed samples: ``mistakenness`` from the stored prediction logits
+    and ``uniqueness`` from the embeddings (no model is loaded). Reported, not combined: both
+    repeat what the cleanlab and kNN signals measure, but curators know them from the App,
+    where they are sample fields to sort and filter by."""
+    import fiftyone.brain as fob
+
+    out: dict[str, np.ndarray] = {}
+    view = ds.select(assess, ordered=True)
+    try:
+        fob.compute_mistakenness(view, "prediction", label_field="ground_truth", use_logits=True, progress=False)
+        out["mistakenness"] = np.array(view.values("mistakenness"), dtype=float)
+    except Exception as e:  # noqa: BLE001 - a Brain failure must not lose the other signals
+        log.warning("FiftyOne Brain mistakenness not computed: %s", e)
+    if features is not None and len(assess) > 3:
+        try:
+            fob.compute_uniqueness(view, embeddings=np.asarray(features, dtype=np.float32), progress=False)
+            out["uniqueness"] = np.array(view.values("uniqueness"), dtype=float)
+        except Exception as e:  # noqa: BLE001
+            log.warning("FiftyOne Brain uniqueness not computed: %s", e)
+    return out
 
 
 def _trajectory_inputs(project: Project, assess: list[str]) -> dict[str, np.ndarray]:

@@ -1,0 +1,64 @@
+"""Heads on frozen embeddings: each head fit on the train split, scored on the test split.
+
+    .venv/bin/python benchmarks/heads_bench.py [--project demo-project] [--heads logreg,mlp,knn,ensemble]
+
+Uses the project's cached embeddings (``make demo`` embeds cub100 with EfficientNet-Lite0) and
+prints test top-1, top-5, macro-F1, ECE and fit time per head; the ensemble is the mean of
+its members' probabilities. Writes ``benchmarks/results/heads_<project>.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", type=Path, default=ROOT / "demo-project")
+    ap.add_argument("--heads", default="logreg,mlp,knn,ensemble")
+    ap.add_argument("--backbone", default=None)
+    args = ap.parse_args()
+
+    from fieldguide.config import open_project
+    from fieldguide.models.embed import load_embeddings
+    from fieldguide.models.evaluate import classification_metrics
+    from fieldguide.models.heads import make_head
+    from fieldguide.platform import store
+
+    project = open_project(args.project)
+    ds = store.dataset(project, create=False)
+    ids, X = load_embeddings(project, args.backbone, ds)
+    table = store.samples_table(ds).set_index("id").loc[ids]
+    classes = store.classes(ds)
+    index = {c: i for i, c in enumerate(classes)}
+    tr = ((table["split"] == "train") & table["label"].notna()).to_numpy()
+    te = ((table["split"] == "test") & table["label"].notna()).to_numpy()
+    ytr = np.array([index[v] for v in table["label"][tr]])
+    yte = np.array([index[v] for v in table["label"][te]])
+    rows = []
+    for name in args.heads.split(","):
+        t = time.perf_counter()
+        head = make_head(name).fit(X[tr], ytr)
+        fit_s = time.perf_counter() - t
+        probs = np.zeros((te.sum(), len(classes)))
+        probs[:, head.classes_] = head.predict_proba(X[te])
+        m = classification_metrics(yte, probs, classes)
+        rows.append({"head": name, "test_top1": m["top1"], "test_top5": m["top5"], "macro_f1": m["macro_f1"],
+                     "ece": m["ece"], "fit_seconds": fit_s})
+        print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    out = ROOT / "benchmarks" / "results" / f"heads_{project.config.project.name}.csv"
+    df.to_csv(out, index=False, float_format="%.4f")
+    print(df.to_markdown(index=False, floatfmt=".3f"))
+    print(f"\n{int(tr.sum())} train / {int(te.sum())} test samples, {len(classes)} classes; table: {out}")
+
+
+if __name__ == "__main__":
+    main()
