@@ -26,6 +26,8 @@ class _Section(BaseModel):
 
 class ProjectSection(_Section):
     name: str = Field(min_length=1, description="a human name for the project")
+    curator: str = Field(default="curator", min_length=1,
+                         description="who label changes made in the App are recorded as (label_history actor)")
 
     @field_validator("name")
     @classmethod

@@ -55,3 +55,32 @@ def serve(project: Project, port: int = 8501) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, command(port), env)
+
+
+def healthy(port: int, timeout: float = 2.0) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url(port) + "_stcore/health", timeout=timeout) as r:
+            return r.read() == b"ok"
+    except OSError:
+        return False
+
+
+def ensure_running(project: Project, port: int = 8501, timeout_s: float = 60.0) -> str:
+    """The dashboards' URL, starting ``fieldguide dashboard`` in the background when none answers."""
+    import subprocess
+    import time
+
+    if healthy(port):
+        return url(port)
+    _check_port_free(port)
+    log = (project.runs_dir / "dashboard.log").open("a")
+    subprocess.Popen([sys.executable, "-m", "fieldguide.cli", "--project", str(project.root), "dashboard",
+                      "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if healthy(port):
+            return url(port)
+        time.sleep(0.5)
+    raise FieldguideError(f"the dashboards did not start on port {port} (see {project.runs_dir / 'dashboard.log'})")

@@ -409,17 +409,25 @@ def _py_time(v):
     return v
 
 
-def push(project: Project, *, view: str = "to_review", limit: int | None = None) -> PushReport:
+def push(project: Project, *, view: str = "to_review", limit: int | None = None,
+         sample_ids: Sequence[str] | None = None) -> PushReport:
     """Push the samples of the saved ``view`` (the first ``limit``) to Label Studio.
 
-    A sample that already has a task (on the server, or recorded in ``relabel_tasks``) gets
-    no second one; classes added since the last push are added to the labeling config.
+    ``sample_ids`` pushes those samples instead (a selection in the App). A sample that already
+    has a task (on the server, or recorded in ``relabel_tasks``) gets no second one; classes
+    added since the last push are added to the labeling config.
     """
     ds = store.dataset(project, create=False)
-    if not ds.has_saved_view(view):
-        names = ", ".join(ds.list_saved_views()) or "none yet"
-        raise NotReadyError(f"no saved view {view!r} (saved views: {names}; run 'fieldguide flag' first)")
-    samples = ds.load_saved_view(view)
+    if sample_ids is not None:
+        samples = ds.select(list(sample_ids), ordered=True)
+        if len(samples) != len(set(sample_ids)):
+            raise NotReadyError(f"{len(set(sample_ids)) - len(samples)} selected sample(s) are not in the store")
+        view = "selection"
+    else:
+        if not ds.has_saved_view(view):
+            names = ", ".join(ds.list_saved_views()) or "none yet"
+            raise NotReadyError(f"no saved view {view!r} (saved views: {names}; run 'fieldguide flag' first)")
+        samples = ds.load_saved_view(view)
     if limit is not None:
         if limit < 0:
             raise FieldguideError(f"--limit must be 0 or more (got {limit})")

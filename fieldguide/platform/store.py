@@ -63,6 +63,9 @@ def configure_fiftyone(project: Project) -> None:
     import sys
 
     if "fiftyone" in sys.modules:
+        import fiftyone as fo
+
+        fo.config.plugins_dir = settings["FIFTYONE_PLUGINS_DIR"]  # read at import: set it again
         _reconnect(project, db_dir, uri)
     project.database_dir.mkdir(parents=True, exist_ok=True)
     _isolate_database_service()
@@ -129,13 +132,18 @@ def dataset(project: Project, *, create: bool = True) -> "fo.Dataset":
 
     name = project.dataset_name
     if fo.dataset_exists(name):
-        return fo.load_dataset(name)
+        ds = fo.load_dataset(name)
+        if ds.info.get("fieldguide_project") != str(project.root):
+            ds.info["fieldguide_project"] = str(project.root)  # the App plugin finds the project here
+            ds.save()
+        return ds
     if not create:
         raise StoreError(
             f"project {project.root} has no dataset yet (run 'fieldguide ingest SOURCE' first)"
         )
     ds = fo.Dataset(name)
     ds.persistent = True
+    ds.info["fieldguide_project"] = str(project.root)
     _declare_schema(ds)
     return ds
 

@@ -1,0 +1,92 @@
+"""The @fieldguide/curator FiftyOne plugin: operators run the same functions as the CLI, on the
+project's own database (real embedded MongoDB), executed through FiftyOne's operator machinery."""
+
+from __future__ import annotations
+
+import pytest
+
+from fieldguide.platform import store
+from fieldguide.platform.review import project_counts, sample_card
+from tests.test_curation import predicted  # noqa: F401 - a fixture
+from tests.test_models import tiny_weights  # noqa: F401 - a fixture
+
+PLUGIN = "@fieldguide/curator"
+
+
+def run_op(name: str, ds, *, params=None, selected=None, view=None, current_sample=None):
+    import fiftyone.operators as foo
+
+    result = foo.execute_operator(f"{PLUGIN}/{name}", ctx={
+        "dataset": ds.name, "view": view if view is not None else ds.view(), "params": params or {},
+        "selected": selected or [], "current_sample": current_sample,
+    })
+    return result.result
+
+
+def op_error(name: str, ds, **ctx) -> str:
+    """Run an operator the way the App does and return the error message it would show."""
+    import asyncio
+
+    import fiftyone.operators.executor as fe
+
+    params = {"dataset_name": ds.name, "view": [], "params": ctx.pop("params", {}), "selected": [], **ctx}
+    result = asyncio.run(fe.execute_or_delegate_operator(f"{PLUGIN}/{name}", params, exhaust=True))
+    assert result.error is not None, f"{name} did not fail"
+    return result.error_message
+
+
+def test_plugin_is_found_with_every_operator_and_panel(project):
+    import fiftyone.operators as foo
+    import fiftyone.plugins as fop
+
+    store.dataset(project)  # configures FiftyOne: plugins dir inside the package, nothing in $HOME
+    assert PLUGIN in [p.name for p in fop.list_plugins()]
+    uris = {o.uri for o in foo.list_operators()}
+    for name in ("flag_label_issues", "push_to_label_studio", "pull_from_label_studio", "set_label", "retrain",
+                 "open_dashboard", "fieldguide_sample", "fieldguide_project"):
+        assert f"{PLUGIN}/{name}" in uris
+
+
+def test_flag_set_label_and_retrain_operators(predicted):  # noqa: F811
+    p = predicted
+    p.config.train.epochs = 5
+    from fieldguide.config import dump_config
+
+    p.config_path.write_text(dump_config(p.config))
+    ds = store.dataset(p)
+    out = run_op("flag_label_issues", ds)
+    assert out["assessed"] == 24 and out["flagged"] == ds.count_values("label_issue").get(True, 0)
+    assert ds.has_saved_view("to_review")
+
+    sid = ds.match_tags("train").first().id
+    old = ds[sid].ground_truth.label
+    new = "green_bird" if old != "green_bird" else "red_bird"
+    out = run_op("set_label", ds, params={"label": new}, selected=[sid])
+    assert out == {"samples": 1, "changed": 1, "confirmed": 0}
+    ds.reload()
+    last = ds[sid].label_history[-1]
+    assert (last.old, last.new, last.source, last.actor) == (old, new, "curator", p.config.project.curator)
+    # confirming the same label is recorded too, and changes nothing
+    assert run_op("set_label", ds, params={"label": new}, current_sample=sid)["confirmed"] == 1
+    with pytest.raises(Exception, match="Invalid enum value|unknown class"):
+        run_op("set_label", ds, params={"label": "dodo"}, selected=[sid])
+    assert store.dataset(p)[sid].ground_truth.label == new  # nothing changed by the bad request
+
+    out = run_op("retrain", ds, params={"method": "ce", "flagged": "exclude"})
+    assert out["run_id"].startswith("retrain-") and out["top1"] is not None
+    runs = store.warehouse(p).query("SELECT kind, status FROM runs WHERE run_id = ?", [out["run_id"]])
+    assert runs.iloc[0].tolist() == ["retrain", "completed"]
+
+    card = sample_card(p, sid)
+    assert [h["source"] for h in card["history"]][-2:] == ["curator", "curator"]
+    assert "noise_score" in card["signals"]
+    counts = project_counts(p)
+    assert counts["to_review"] == ds.count_sample_tags().get("to_review", 0)
+    assert counts["last_run"]["run_id"] == out["run_id"]
+
+
+def test_push_without_label_studio_is_one_clear_error(predicted):  # noqa: F811
+    ds = store.dataset(predicted)
+    message = op_error("push_to_label_studio", ds, params={"limit": 3})
+    assert message.startswith("fieldguide: ") and "Label Studio" in message and "\n" not in message
+    assert store.warehouse(predicted).query("SELECT count(*) FROM relabel_tasks").iloc[0, 0] == 0
