@@ -144,13 +144,14 @@ def app_cmd(
     port: int = typer.Option(5151, help="Port for the App server."),
     view: Optional[str] = typer.Option(None, help="A saved view to open, e.g. to_review."),
     address: str = typer.Option("127.0.0.1", help="Address to bind."),
+    orchestrator: bool = typer.Option(True, help="Run 'fiftyone delegated launch' beside the App (retrain)."),
 ) -> None:
-    """Serve the FiftyOne App on the project's dataset."""
+    """Serve the FiftyOne App on the project's dataset, with the @fieldguide/curator plugin."""
     from fieldguide.platform.app import launch_app
 
     project = _project()
     typer.echo(f"FiftyOne App: http://{address}:{port}/  (Ctrl-C to stop)")
-    launch_app(project, port=port, address=address, view=view)
+    launch_app(project, port=port, address=address, view=view, orchestrator=orchestrator)
 
 
 @app.command()

@@ -2,8 +2,10 @@
 
 ``fieldguide demo DIR --data ../shared/data/cub100`` (``make demo``) creates the project (or
 reuses it), ingests the data, embeds the images with the default backbone, makes out-of-sample
-predictions, evaluates them on the test split, flags label issues and prints the top of the
-review queue. Each step is the same function the matching CLI verb calls; each is safe to
+predictions, evaluates them on the test split, trains a two-stage entropy head, flags label issues (its
+entropy trajectories among the signals), prints the top of the review queue, retrains with
+the flagged samples down-weighted and compares, then starts Label Studio and pushes the top
+of the queue. Each step is the same function the matching CLI verb calls; each is safe to
 re-run (ingest adds nothing twice, embed embeds only new images), so a demo that was stopped
 half-way resumes where it was.
 """
@@ -24,6 +26,7 @@ def run_demo(directory: Path, data: Path, *, echo: Callable[[str], None] = print
     from fieldguide.models.embed import embed
     from fieldguide.models.evaluate import evaluate
     from fieldguide.models.predict import predict
+    from fieldguide.models.train import retrain, train
     from fieldguide.platform.ingest import ingest
     from fieldguide.platform.status import project_status
 
@@ -54,6 +57,12 @@ def run_demo(directory: Path, data: Path, *, echo: Callable[[str], None] = print
              f"macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f}; confusion matrix {m['confusion_png']}")
 
     t = time.perf_counter()
+    tr = train(project, progress=False)
+    echo(f"train     {tr.method} ({tr.mode}): test top-1 {tr.top1:.3f}, macro-F1 {tr.macro_f1:.3f}; "
+         f"curves {tr.curves_png} ({time.perf_counter() - t:.0f} s)" if tr.top1 is not None else
+         f"train     {tr.method} ({tr.mode}) on {tr.n_train} samples ({time.perf_counter() - t:.0f} s)")
+
+    t = time.perf_counter()
     fl = flag(project)
     echo(f"flag      assessed {fl.assessed}, not assessable {fl.not_assessable}, flagged {fl.flagged}, "
          f"outliers {fl.outliers}, near-duplicates {fl.near_duplicates} ({time.perf_counter() - t:.0f} s)")
@@ -62,6 +71,15 @@ def run_demo(directory: Path, data: Path, *, echo: Callable[[str], None] = print
         for row in fl.top[:10]:
             echo(f"  {row['noise_score']:.3f}  given {row['label']:<32} predicted {row['predicted']:<32} "
                  f"{Path(row['filepath']).name}")
+
+    t = time.perf_counter()
+    rt, cmp = retrain(project, progress=False)
+    line = f"retrain   {rt.method}, {rt.downweighted} flagged down-weighted, {rt.excluded} excluded"
+    if cmp.get("delta_top1") is not None:
+        line += (f": test top-1 {cmp['previous_top1']:.3f} -> {cmp['top1']:.3f} ({cmp['delta_top1']:+.3f}), "
+                 f"macro-F1 {cmp['delta_macro_f1']:+.3f} vs {cmp['previous']}")
+    echo(line + f" ({time.perf_counter() - t:.0f} s)")
+    summary["retrain"] = {k: cmp.get(k) for k in ("top1", "previous_top1", "delta_top1")}
 
     if labelstudio and fl.flagged:
         _relabel(project, push_limit, echo, summary)

@@ -19,12 +19,12 @@ def test_demo_runs_every_step_and_resumes(tmp_path, image_folder):
     assert summary["splits"] == {"train": 18, "test": 6}
     assert 0 <= summary["test"]["top1"] <= 1
     assert summary["assessed"] == 24
-    for step in ("ingest", "embed", "predict", "evaluate", "flag", "summary"):
+    for step in ("ingest", "embed", "predict", "evaluate", "train", "flag", "retrain", "summary"):
         assert any(line.startswith(step) for line in lines), text
     assert "app --view to_review" in text and " dashboard" in text
     project = open_project(tmp_path / "demo")
     runs = store.warehouse(project).query("SELECT kind, status FROM runs")
-    assert set(runs["kind"]) >= {"ingest", "embed", "predict", "evaluate", "flag"}
+    assert set(runs["kind"]) >= {"ingest", "embed", "predict", "evaluate", "train", "flag", "retrain"}
     assert set(runs["status"]) == {"completed"}
     # a second demo resumes: nothing is ingested or embedded twice
     again: list[str] = []

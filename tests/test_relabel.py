@@ -500,3 +500,39 @@ def test_connection_needs_a_running_local_server(project):
         lss.connection(project)
     assert lss.stop(project) is False
     assert not lss.status(project).running
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_app_plugin_pushes_a_selection_and_pulls_answers(area, server, sdk, token_env):
+    """The @fieldguide/curator operators against a real server: the App's selection becomes
+    tasks (once), the answers come back through the same pull as the CLI's."""
+    from tests.test_plugin import run_op
+
+    project = _make_project(area, "plugin")
+    project.config.labelstudio.url = lss.connection(server).url
+    project.config.labelstudio.token_env = TOKEN_ENV
+    project.config.labelstudio.files_root = str(area / "images")
+    project.config_path.write_text(dump_config(project.config))
+    project = open_project(project.root)
+    ds = store.dataset(project, create=False)
+    selected = ds.match_tags("train").values("id")[:3]
+    given = dict(zip(*ds.select(selected).values(["id", "ground_truth.label"])))
+    out = run_op("push_to_label_studio", ds, params={"limit": 10}, selected=selected)
+    assert (out["pushed"], out["already_pushed"]) == (3, 0) and out["url"] == lss.connection(server).url
+    tasks = _ls_tasks(sdk, project)
+    assert set(tasks) == set(selected)
+    out = run_op("push_to_label_studio", ds, params={"limit": 10}, selected=selected)
+    assert (out["pushed"], out["already_pushed"]) == (0, 3)
+    assert len(_ls_tasks(sdk, project)) == 3  # no second task
+
+    classes = sorted(CLASS_COLORS)
+    new = classes[(classes.index(given[selected[0]]) + 1) % 3]
+    sdk.annotations.create(tasks[selected[0]].id, result=_choice(new))
+    sdk.annotations.create(tasks[selected[1]].id, result=_choice(given[selected[1]]))
+    out = run_op("pull_from_label_studio", ds)
+    assert (out["applied"], out["changed"], out["accepted"], out["pending"]) == (2, 1, 1, 1)
+    ds.reload()
+    assert ds[selected[0]].ground_truth.label == new
+    assert ds[selected[0]].label_history[-1].source == "labelstudio"
+    assert run_op("pull_from_label_studio", ds)["applied"] == 0

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from fieldguide.config import Project
 from fieldguide.errors import StoreError
@@ -11,13 +15,37 @@ from fieldguide.platform import store
 log = logging.getLogger(__name__)
 
 
+PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
+
+
+def plugin_dir() -> Path:
+    """The folder of the ``@fieldguide/curator`` plugin (add its parent to FiftyOne's plugins dir)."""
+    return PLUGINS_DIR / "curator"
+
+
+def start_orchestrator(project: Project, log_path: Path | None = None) -> subprocess.Popen:
+    """``fiftyone delegated launch`` beside the App: it runs delegated operations (``retrain``)."""
+    store.configure_fiftyone(project)  # the child inherits the project's database and plugins dir
+    env = dict(os.environ, FIELDGUIDE_PROJECT=str(project.root))
+    log_path = log_path or project.runs_dir / "orchestrator.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fiftyone_cli = Path(sys.executable).with_name("fiftyone")
+    cmd = [str(fiftyone_cli)] if fiftyone_cli.exists() else [sys.executable, "-m", "fiftyone.core.cli"]
+    return subprocess.Popen([*cmd, "delegated", "launch"], env=env, stdout=log_path.open("a"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def launch_app(project: Project, *, port: int = 5151, address: str = "127.0.0.1",
-               view: str | None = None, wait: bool = True):
+               view: str | None = None, wait: bool = True, orchestrator: bool = False):
     """Serve the App on ``address:port`` showing the dataset or the saved ``view``.
 
+    The App finds the ``@fieldguide/curator`` plugin (FiftyOne's plugins dir is set to the
+    package's ``plugins`` folder for this process; nothing is copied to the home directory).
+    With ``orchestrator`` a ``fiftyone delegated launch`` runs beside it for delegated operations.
     Returns the session (when ``wait`` is False) so a caller can close it.
     """
     ds = store.dataset(project, create=False)
+    os.environ["FIELDGUIDE_PROJECT"] = str(project.root)  # the App server's operators find the project
     import fiftyone as fo
 
     target = ds
@@ -27,6 +55,12 @@ def launch_app(project: Project, *, port: int = 5151, address: str = "127.0.0.1"
             raise StoreError(f"no saved view {view!r} (saved views: {names})")
         target = ds.load_saved_view(view)
     session = fo.launch_app(target, port=port, address=address, remote=True, auto=False)
-    if wait:
+    worker = start_orchestrator(project) if orchestrator else None
+    if not wait:
+        return session
+    try:
         session.wait(-1)
+    finally:
+        if worker is not None:
+            worker.terminate()
     return session

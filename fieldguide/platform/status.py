@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fieldguide.config import Project
 from fieldguide.platform import store
 
@@ -19,6 +21,7 @@ def project_status(project: Project) -> dict:
         "per_class": {},
         "rejects": 0,
         "runs": [],
+        "app_plugin": str(Path(__file__).resolve().parent.parent / "plugins" / "curator"),
     }
     store.configure_fiftyone(project)
     import fiftyone as fo
