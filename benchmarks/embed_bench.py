@@ -63,7 +63,7 @@ def main() -> None:
         project.config.models.backbone = args.backbone
         project.config.models.batch_size = args.batch_size
         project.config.models.num_workers = args.workers
-        ingest(project, src, fmt="folder")
+        ingest(project, src, fmt="folder", root=args.data)  # links resolve into the data folder
         paths = dataset(project).values("filepath")
         bb = load_backbone(args.backbone)
         bare_loop(bb, paths[: args.batch_size], args.batch_size)  # warm-up

@@ -142,6 +142,25 @@ def test_heads_follow_the_sklearn_contract_and_learn(rng):
         make_head("forest")
 
 
+def test_ensemble_weights_never_lose_to_the_best_member_on_inner_folds(rng):
+    from fieldguide.models.predict import cross_val_pred_probs
+
+    centers = rng.normal(size=(5, 12)) * 1.5
+    y = np.repeat(np.arange(5), 30)
+    X = centers[y] + rng.normal(size=(150, 12))
+    ens = EnsembleHead(members=("logreg", "knn")).fit(X, y)
+    assert ens.weights_.shape == (2,) and np.isclose(ens.weights_.sum(), 1.0)
+    oof = [cross_val_pred_probs(lambda m=m: make_head(m), X, y, 5, folds=3, progress=False)[0]
+           for m in ("logreg", "knn")]
+    best_member = max((p.argmax(axis=1) == y).mean() for p in oof)
+    from fieldguide.models.heads import _tempered
+
+    mixed = sum(w * _tempered(p, t) for w, p, t in zip(ens.weights_, oof, ens.temperatures_))
+    assert (mixed.argmax(axis=1) == y).mean() >= best_member
+    fixed = EnsembleHead(members=("logreg", "knn"), weights=(1.0, 0.0)).fit(X, y)
+    np.testing.assert_allclose(fixed.predict_proba(X), LogRegHead().fit(X, y).predict_proba(X), atol=1e-9)
+
+
 class RecordingHead(LogRegHead):
     """A logistic-regression head that remembers which rows it was fit on."""
 
@@ -209,3 +228,24 @@ def test_metric_functions():
     assert m["cost_score"] == 10 / 4
     assert m["most_confused"] == [{"true": "c", "predicted": "a", "count": 1}]
     assert expected_calibration_error(np.array([0, 0]), np.array([[1.0, 0.0], [1.0, 0.0]])) == 0.0
+
+
+def test_import_embeddings_from_another_project_by_file_hash(ingested, tiny_weights, image_folder, tmp_path):
+    from fieldguide.config import init_project
+    from fieldguide.models.embed import import_embeddings
+
+    src = use_tiny_backbone(ingested, tiny_weights)
+    embed(src)
+    _, X_src = load_embeddings(src)
+    dst = use_tiny_backbone(init_project(tmp_path / "scratch", "scratch"), tiny_weights)
+    ingest(dst, image_folder, fmt="folder")
+    assert import_embeddings(dst, src) == 24
+    assert embed(dst).embedded == 0  # nothing left to embed
+    ids, X = load_embeddings(dst)
+    paths = dict(zip(*store.dataset(dst).values(["id", "filepath"])))
+    src_ids, _ = load_embeddings(src)
+    src_paths = dict(zip(*store.dataset(src).values(["id", "filepath"])))
+    by_path = {src_paths[s]: X_src[i] for i, s in enumerate(src_ids)}
+    for i, sid in enumerate(ids):
+        np.testing.assert_allclose(X[i], by_path[paths[sid]])
+    assert import_embeddings(dst, src) == 0  # idempotent
