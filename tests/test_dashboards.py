@@ -13,8 +13,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from fieldguide.config import PROJECT_ENV
+
 from fieldguide.platform.warehouse import Warehouse
 from tests.conftest import make_image
+
+REPO_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # what the page shows
 
 APP = Path(__file__).resolve().parents[1] / "fieldguide" / "dashboards" / "app.py"
 PAGES = ["sections/health.py", "sections/review.py", "sections/relabel.py", "sections/models.py",
@@ -345,6 +348,14 @@ def test_benchmark_page_shows_project_tables(full_project):
     assert table["f1_issue_detection"].tolist() == pytest.approx([0.81, 0.74])
 
 
+def test_benchmark_page_shows_the_shipped_reference_results(full_project):
+    shipped = {p.stem: pd.read_csv(p) for p in REPO_RESULTS.glob("*.csv")}
+    assert "closed_loop" in shipped  # benchmarks/closed_loop.py's table is part of the repository
+    at = render("sections/benchmarks.py")
+    table = frame(at, "closed_loop table")
+    assert table["arm"].tolist() == shipped["closed_loop"]["arm"].tolist()
+
+
 def test_sidebar_names_the_project(full_project):
     at = render()
     assert "testproj" in [m.value.strip("*") for m in at.sidebar.markdown]
@@ -354,13 +365,20 @@ def test_sidebar_names_the_project(full_project):
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_on_a_new_project_says_what_to_run(empty_project, page):
     at = render(page)
-    assert not at.dataframe and not at.metric
+    assert not at.metric
     shown = texts(at)
     assert at.info, shown
     if page != "sections/benchmarks.py":
+        assert not at.dataframe
         assert f"fieldguide --project {empty_project.root} ingest IMAGES_DIR" in [c.value for c in at.code]
     else:
         assert "No benchmark tables in this project yet" in shown
+        # only the repository's reference results (benchmarks/results/*.csv) are tables here
+        shipped = sorted(REPO_RESULTS.glob("*.csv"))
+        assert len(at.dataframe) == len(shipped)
+        if shipped:
+            assert [h.value for h in at.header] == ["Reference results"]
+            assert {p.stem for p in shipped} <= {s.value for s in at.subheader}
 
 
 @pytest.mark.parametrize("page", PAGES)
