@@ -275,6 +275,34 @@ def loop_cmd(
     run_loop(_project(), echo=typer.echo, force=force, push_limit=push_limit)
 
 
+@app.command("pseudolabel")
+def pseudolabel_cmd(
+    threshold: float = typer.Option(0.7, help="Keep pseudo-labels with at least this confidence."),
+    ema_decay: float = typer.Option(0.9999, help="EMA teacher decay per step (with warm-up)."),
+    mu: int = typer.Option(3, help="Unlabeled samples per labeled sample in a batch."),
+    lambda_u: float = typer.Option(1.0, help="Weight of the unlabeled loss."),
+    epochs: int = typer.Option(40, help="Epochs."),
+    balance: bool = typer.Option(True, help="Cap every class at the median count of pseudo-labels per class."),
+    accept: bool = typer.Option(False, help="Accept the current pseudo-labels as labels (a curator's decision)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Pseudo-labels for the unlabeled split (EMA teacher, threshold, pseudo mixup), kept apart from labels."""
+    from fieldguide.curation.pseudolabel import accept_pseudo_labels, pseudolabel
+
+    project = _project()
+    if accept:
+        n = accept_pseudo_labels(project)
+        _echo_json({"accepted": n}) if as_json else typer.echo(f"accepted {n} pseudo-labels (label_history: source pseudo)")
+        return
+    report = pseudolabel(project, threshold=threshold, ema_decay=ema_decay, mu=mu, lambda_u=lambda_u,
+                         epochs=epochs, balance=balance)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"{report.selected} pseudo-labels for {report.unlabeled} unlabeled samples "
+               f"(threshold {threshold}, {report.labeled} labeled); review: fieldguide app --view pseudo_labeled")
+
+
 @app.command("flag")
 def flag_cmd(
     backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),

@@ -35,6 +35,7 @@ def project_status(project: Project) -> dict:
         out["classes"] = len(counts)
         tags = ds.count_sample_tags()
         out["splits"] = {s: tags[s] for s in store.SPLITS if s in tags}
+        out["pseudo_labeled"] = tags.get("pseudo_labeled", 0)  # pseudo-labels waiting for a curator
         origins = ds.count_values("origin")
         out["origins"] = {str(k): v for k, v in origins.items()}
     if project.warehouse_path.exists():

@@ -1,0 +1,217 @@
+"""Semi-supervised pseudo-labeling on cached embeddings, after Semi-ViT.
+
+An EMA teacher (the student's exponential moving average, with the usual warm-up so a short
+run still moves it: decay_t = min(decay, (1 + t) / (10 + t))) labels each unlabeled batch; only
+predictions with confidence ≥ ``threshold`` are used. Probabilistic pseudo mixup mixes two
+confident unlabeled samples with λ = p_i / (p_i + p_j) (their pseudo-label confidences) and
+weights their two pseudo-labels by λ and 1 − λ. Each step sees a labeled batch and ``mu`` times
+as many unlabeled samples; the unlabeled loss has weight ``lambda_u``.
+
+The teacher's confident predictions on the ``unlabeled`` split become the ``pseudo_label`` field
+(a Classification with its confidence and ``origin = "pseudo"``), tagged ``pseudo_labeled``,
+class-balanced so that common classes do not drown rare ones. They never become
+``ground_truth`` unless a curator accepts them (:func:`accept_pseudo_labels`, through the one
+label-changing function, so ``label_history`` records it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fieldguide.config import Project
+from fieldguide.errors import FieldguideError, NotReadyError
+from fieldguide.platform import store
+
+log = logging.getLogger(__name__)
+
+PSEUDO_FIELD = "pseudo_label"
+PSEUDO_TAG = "pseudo_labeled"
+
+
+# ---- functions of arrays ------------------------------------------------------------------------------
+def select_pseudo_labels(probs: np.ndarray, threshold: float = 0.7, *,
+                         balance: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indices, labels, confidences)`` of the rows of ``probs`` (n, K) kept as pseudo-labels.
+
+    A row is kept when its top probability is ≥ ``threshold``. With ``balance`` no class keeps
+    more than the median count of the classes that kept any (its most confident rows first),
+    so a few common classes cannot make up most of the pseudo-labels.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    conf = probs.max(axis=1)
+    labels = probs.argmax(axis=1)
+    keep = np.where(conf >= threshold)[0]
+    if balance and len(keep):
+        counts = np.bincount(labels[keep])
+        cap = max(1, int(np.median(counts[counts > 0])))
+        chosen = []
+        for c in np.unique(labels[keep]):
+            rows = keep[labels[keep] == c]
+            chosen.extend(rows[np.argsort(-conf[rows], kind="stable")[:cap]])
+        keep = np.array(sorted(chosen), dtype=int)
+    return keep, labels[keep], conf[keep]
+
+
+def pseudo_mixup(x: torch.Tensor, conf: torch.Tensor, generator: torch.Generator | None = None):
+    """Probabilistic pseudo mixup: pairs (i, perm[i]) mixed with λ = p_i / (p_i + p_j).
+
+    Returns ``(mixed x, perm, λ)``.
+    """
+    perm = torch.randperm(len(x), generator=generator)
+    lam = conf / (conf + conf[perm]).clamp_min(1e-12)
+    mixed = lam[:, None] * x + (1 - lam[:, None]) * x[perm]
+    return mixed, perm, lam
+
+
+@dataclass
+class SemiResult:
+    teacher: torch.nn.Module
+    history: list[dict] = field(default_factory=list)
+
+
+def fit_semi_supervised(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_classes: int, *,
+                        threshold: float = 0.7, ema_decay: float = 0.9999, mu: int = 3, lambda_u: float = 1.0,
+                        mixup: bool = True, epochs: int = 40, lr: float = 3e-3, batch_size: int = 64,
+                        weight_decay: float = 1e-4, seed: int = 0) -> SemiResult:
+    """Train a student head on labeled + unlabeled embeddings; returns the EMA teacher."""
+    from fieldguide.models.train import EmbeddingHead
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    student = EmbeddingHead(X_l.shape[1], n_classes)
+    teacher = copy.deepcopy(student).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
+    Xl, yl = torch.as_tensor(X_l, dtype=torch.float32), torch.as_tensor(y_l, dtype=torch.long)
+    Xu = torch.as_tensor(X_u, dtype=torch.float32)
+    steps_per_epoch = max(1, int(np.ceil(len(Xl) / batch_size)))
+    step, history = 0, []
+    for epoch in range(epochs):
+        perm_l = torch.randperm(len(Xl), generator=gen)
+        used, total_u = 0, 0
+        for b in range(steps_per_epoch):
+            idx = perm_l[b * batch_size:(b + 1) * batch_size]
+            if len(idx) == 0:
+                continue
+            loss = F.cross_entropy(student(Xl[idx]), yl[idx])
+            if len(Xu):
+                u = torch.randint(len(Xu), (min(len(Xu), mu * len(idx)),), generator=gen)
+                with torch.no_grad():
+                    probs = torch.softmax(teacher(Xu[u]), dim=1)
+                conf, pl = probs.max(dim=1)
+                mask = conf >= threshold
+                total_u += len(u)
+                if mask.sum() >= 2:
+                    xu, cu, pu = Xu[u][mask], conf[mask], pl[mask]
+                    used += int(mask.sum())
+                    if mixup:
+                        mixed, perm, lam = pseudo_mixup(xu, cu, gen)
+                        logits = student(mixed)
+                        lu = (lam * F.cross_entropy(logits, pu, reduction="none")
+                              + (1 - lam) * F.cross_entropy(logits, pu[perm], reduction="none")).mean()
+                    else:
+                        lu = F.cross_entropy(student(xu), pu)
+                    loss = loss + lambda_u * lu
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pt, ps in zip(teacher.parameters(), student.parameters()):
+                    pt.mul_(decay).add_(ps.detach(), alpha=1 - decay)
+        history.append({"epoch": epoch + 1, "pseudo_used": used, "unlabeled_seen": total_u})
+    return SemiResult(teacher=teacher.eval(), history=history)
+
+
+# ---- the step -----------------------------------------------------------------------------------------
+@dataclass
+class PseudoReport:
+    run_id: str
+    labeled: int
+    unlabeled: int
+    selected: int
+    per_class: dict[str, int]
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 0.9999, mu: int = 3,
+                lambda_u: float = 1.0, epochs: int = 40, balance: bool = True,
+                backbone: str | None = None) -> PseudoReport:
+    """Pseudo-labels for the ``unlabeled`` split; see the module docstring. Re-running replaces them."""
+    import fiftyone as fo
+
+    from fieldguide.models.embed import load_embeddings
+    from fieldguide.models.train import predict_head
+
+    ds = store.dataset(project, create=False)
+    ids, X = load_embeddings(project, backbone, ds)
+    table = store.samples_table(ds).set_index("id").loc[ids]
+    classes = store.classes(ds)
+    index = {c: i for i, c in enumerate(classes)}
+    lab = ((table["split"].isin(("train", "val"))) & table["label"].notna()).to_numpy()
+    unl = (table["split"] == "unlabeled").to_numpy() & table["label"].isna().to_numpy()
+    if lab.sum() < 2:
+        raise NotReadyError("no labeled training samples with embeddings (ingest and embed first)")
+    if not unl.any():
+        raise NotReadyError("no unlabeled samples with embeddings (ingest images without labels, then embed)")
+    y = np.array([index[v] for v in table["label"][lab]])
+    wh = store.warehouse(project)
+    config = {"threshold": threshold, "ema_decay": ema_decay, "mu": mu, "lambda_u": lambda_u, "epochs": epochs,
+              "balance": balance, "backbone": backbone or project.config.models.backbone}
+    with wh.run("pseudolabel", config) as run_id:
+        result = fit_semi_supervised(X[lab], y, X[unl], len(classes), threshold=threshold, ema_decay=ema_decay,
+                                     mu=mu, lambda_u=lambda_u, epochs=epochs, seed=project.config.train.seed)
+        probs = predict_head(result.teacher, X[unl])
+        rows, labels, conf = select_pseudo_labels(probs, threshold, balance=balance)
+        unl_ids = [s for s, m in zip(ids, unl) if m]
+        values = {sid: None for sid in ds.values("id")}
+        for r, c, p in zip(rows, labels, conf):
+            values[unl_ids[r]] = fo.Classification(label=classes[c], confidence=float(p), origin="pseudo",
+                                                   run_id=run_id)
+        if not ds.has_sample_field(PSEUDO_FIELD):
+            ds.add_sample_field(PSEUDO_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+        ds.untag_samples(PSEUDO_TAG)
+        ds.set_values(PSEUDO_FIELD, values, key_field="id")
+        chosen = [unl_ids[r] for r in rows]
+        ds.select(chosen).tag_samples(PSEUDO_TAG)
+        ds.save_view("pseudo_labeled", ds.match_tags(PSEUDO_TAG).sort_by(f"{PSEUDO_FIELD}.confidence", reverse=True),
+                     overwrite=True)
+        per_class = {classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
+        wh.write("metrics", [{"run_id": run_id, "split": "unlabeled", "name": "pseudo_labels", "value": float(len(rows))},
+                             {"run_id": run_id, "split": "unlabeled", "name": "candidates", "value": float(unl.sum())}])
+    return PseudoReport(run_id=run_id, labeled=int(lab.sum()), unlabeled=int(unl.sum()), selected=len(rows),
+                        per_class=per_class)
+
+
+def accept_pseudo_labels(project: Project, sample_ids: list[str] | None = None, *, actor: str | None = None) -> int:
+    """A curator accepts pseudo-labels (default: every pseudo-labeled sample): each becomes
+    ``ground_truth`` through ``store.set_labels`` (source ``pseudo``, the curator as actor) and
+    the sample moves from ``unlabeled`` to ``train``. Returns how many were accepted."""
+    ds = store.dataset(project, create=False)
+    if not ds.has_sample_field(PSEUDO_FIELD):
+        raise NotReadyError("no pseudo-labels yet (run 'fieldguide pseudolabel')")
+    view = ds.match_tags(PSEUDO_TAG) if sample_ids is None else ds.select(sample_ids, ordered=True)
+    ids, labels, runs = view.values(["id", f"{PSEUDO_FIELD}.label", f"{PSEUDO_FIELD}.run_id"])
+    missing = [s for s, lab in zip(ids, labels) if lab is None]
+    if missing:
+        raise FieldguideError(f"{len(missing)} sample(s) have no pseudo-label (e.g. {missing[0]}); nothing accepted")
+    if not ids:
+        return 0
+    store.set_labels(project, ds, dict(zip(ids, labels)), source="pseudo",
+                     actor=actor or project.config.project.curator, run_id=runs[0])
+    accepted = ds.select(ids)
+    accepted.untag_samples(["unlabeled", PSEUDO_TAG])
+    accepted.tag_samples("train")
+    store.snapshot_samples(project, ds)
+    return len(ids)

@@ -1,0 +1,104 @@
+"""Semi-supervised pseudo-labeling: selection, pseudo mixup, the EMA teacher, the store step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fieldguide.cli import app
+from fieldguide.curation.pseudolabel import (PSEUDO_TAG, accept_pseudo_labels, fit_semi_supervised,
+                                              pseudo_mixup, pseudolabel, select_pseudo_labels)
+from fieldguide.errors import NotReadyError
+from fieldguide.models.embed import embed
+from fieldguide.models.train import predict_head
+from fieldguide.platform import store
+from fieldguide.platform.ingest import ingest
+from tests.conftest import CLASS_COLORS, make_image
+from tests.test_curation import _blobs
+from tests.test_models import tiny_weights, use_tiny_backbone  # noqa: F401 - a fixture
+
+
+def test_selection_thresholds_and_balances_classes():
+    probs = np.array([[0.9, 0.1, 0.0]] * 6 + [[0.2, 0.75, 0.05]] * 2 + [[0.1, 0.1, 0.8]] + [[0.5, 0.4, 0.1]])
+    probs[0, 0] = 0.95
+    idx, labels, conf = select_pseudo_labels(probs, 0.7, balance=False)
+    assert len(idx) == 9 and 9 not in idx  # the 0.5 row is below the threshold
+    idx, labels, conf = select_pseudo_labels(probs, 0.7)
+    counts = np.bincount(labels, minlength=3)
+    assert counts.tolist() == [2, 2, 1]  # class 0 capped at the median count (2), its most confident first
+    assert 0 in idx
+    with pytest.raises(ValueError):
+        select_pseudo_labels(probs, 1.5)
+
+
+def test_pseudo_mixup_weights_by_confidence():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    conf = torch.tensor([0.9, 0.3])
+    mixed, perm, lam = pseudo_mixup(x, conf, torch.Generator().manual_seed(1))
+    for i in range(2):
+        j = int(perm[i])
+        assert lam[i] == pytest.approx(float(conf[i] / (conf[i] + conf[j])))
+        assert torch.allclose(mixed[i], lam[i] * x[i] + (1 - lam[i]) * x[j])
+
+
+def test_teacher_learns_from_unlabeled_data():
+    X, y = _blobs(n_classes=5, per_class=60, spread=1.0)
+    rng = np.random.default_rng(0)
+    lab = np.zeros(len(y), dtype=bool)
+    for c in range(5):
+        lab[rng.choice(np.where(y == c)[0], 2, replace=False)] = True
+    res = fit_semi_supervised(X[lab], y[lab], X[~lab], 5, threshold=0.5, epochs=30, lr=1e-2, batch_size=8)
+    acc = (predict_head(res.teacher, X[~lab]).argmax(axis=1) == y[~lab]).mean()
+    assert acc > 0.9
+    assert sum(h["pseudo_used"] for h in res.history) > 0
+
+
+def test_pseudolabel_step_never_touches_ground_truth_until_accepted(ingested, tiny_weights, tmp_path):  # noqa: F811
+    p = use_tiny_backbone(ingested, tiny_weights)
+    extra = tmp_path / "extra"
+    for cls, color in CLASS_COLORS.items():
+        for i in range(4):
+            make_image(extra / "unlabeled" / cls / f"u_{cls}_{i}.jpg", color, seed=500 + i)
+    ingest(p, extra / "unlabeled", fmt="folder")  # class folders but we want them unlabeled: drop labels
+    ds = store.dataset(p)
+    new = ds.match({"filepath": {"$regex": "/u_"}})
+    new.untag_samples("train")
+    new.tag_samples("unlabeled")
+    new.set_field("ground_truth", None).save()
+    embed(p)
+    with pytest.raises(NotReadyError):
+        accept_pseudo_labels(p)
+    report = pseudolabel(p, threshold=0.0, epochs=10)
+    assert report.unlabeled == 12 and report.selected > 0
+    ds.reload()
+    pseudo = ds.match_tags(PSEUDO_TAG)
+    assert len(pseudo) == report.selected
+    assert set(pseudo.values("ground_truth")) == {None}  # never ground truth by itself
+    assert set(pseudo.values("pseudo_label.origin")) == {"pseudo"}
+    assert ds.has_saved_view("pseudo_labeled")
+    from fieldguide.platform.status import project_status
+
+    assert project_status(p)["pseudo_labeled"] == report.selected
+    again = pseudolabel(p, threshold=0.0, epochs=10)  # re-running replaces, never piles up
+    ds.reload()
+    assert len(ds.match_tags(PSEUDO_TAG)) == again.selected
+    n = accept_pseudo_labels(p)
+    ds.reload()
+    assert n == again.selected
+    accepted = ds.match_tags("train").match({"filepath": {"$regex": "/u_"}})
+    assert len(accepted) == n
+    for sample in accepted:
+        assert sample.ground_truth.label == sample.pseudo_label.label
+        assert sample.label_history[-1].source == "pseudo" and sample.label_history[-1].actor == p.config.project.curator
+
+
+def test_cli_pseudolabel_needs_unlabeled_samples(ingested, tiny_weights):  # noqa: F811
+    from fieldguide.config import dump_config
+
+    p = use_tiny_backbone(ingested, tiny_weights)
+    p.config_path.write_text(dump_config(p.config))
+    embed(p)
+    res = CliRunner().invoke(app, ["--project", str(p.root), "pseudolabel"])
+    assert res.exit_code == 1 and "no unlabeled samples" in res.output
