@@ -303,6 +303,37 @@ def pseudolabel_cmd(
                f"(threshold {threshold}, {report.labeled} labeled); review: fieldguide app --view pseudo_labeled")
 
 
+@app.command("augment")
+def augment_cmd(
+    min_per_class: Optional[int] = typer.Option(None, help="Augment classes with fewer training samples (default: curation.scarce_class_count)."),
+    cls: Optional[list[str]] = typer.Option(None, "--class", help="Augment these classes (repeatable) instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Diffusion augmentation of scarce classes (ControlNet on Canny edges, filtered); needs augment.model_dir."""
+    from fieldguide.curation.augment import augment
+
+    report = augment(_project(), classes=cls or None, min_per_class=min_per_class)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    for name, f in report.classes.items():
+        typer.echo(f"{name}: generated {f.generated}, kept {f.kept}, rejected {f.rejected_semantic} (semantic) "
+                   f"+ {f.rejected_classifier} (classifier)")
+    typer.echo(f"kept {report.kept} synthetic images (view: synthetic); run 'fieldguide embed' to use them in training")
+
+
+@app.command("fill")
+def fill_cmd(
+    min_per_class: int = typer.Option(10, help="Fill classes with fewer labeled training samples than this."),
+    threshold: float = typer.Option(0.7, help="Pseudo-label confidence threshold."),
+) -> None:
+    """Fill scarce classes: pseudo-labels from the unlabeled split and diffusion augmentation, per class."""
+    from fieldguide.curation.fill import fill
+
+    for line in fill(_project(), min_per_class=min_per_class, threshold=threshold):
+        typer.echo(line)
+
+
 @app.command("flag")
 def flag_cmd(
     backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),

@@ -91,6 +91,25 @@ class TrainSection(_Section):
     seed: int = 0
 
 
+class AugmentSection(_Section):
+    model_dir: str = Field(default="", description="local diffusers ControlNet pipeline folder (StableDiffusionControlNetPipeline); empty: augment is off")
+    method: str = Field(default="controlnet", pattern="^(controlnet|img2img)$",
+                        description="controlnet: Canny edges + prompt (SaSPA); img2img: SDEdit baseline")
+    semantic_model_dir: str = Field(default="", description="local CLIP folder for the semantic filter; empty: skipped")
+    super_category: str = Field(default="", description="e.g. bird, fungus: goes into the prompt")
+    per_image: int = Field(default=2, ge=1, description="at most M kept augmentations per real image")
+    candidates_per_image: int = Field(default=4, ge=1, description="generated per real image before filtering")
+    top_k: int = Field(default=10, ge=1, description="classifier filter: keep when the true class is in its top-k")
+    alpha: float = Field(default=0.4, ge=0, le=1, description="training replaces a real sample by an augmentation with this probability")
+    steps: int = Field(default=20, ge=1, description="diffusion steps")
+    guidance_scale: float = Field(default=7.5, ge=1)
+    strength: float = Field(default=0.6, gt=0, le=1, description="img2img strength")
+    image_size: int = Field(default=512, ge=8)
+    canny_low: int = Field(default=100, ge=0)
+    canny_high: int = Field(default=200, ge=0)
+    seed: int = 0
+
+
 class EvaluateSection(_Section):
     cost_matrix: str = Field(
         default="",
@@ -133,6 +152,7 @@ class Config(_Section):
     models: ModelsSection = Field(default_factory=ModelsSection)
     predict: PredictSection = Field(default_factory=PredictSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     curation: CurationSection = Field(default_factory=CurationSection)
     labelstudio: LabelStudioSection = Field(default_factory=LabelStudioSection)

@@ -133,14 +133,25 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, 
     return state
 
 
-def head_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
-    """``batches(epoch)`` over in-memory embeddings, shuffled per epoch with a fixed seed."""
+def head_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, *,
+                 pool: dict[int, np.ndarray] | None = None, alpha: float = 0.0):
+    """``batches(epoch)`` over in-memory embeddings, shuffled per epoch with a fixed seed.
+
+    With ``pool`` (training row -> rows of ``X`` holding its synthetic augmentations), a row is
+    replaced by one of its augmentations with probability ``alpha`` (its label stays)."""
+    from fieldguide.curation.augment import mix_in_augmentations
+
+    n = len(y)
 
     def batches(epoch: int):
-        perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        for start in range(0, len(X), batch_size):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        rng = np.random.default_rng(seed * 1000 + epoch)
+        for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            yield idx, X[idx], y[idx]
+            rows = idx
+            if pool and alpha > 0:
+                rows = torch.as_tensor(mix_in_augmentations(idx.numpy(), pool, alpha, rng))
+            yield idx, X[rows], y[idx]
 
     return batches
 
@@ -151,8 +162,13 @@ def fit_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, method: str = "two
              weights: np.ndarray | None = None, X_eval: np.ndarray | None = None,
              y_eval: np.ndarray | None = None, seed: int = 0, state: FitState | None = None,
              model_state: dict | None = None, optim_state: dict | None = None,
-             checkpoint: Callable | None = None, progress: bool = True) -> tuple[nn.Module, FitState]:
-    """A head trained on embeddings ``X`` (n, d) with labels ``y`` (n,) in [0, n_classes)."""
+             checkpoint: Callable | None = None, progress: bool = True,
+             augmentations: np.ndarray | None = None, pool: dict[int, np.ndarray] | None = None,
+             alpha: float = 0.0) -> tuple[nn.Module, FitState]:
+    """A head trained on embeddings ``X`` (n, d) with labels ``y`` (n,) in [0, n_classes).
+
+    ``augmentations`` (m, d) are synthetic samples' embeddings; ``pool`` maps a training row to
+    its augmentations' rows (0..m-1), mixed in with probability ``alpha``."""
     torch.manual_seed(seed)
     schedule = schedule or EntropySchedule()
     model = EmbeddingHead(X.shape[1], n_classes, hidden)
@@ -174,7 +190,11 @@ def fit_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, method: str = "two
         if checkpoint is not None:
             checkpoint(st, model.state_dict(), opt.state_dict(), schedule.state_dict())
 
-    state = fit(model, head_batches(Xt, yt, batch_size, seed), len(X), method=method, epochs=epochs,
+    if augmentations is not None and len(augmentations) and pool:
+        Xt = torch.cat([Xt, torch.as_tensor(augmentations, dtype=torch.float32)])
+        pool = {i: np.asarray(rows) + len(X) for i, rows in pool.items()}
+    state = fit(model, head_batches(Xt, yt, batch_size, seed, pool=pool, alpha=alpha), len(X),
+                method=method, epochs=epochs,
                 optimizer=opt, schedule=schedule, k=k,
                 weights=torch.as_tensor(weights, dtype=torch.float32) if weights is not None else None,
                 evaluate=evaluate, seed=seed, state=state, checkpoint=save, progress=progress)
@@ -385,6 +405,7 @@ def _train_head(project, ds, run_id, config, classes, index, resumed, progress) 
     if resumed:
         state, model_state, optim_state = resumed["state"], resumed["model"], resumed["optimizer"]
         schedule.load_state_dict(resumed["schedule"])
+    aug, pool = _augmentation_pool(ds, ids, X, train_ids)
     report = TrainReport(run_id=run_id, method=config["method"], mode="head", epochs=config["epochs"],
                          n_train=int(train_mask.sum()), excluded=int((fit_mask & ~keep).sum()),
                          downweighted=int((fit_mask & keep & (w < 1)).sum()),
@@ -395,9 +416,29 @@ def _train_head(project, ds, run_id, config, classes, index, resumed, progress) 
         k=cfg.grpo_k, weights=w[train_mask] if config["flagged"] == "downweight" else None,
         X_eval=X[test_mask], y_eval=y_test, seed=cfg.seed, state=state, model_state=model_state,
         optim_state=optim_state, checkpoint=ckpt, progress=progress,
+        augmentations=aug, pool=pool, alpha=project.config.augment.alpha,
     )
     probs = predict_head(model, X[test_mask]) if test_mask.any() else None
     return _finish(project, run_id, config, classes, state, train_ids, probs, y_test, report)
+
+
+def _augmentation_pool(ds, ids: list[str], X: np.ndarray, train_ids: list[str]):
+    """``(embeddings of synthetic samples, training row -> their rows)`` for the α-mix."""
+    if "parent_id" not in ds.get_field_schema():
+        return None, {}
+    syn_ids, parents = ds.match({"origin": "synthetic"}).values(["id", "parent_id"])
+    if not syn_ids:
+        return None, {}
+    row_of = {s: i for i, s in enumerate(ids)}
+    train_row = {s: i for i, s in enumerate(train_ids)}
+    feats, pool = [], {}
+    for sid, parent in zip(syn_ids, parents):
+        if sid in row_of and parent in train_row:
+            pool.setdefault(train_row[parent], []).append(len(feats))
+            feats.append(X[row_of[sid]])
+    if not feats:
+        return None, {}
+    return np.stack(feats), {k: np.array(v) for k, v in pool.items()}
 
 
 def _train_finetune(project, ds, run_id, config, classes, index, resumed, progress) -> TrainReport:
