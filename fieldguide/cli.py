@@ -283,6 +283,7 @@ def pseudolabel_cmd(
     lambda_u: float = typer.Option(1.0, help="Weight of the unlabeled loss."),
     epochs: int = typer.Option(40, help="Epochs."),
     balance: bool = typer.Option(True, help="Cap every class at the median count of pseudo-labels per class."),
+    mode: str = typer.Option("head", help="head: on cached embeddings; finetune: the backbone, weak/strong views."),
     accept: bool = typer.Option(False, help="Accept the current pseudo-labels as labels (a curator's decision)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
@@ -295,7 +296,7 @@ def pseudolabel_cmd(
         _echo_json({"accepted": n}) if as_json else typer.echo(f"accepted {n} pseudo-labels (label_history: source pseudo)")
         return
     report = pseudolabel(project, threshold=threshold, ema_decay=ema_decay, mu=mu, lambda_u=lambda_u,
-                         epochs=epochs, balance=balance)
+                         epochs=epochs, balance=balance, mode=mode)
     if as_json:
         _echo_json(report.as_dict())
         return

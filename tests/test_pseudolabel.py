@@ -102,3 +102,25 @@ def test_cli_pseudolabel_needs_unlabeled_samples(ingested, tiny_weights):  # noq
     embed(p)
     res = CliRunner().invoke(app, ["--project", str(p.root), "pseudolabel"])
     assert res.exit_code == 1 and "no unlabeled samples" in res.output
+
+
+def test_finetune_mode_pseudo_labels_from_weak_and_strong_views(ingested, tiny_weights, tmp_path):  # noqa: F811
+    p = use_tiny_backbone(ingested, tiny_weights)
+    p.config.train.finetune_batch_size = 4
+    extra = tmp_path / "extra"
+    for cls, color in CLASS_COLORS.items():
+        for i in range(2):
+            make_image(extra / cls / f"v_{cls}_{i}.jpg", color, seed=700 + i)
+    ingest(p, extra, fmt="folder")
+    ds = store.dataset(p)
+    new = ds.match({"filepath": {"$regex": "/v_"}})
+    new.untag_samples("train")
+    new.tag_samples("unlabeled")
+    new.set_field("ground_truth", None).save()
+    embed(p)
+    report = pseudolabel(p, mode="finetune", threshold=0.0, epochs=1, mu=1)
+    assert report.unlabeled == 6 and report.selected > 0
+    ds.reload()
+    assert set(ds.match_tags(PSEUDO_TAG).values("ground_truth")) == {None}
+    with pytest.raises(Exception, match="mode"):
+        pseudolabel(p, mode="sideways")

@@ -66,7 +66,8 @@ def pseudo_mixup(x: torch.Tensor, conf: torch.Tensor, generator: torch.Generator
     """
     perm = torch.randperm(len(x), generator=generator)
     lam = conf / (conf + conf[perm]).clamp_min(1e-12)
-    mixed = lam[:, None] * x + (1 - lam[:, None]) * x[perm]
+    w = lam.reshape((-1,) + (1,) * (x.ndim - 1))  # embeddings (n, d) or images (n, c, h, w)
+    mixed = w * x + (1 - w) * x[perm]
     return mixed, perm, lam
 
 
@@ -132,6 +133,112 @@ def fit_semi_supervised(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_cla
     return SemiResult(teacher=teacher.eval(), history=history)
 
 
+class _WeakStrong:
+    """Unlabeled images as (weak view, strong view) pairs."""
+
+    def __init__(self, paths: list[str], weak, strong):
+        self.paths, self.weak, self.strong = paths, weak, strong
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            im = im.convert("RGB")
+            return self.weak(im), self.strong(im)
+
+
+def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u: list[str], n_classes: int, *,
+                               threshold: float = 0.7, ema_decay: float = 0.9999, mu: int = 3, lambda_u: float = 1.0,
+                               mixup: bool = True, epochs: int = 5, lr: float = 1e-4, batch_size: int = 16,
+                               num_workers: int = 0, device: str = "auto", seed: int = 0) -> SemiResult:
+    """Fine-tuning mode: the backbone and a linear head trained end to end; the EMA teacher labels
+    the weak view of an unlabeled image, the student learns it from the strong view (mixed with
+    probabilistic pseudo mixup)."""
+    from torch.utils.data import DataLoader
+
+    from fieldguide.models.embed import ImageFiles, resolve_device
+    from fieldguide.models.train import _collate_train, _train_transform
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    dev = resolve_device(device)
+    student = torch.nn.Sequential(bb.model, torch.nn.Linear(bb.dim, n_classes)).to(dev)
+    teacher = copy.deepcopy(student).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
+    yl = torch.as_tensor(y_l, dtype=torch.long)
+    labeled = DataLoader(ImageFiles(list(paths_l), _train_transform(bb)), batch_size=batch_size, shuffle=True,
+                         num_workers=num_workers, collate_fn=_collate_train, generator=gen)
+    unlabeled = DataLoader(_WeakStrong(list(paths_u), _train_transform(bb), _train_transform(bb, strong=True)),
+                           batch_size=batch_size * mu, shuffle=True, num_workers=num_workers, generator=gen)
+    step, history = 0, []
+    for epoch in range(epochs):
+        used = 0
+        u_iter = iter(unlabeled)
+        for idx, x in labeled:
+            x = x.to(dev)
+            loss = F.cross_entropy(student(x), yl[idx].to(dev))
+            try:
+                weak, strong = next(u_iter)
+            except StopIteration:
+                u_iter = iter(unlabeled)
+                weak, strong = next(u_iter)
+            with torch.no_grad():
+                conf, pl = torch.softmax(teacher(weak.to(dev)), dim=1).max(dim=1)
+            mask = conf >= threshold
+            if mask.sum() >= 2:
+                xs, cu, pu = strong.to(dev)[mask], conf[mask], pl[mask]
+                used += int(mask.sum())
+                if mixup:
+                    mixed, perm, lam = pseudo_mixup(xs, cu, gen)
+                    logits = student(mixed)
+                    lu = (lam * F.cross_entropy(logits, pu, reduction="none")
+                          + (1 - lam) * F.cross_entropy(logits, pu[perm], reduction="none")).mean()
+                else:
+                    lu = F.cross_entropy(student(xs), pu)
+                loss = loss + lambda_u * lu
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pt, ps in zip(teacher.parameters(), student.parameters()):
+                    pt.mul_(decay).add_(ps.detach(), alpha=1 - decay)
+                for bt, bs in zip(teacher.buffers(), student.buffers()):
+                    bt.copy_(bs)
+        history.append({"epoch": epoch + 1, "pseudo_used": used})
+    return SemiResult(teacher=teacher.eval(), history=history)
+
+
+def _predict_images(model, bb, paths: list[str], batch_size: int = 32, device: str = "auto") -> np.ndarray:
+    """Softmax of ``model`` on the images (the backbone's preprocessing); unreadable ones get zeros."""
+    from torch.utils.data import DataLoader
+
+    from fieldguide.models.embed import ImageFiles, _collate, resolve_device
+
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    rows: dict[int, np.ndarray] = {}
+    with torch.inference_mode():
+        for idx, batch, bad in DataLoader(ImageFiles(paths, bb.transform()), batch_size=batch_size,
+                                          collate_fn=_collate):
+            for j, err in bad:
+                log.warning("pseudo-labels: %s skipped (%s)", paths[j], err)
+            if batch is not None:
+                probs = torch.softmax(model(batch.to(dev)), dim=1).float().cpu().numpy()
+                rows.update(zip(idx.tolist(), probs))
+    k = len(next(iter(rows.values()))) if rows else 0
+    out = np.zeros((len(paths), k))
+    for i, p in rows.items():
+        out[i] = p
+    return out
+
+
 # ---- the step -----------------------------------------------------------------------------------------
 @dataclass
 class PseudoReport:
@@ -146,7 +253,7 @@ class PseudoReport:
 
 
 def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 0.9999, mu: int = 3,
-                lambda_u: float = 1.0, epochs: int = 40, balance: bool = True,
+                lambda_u: float = 1.0, epochs: int = 40, balance: bool = True, mode: str = "head",
                 backbone: str | None = None) -> PseudoReport:
     """Pseudo-labels for the ``unlabeled`` split; see the module docstring. Re-running replaces them."""
     import fiftyone as fo
@@ -168,11 +275,26 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
     y = np.array([index[v] for v in table["label"][lab]])
     wh = store.warehouse(project)
     config = {"threshold": threshold, "ema_decay": ema_decay, "mu": mu, "lambda_u": lambda_u, "epochs": epochs,
-              "balance": balance, "backbone": backbone or project.config.models.backbone}
+              "balance": balance, "mode": mode, "backbone": backbone or project.config.models.backbone}
     with wh.run("pseudolabel", config) as run_id:
-        result = fit_semi_supervised(X[lab], y, X[unl], len(classes), threshold=threshold, ema_decay=ema_decay,
-                                     mu=mu, lambda_u=lambda_u, epochs=epochs, seed=project.config.train.seed)
-        probs = predict_head(result.teacher, X[unl])
+        if mode == "finetune":
+            from fieldguide.models.backbones import load_backbone
+
+            mcfg = project.config.models
+            bb = load_backbone(backbone or mcfg.backbone, mcfg.weights or None)
+            paths = table["filepath"].to_numpy()
+            result = fit_semi_supervised_images(
+                bb, list(paths[lab]), y, list(paths[unl]), len(classes), threshold=threshold, ema_decay=ema_decay,
+                mu=mu, lambda_u=lambda_u, epochs=epochs, lr=project.config.train.finetune_lr,
+                batch_size=project.config.train.finetune_batch_size, num_workers=mcfg.num_workers,
+                device=mcfg.device, seed=project.config.train.seed)
+            probs = _predict_images(result.teacher, bb, list(paths[unl]), device=mcfg.device)
+        elif mode == "head":
+            result = fit_semi_supervised(X[lab], y, X[unl], len(classes), threshold=threshold, ema_decay=ema_decay,
+                                         mu=mu, lambda_u=lambda_u, epochs=epochs, seed=project.config.train.seed)
+            probs = predict_head(result.teacher, X[unl])
+        else:
+            raise FieldguideError(f"pseudo-labeling mode {mode!r}: use head or finetune")
         rows, labels, conf = select_pseudo_labels(probs, threshold, balance=balance)
         unl_ids = [s for s, m in zip(ids, unl) if m]
         values = {sid: None for sid in ds.values("id")}
