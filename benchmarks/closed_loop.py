@@ -127,6 +127,9 @@ def main() -> None:
                 rows.append({"noise": kind, "rate": rate, "arm": name, "test_top1": top1,
                              "gap_recovered": gap, "seconds": secs})
             print(pd.DataFrame(rows[-len(res):]).to_string(index=False))
+        from fieldguide.platform.store import release_database
+
+        release_database()  # stop MongoDB before its temporary folder goes
     df = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False, float_format="%.4f")

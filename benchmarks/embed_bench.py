@@ -74,6 +74,9 @@ def main() -> None:
         t = time.perf_counter()
         again = embed(project, bb=bb)
         cached = time.perf_counter() - t
+        from fieldguide.platform.store import release_database
+
+        release_database()  # stop MongoDB before its temporary folder goes
     n = len(paths)
     print("\n| method | images | seconds | images/s | time vs bare |\n|---|---|---|---|---|")
     print(f"| bare timm loop | {n} | {bare:.1f} | {n / bare:.1f} | 1.00x |")

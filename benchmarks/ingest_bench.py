@@ -39,6 +39,9 @@ def main() -> None:
             rows.append((label, n, rep.added, dt, n / dt))
         total = len(dataset(project))
         meta = dataset(project).exists("metadata").count()
+        from fieldguide.platform.store import release_database
+
+        release_database()  # stop MongoDB before its temporary folder goes
     print(f"\n| step | images | added | seconds | images/s |\n|---|---|---|---|---|")
     for label, n, added, dt, rate in rows:
         print(f"| {label} | {n} | {added} | {dt:.1f} | {rate:.0f} |")

@@ -69,3 +69,14 @@ def test_set_labels_refuses_unknown_class_and_unknown_sample(ingested):
     ds.reload()
     assert ds[sid].ground_truth.label == before
     assert not ds[sid].label_history
+
+
+def test_release_database_stops_mongod_and_the_next_call_reconnects(ingested):
+    from fieldguide.platform import store
+
+    n = len(store.dataset(ingested))
+    store.release_database()
+    import fiftyone.core.odm.database as fod
+
+    assert fod._client is None and getattr(fod, "_db_service", None) is None
+    assert len(store.dataset(ingested)) == n  # a fresh mongod on the same project folder

@@ -257,7 +257,7 @@ def augment(project: Project, *, classes: list[str] | None = None, min_per_class
                 fill.kept += len(keep)
         if new_samples:
             ds.add_samples(new_samples, progress=False)
-            ds.compute_metadata()
+            ds.compute_metadata(progress=False)
         ds.save_view("synthetic", ds.match_tags(SYNTHETIC_TAG), overwrite=True)
         wh.write("metrics", [{"run_id": run_id, "split": f"class:{c}", "name": name, "value": float(getattr(f, name))}
                              for c, f in report.classes.items()

@@ -171,16 +171,27 @@ def _brain_signals(ds, assess: list[str], features: np.ndarray | None) -> dict[s
     and ``uniqueness`` from the embeddings (no model is loaded). Reported, not combined: both
     repeat what the cleanlab and kNN signals measure, but curators know them from the App,
     where they are sample fields to sort and filter by."""
+    view = ds.select(assess, ordered=True)
+    # the Brain logs its progress at INFO through FiftyOne's stdout handler: keep stdout for results
+    brain_log = logging.getLogger("fiftyone.brain")
+    level = brain_log.level
+    brain_log.setLevel(logging.WARNING)
+    try:
+        return _brain_fields(view, features)
+    finally:
+        brain_log.setLevel(level)
+
+
+def _brain_fields(view, features) -> dict[str, np.ndarray]:
     import fiftyone.brain as fob
 
     out: dict[str, np.ndarray] = {}
-    view = ds.select(assess, ordered=True)
     try:
         fob.compute_mistakenness(view, "prediction", label_field="ground_truth", use_logits=True, progress=False)
         out["mistakenness"] = np.array(view.values("mistakenness"), dtype=float)
     except Exception as e:  # noqa: BLE001 - a Brain failure must not lose the other signals
         log.warning("FiftyOne Brain mistakenness not computed: %s", e)
-    if features is not None and len(assess) > 3:
+    if features is not None and len(view) > 3:
         try:
             fob.compute_uniqueness(view, embeddings=np.asarray(features, dtype=np.float32), progress=False)
             out["uniqueness"] = np.array(view.values("uniqueness"), dtype=float)

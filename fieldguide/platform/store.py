@@ -104,6 +104,27 @@ def _isolate_database_service() -> None:
     fos.DatabaseService = ProjectDatabaseService
 
 
+def release_database() -> None:
+    """Disconnect and stop the embedded MongoDB this process started (before its folder is
+    deleted, e.g. a temporary project); the next store call starts it again."""
+    global _configured_for
+    import sys
+
+    if "fiftyone" not in sys.modules:
+        return
+    import fiftyone.core.odm.database as fod
+
+    fod._disconnect()
+    service = getattr(fod, "_db_service", None)
+    if service is not None:
+        try:
+            service.stop()
+        except Exception:  # noqa: BLE001 - an already-stopped service is fine
+            pass
+        fod._db_service = None
+    _configured_for = None
+
+
 def _reconnect(project: Project, db_dir: str, uri: str) -> None:
     """FiftyOne was imported for another project in this process: move it to this one."""
     import fiftyone as fo
