@@ -71,6 +71,35 @@ def pseudo_mixup(x: torch.Tensor, conf: torch.Tensor, generator: torch.Generator
     return mixed, perm, lam
 
 
+def unlabeled_loss(student: torch.nn.Module, x: torch.Tensor, teacher_probs: torch.Tensor, threshold: float,
+                   mixup: bool, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """The student's loss on the unlabeled batch ``x`` against the teacher's confident pseudo-labels
+    (with probabilistic pseudo mixup); ``(loss, samples used)``, a zero loss when fewer than 2 pass."""
+    conf, pl = teacher_probs.max(dim=1)
+    mask = conf >= threshold
+    if mask.sum() < 2:
+        return torch.zeros((), device=x.device), 0
+    xs, cu, pu = x[mask], conf[mask], pl[mask]
+    if not mixup:
+        return F.cross_entropy(student(xs), pu), int(mask.sum())
+    mixed, perm, lam = pseudo_mixup(xs, cu, generator)
+    logits = student(mixed)
+    loss = (lam * F.cross_entropy(logits, pu, reduction="none")
+            + (1 - lam) * F.cross_entropy(logits, pu[perm], reduction="none")).mean()
+    return loss, int(mask.sum())
+
+
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, step: int, decay: float) -> None:
+    """teacher ← d·teacher + (1 − d)·student, d = min(decay, (1 + step) / (10 + step)) (warm-up);
+    buffers (batch-norm statistics) are copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pt, ps in zip(teacher.parameters(), student.parameters()):
+            pt.mul_(d).add_(ps.detach(), alpha=1 - d)
+        for bt, bs in zip(teacher.buffers(), student.buffers()):
+            bt.copy_(bs)
+
+
 @dataclass
 class SemiResult:
     teacher: torch.nn.Module
@@ -107,28 +136,15 @@ def fit_semi_supervised(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_cla
                 u = torch.randint(len(Xu), (min(len(Xu), mu * len(idx)),), generator=gen)
                 with torch.no_grad():
                     probs = torch.softmax(teacher(Xu[u]), dim=1)
-                conf, pl = probs.max(dim=1)
-                mask = conf >= threshold
                 total_u += len(u)
-                if mask.sum() >= 2:
-                    xu, cu, pu = Xu[u][mask], conf[mask], pl[mask]
-                    used += int(mask.sum())
-                    if mixup:
-                        mixed, perm, lam = pseudo_mixup(xu, cu, gen)
-                        logits = student(mixed)
-                        lu = (lam * F.cross_entropy(logits, pu, reduction="none")
-                              + (1 - lam) * F.cross_entropy(logits, pu[perm], reduction="none")).mean()
-                    else:
-                        lu = F.cross_entropy(student(xu), pu)
-                    loss = loss + lambda_u * lu
+                lu, n_used = unlabeled_loss(student, Xu[u], probs, threshold, mixup, gen)
+                used += n_used
+                loss = loss + lambda_u * lu
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pt, ps in zip(teacher.parameters(), student.parameters()):
-                    pt.mul_(decay).add_(ps.detach(), alpha=1 - decay)
+            ema_update(teacher, student, step, ema_decay)
         history.append({"epoch": epoch + 1, "pseudo_used": used, "unlabeled_seen": total_u})
     return SemiResult(teacher=teacher.eval(), history=history)
 
@@ -188,29 +204,15 @@ def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u:
                 u_iter = iter(unlabeled)
                 weak, strong = next(u_iter)
             with torch.no_grad():
-                conf, pl = torch.softmax(teacher(weak.to(dev)), dim=1).max(dim=1)
-            mask = conf >= threshold
-            if mask.sum() >= 2:
-                xs, cu, pu = strong.to(dev)[mask], conf[mask], pl[mask]
-                used += int(mask.sum())
-                if mixup:
-                    mixed, perm, lam = pseudo_mixup(xs, cu, gen)
-                    logits = student(mixed)
-                    lu = (lam * F.cross_entropy(logits, pu, reduction="none")
-                          + (1 - lam) * F.cross_entropy(logits, pu[perm], reduction="none")).mean()
-                else:
-                    lu = F.cross_entropy(student(xs), pu)
-                loss = loss + lambda_u * lu
+                probs = torch.softmax(teacher(weak.to(dev)), dim=1)
+            lu, n_used = unlabeled_loss(student, strong.to(dev), probs, threshold, mixup, gen)
+            used += n_used
+            loss = loss + lambda_u * lu
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pt, ps in zip(teacher.parameters(), student.parameters()):
-                    pt.mul_(decay).add_(ps.detach(), alpha=1 - decay)
-                for bt, bs in zip(teacher.buffers(), student.buffers()):
-                    bt.copy_(bs)
+            ema_update(teacher, student, step, ema_decay)
         history.append({"epoch": epoch + 1, "pseudo_used": used})
     return SemiResult(teacher=teacher.eval(), history=history)
 
