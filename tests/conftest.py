@@ -47,8 +47,10 @@ def image_folder(tmp_path: Path) -> Path:
 def project(tmp_path: Path):
     """A fresh project in a temporary folder, with its own embedded database."""
     from fieldguide.config import init_project
+    from fieldguide.platform.store import release_database
 
-    return init_project(tmp_path / "proj", "testproj")
+    yield init_project(tmp_path / "proj", "testproj")
+    release_database()  # stop its mongod before pytest deletes the folder
 
 
 @pytest.fixture

@@ -342,6 +342,9 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_ingested(project, mess
     assert "\n" not in str(info.value)
     import fiftyone as fo
 
+    from fieldguide.platform.store import configure_fiftyone
+
+    configure_fiftyone(project)  # look in this project's database, not the last one opened
     assert not fo.dataset_exists(project.dataset_name)
     wh = store.warehouse(project)
     failed = wh.query("SELECT * FROM runs").iloc[0]

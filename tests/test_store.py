@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fieldguide.config import init_project
@@ -79,4 +81,14 @@ def test_release_database_stops_mongod_and_the_next_call_reconnects(ingested):
     import fiftyone.core.odm.database as fod
 
     assert fod._client is None and getattr(fod, "_db_service", None) is None
+    assert "FIFTYONE_PRIVATE_DATABASE_PORT" not in os.environ  # no stale port for the next connection
+    assert "port" not in fod._connection_kwargs
     assert len(store.dataset(ingested)) == n  # a fresh mongod on the same project folder
+
+
+def test_a_projects_database_does_not_preallocate_journal_files(ingested):
+    # WiredTiger's default preallocates 300 MB of journal per mongod; a CI run with ~100
+    # temporary projects filled the disk. The project's mongod keeps its journal small.
+    journal = ingested.database_dir / "journal"
+    size = sum(f.stat().st_size for f in journal.iterdir() if f.is_file())
+    assert journal.is_dir() and size < 64 * 2**20, f"journal is {size / 2**20:.0f} MB"

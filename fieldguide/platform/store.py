@@ -72,6 +72,13 @@ def configure_fiftyone(project: Project) -> None:
     _configured_for = key
 
 
+# WiredTiger's defaults preallocate three 100 MB journal files per database: 300 MB for a
+# project that may hold a few MB of labels (and for every temporary test project). Small,
+# unpreallocated journal files keep the same durability (WiredTiger starts a new file when one
+# is full and removes old ones after each checkpoint).
+MONGOD_EXTRA_ARGS = ["--wiredTigerEngineConfigString=log=(prealloc=false,file_max=16MB)"]
+
+
 def _isolate_database_service() -> None:
     """Make FiftyOne attach only to a mongod serving *this* database dir.
 
@@ -88,6 +95,10 @@ def _isolate_database_service() -> None:
 
     class ProjectDatabaseService(fos.DatabaseService):
         _fieldguide_isolated = True
+
+        @property
+        def command(self):
+            return super().command + MONGOD_EXTRA_ARGS
 
         def start(self):
             key = self._service_args + self.command[:3]  # ... mongod --dbpath DIR
@@ -112,9 +123,19 @@ def release_database() -> None:
 
     if "fiftyone" not in sys.modules:
         return
+    _stop_service()
+    _configured_for = None
+
+
+def _stop_service() -> None:
+    """Disconnect, stop the mongod this process started, and forget its port: the next
+    connection starts (or finds) the service of whatever database dir is configured then."""
     import fiftyone.core.odm.database as fod
 
     fod._disconnect()
+    fod._connection_kwargs.pop("port", None)
+    fod._connection_kwargs.pop("host", None)
+    os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)  # FiftyOne set it when it started mongod
     service = getattr(fod, "_db_service", None)
     if service is not None:
         try:
@@ -122,25 +143,15 @@ def release_database() -> None:
         except Exception:  # noqa: BLE001 - an already-stopped service is fine
             pass
         fod._db_service = None
-    _configured_for = None
 
 
 def _reconnect(project: Project, db_dir: str, uri: str) -> None:
     """FiftyOne was imported for another project in this process: move it to this one."""
     import fiftyone as fo
-    import fiftyone.core.odm.database as fod
 
     if fo.config.database_dir == db_dir and (fo.config.database_uri or "") == uri:
         return
-    fod._disconnect()
-    fod._connection_kwargs.pop("port", None)
-    fod._connection_kwargs.pop("host", None)
-    if getattr(fod, "_db_service", None) is not None:
-        try:
-            fod._db_service.stop()
-        except Exception:  # noqa: BLE001 - an already-stopped service is fine
-            pass
-        fod._db_service = None
+    _stop_service()
     fo.config.database_dir = db_dir
     fo.config.database_uri = uri or None
     fo.config.database_validation = False
