@@ -35,6 +35,7 @@ FLAGGED = [("s-red_bird-train-0", 0.97, "blue_bird"), ("s-green_bird-train-1", 0
            ("s-yellow_bird-train-0", 0.66, "red_bird"), ("s-blue_bird-test-0", 0.58, "green_bird")]
 OUTLIERS = {"s-black_bird-train-0": 0.05, "s-green_bird-train-5": 0.12, "s-red_bird-test-1": 0.2}
 NEAR_DUPLICATES = ("s-red_bird-train-7", "s-red_bird-train-8")
+PENDING_PSEUDO = ("black_bird", "green_bird")
 
 
 def t(minutes: float) -> dt.datetime:
@@ -68,11 +69,12 @@ def build_warehouse(project) -> Warehouse:
             samples.append({"sample_id": f"s-{origin}-{i}", "filepath": str(path), "label": label,
                             "split": "train", "origin": origin, "predicted_label": label,
                             "confidence": 0.8, "noise_score": 0.05, "label_issue": False, "updated": t(60)})
-    for i in range(2):
+    for i, pseudo in enumerate(PENDING_PSEUDO):  # unlabeled, with a pseudo-label pending review
         path = make_image(images / "unlabeled" / f"u_{i}.jpg", (128, 128, 128), seed=200 + i)
         samples.append({"sample_id": f"s-unlabeled-{i}", "filepath": str(path), "label": None,
                         "split": "unlabeled", "origin": "real", "predicted_label": "red_bird",
-                        "confidence": 0.4, "noise_score": None, "label_issue": False, "updated": t(60)})
+                        "confidence": 0.4, "noise_score": None, "label_issue": False,
+                        "pseudo_label": pseudo, "pseudo_confidence": 0.8, "updated": t(60)})
     wh.write("samples", samples)
 
     wh.write("runs", [
@@ -238,8 +240,18 @@ def test_health_page_counts_classes_splits_origins_rejects(full_project):
     outliers = frame(at, "outliers")
     assert outliers["sample_id"].head(3).tolist() == list(OUTLIERS)
     assert outliers["outlier_score"].iloc[0] == pytest.approx(0.05)
+    fill = frame(at, "class fill").set_index("class")
+    assert fill.index.tolist() == ["black_bird", "yellow_bird", "green_bird"]  # fewest training labels first
+    assert fill.loc["black_bird", ["real", "synthetic", "pseudo_accepted", "pseudo_pending"]].tolist() == [2, 2, 0, 1]
+    assert fill.loc["yellow_bird", ["real", "synthetic", "pseudo_accepted", "pseudo_pending"]].tolist() == [4, 0, 3, 0]
+    assert fill.loc["green_bird", ["real", "pseudo_pending", "train_labels"]].tolist() == [12, 1, 12]
+    assert fill["still_scarce"].tolist() == [True, True, False]
+    assert "2 of 3 classes still under 10" in texts(at)
     shown = charts(at)
-    assert len(shown) == 3  # the long tail, per split, per origin
+    assert len(shown) == 4  # the long tail, class fill, per split, per origin
+    fill_data = next(d for d in shown[1][1] if "kind" in d)
+    assert fill_data.groupby("kind")["samples"].sum().to_dict() == {
+        "real": 18, "synthetic": 2, "pseudo_accepted": 3, "pseudo_pending": 2}
     spec, data = shown[0]
     assert spec["layer"][0]["encoding"]["x"]["sort"] == ["red_bird", "green_bird", "blue_bird", "yellow_bird", "black_bird"]
     bars = next(d for d in data if "kind" in d)

@@ -90,3 +90,31 @@ def test_push_without_label_studio_is_one_clear_error(predicted):  # noqa: F811
     message = op_error("push_to_label_studio", ds, params={"limit": 3})
     assert message.startswith("fieldguide: ") and "Label Studio" in message and "\n" not in message
     assert store.warehouse(predicted).query("SELECT count(*) FROM relabel_tasks").iloc[0, 0] == 0
+
+
+def test_open_dashboard_starts_the_dashboards_once_and_returns_their_url(project):
+    import urllib.request
+
+    import psutil
+
+    from tests.test_dashboard_browser import free_port
+
+    ds = store.dataset(project)
+    port = free_port()
+    try:
+        url = run_op("open_dashboard", ds, params={"port": port})
+        assert url == {"url": f"http://127.0.0.1:{port}/"}
+        with urllib.request.urlopen(url["url"] + "_stcore/health", timeout=10) as r:
+            assert r.read() == b"ok"
+        again = run_op("open_dashboard", ds, params={"port": port})  # already up: no second server
+        assert again == url
+        servers = [p for p in psutil.process_iter(["cmdline"])
+                   if "dashboard" in (p.info["cmdline"] or []) and str(port) in (p.info["cmdline"] or [])]
+        assert len(servers) == 1
+    finally:
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if "dashboard" in cmd and str(port) in cmd:
+                for child in p.children(recursive=True):
+                    child.kill()
+                p.kill()

@@ -84,9 +84,15 @@ def test_pseudolabel_step_never_touches_ground_truth_until_accepted(ingested, ti
     again = pseudolabel(p, threshold=0.0, epochs=10)  # re-running replaces, never piles up
     ds.reload()
     assert len(ds.match_tags(PSEUDO_TAG)) == again.selected
+    from fieldguide.dashboards.queries import class_fill
+
+    fill = class_fill(store.warehouse(p))  # the dashboards see them as pending, not as labels
+    assert fill["pseudo_pending"].sum() == again.selected and fill["pseudo_accepted"].sum() == 0
     n = accept_pseudo_labels(p)
     ds.reload()
     assert n == again.selected
+    fill = class_fill(store.warehouse(p))
+    assert fill["pseudo_pending"].sum() == 0 and fill["pseudo_accepted"].sum() == n
     accepted = ds.match_tags("train").match({"filepath": {"$regex": "/u_"}})
     assert len(accepted) == n
     for sample in accepted:

@@ -22,7 +22,7 @@ def test_schema_has_every_table_and_its_version(wh):
     assert wh.path.is_file()
     tables = set(wh.query("SELECT table_name FROM information_schema.tables")["table_name"])
     assert tables == set(TABLES)
-    assert wh.schema_version() == SCHEMA_VERSION == 1
+    assert wh.schema_version() == SCHEMA_VERSION == 2
     runs_columns = list(wh.query("DESCRIBE runs")["column_name"])
     assert runs_columns == ["run_id", "kind", "config", "status", "started", "finished", "message"]
 
@@ -34,6 +34,25 @@ def test_a_newer_schema_is_refused(wh):
     con.close()
     with pytest.raises(FieldguideError, match="schema version 99 is newer"):
         wh.write("metrics", [{"run_id": "r", "split": "test", "name": "acc", "value": 0.7}])
+
+
+def test_an_older_warehouse_gains_the_new_columns_and_keeps_its_rows(wh):
+    wh.path.parent.mkdir(parents=True)
+    con = duckdb.connect(str(wh.path))  # a version-1 warehouse: samples without pseudo-labels
+    con.execute("CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', '1')")
+    con.execute("CREATE TABLE samples (sample_id VARCHAR PRIMARY KEY, filepath VARCHAR, label VARCHAR, "
+                "split VARCHAR, origin VARCHAR, predicted_label VARCHAR, confidence DOUBLE, "
+                "noise_score DOUBLE, label_issue BOOLEAN, updated TIMESTAMP)")
+    con.execute("INSERT INTO samples (sample_id, label) VALUES ('a', 'wren')")
+    con.close()
+    wh.write("samples", [{"sample_id": "b", "label": None, "pseudo_label": "wren", "pseudo_confidence": 0.9}])
+    assert wh.schema_version() == SCHEMA_VERSION
+    rows = wh.query("SELECT sample_id, label, pseudo_label FROM samples ORDER BY sample_id")
+    assert rows.to_dict("records") == [{"sample_id": "a", "label": "wren", "pseudo_label": None},
+                                       {"sample_id": "b", "label": None, "pseudo_label": "wren"}]
+    wh.write("samples", [{"sample_id": "c", "label": "tit"}])  # a second open changes nothing more
+    assert len(wh.query("SELECT * FROM samples")) == 3
 
 
 def test_writes_are_insert_or_replace(wh):

@@ -299,7 +299,8 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
             raise FieldguideError(f"pseudo-labeling mode {mode!r}: use head or finetune")
         rows, labels, conf = select_pseudo_labels(probs, threshold, balance=balance)
         unl_ids = [s for s, m in zip(ids, unl) if m]
-        values = {sid: None for sid in ds.values("id")}
+        # cleared on every unlabeled sample; accepted ones (now train) keep where their label came from
+        values = {sid: None for sid in ds.match_tags("unlabeled").values("id")}
         for r, c, p in zip(rows, labels, conf):
             values[unl_ids[r]] = fo.Classification(label=classes[c], confidence=float(p), origin="pseudo",
                                                    run_id=run_id)
@@ -311,6 +312,7 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
         ds.select(chosen).tag_samples(PSEUDO_TAG)
         ds.save_view("pseudo_labeled", ds.match_tags(PSEUDO_TAG).sort_by(f"{PSEUDO_FIELD}.confidence", reverse=True),
                      overwrite=True)
+        store.snapshot_samples(project, ds)
         per_class = {classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
         wh.write("metrics", [{"run_id": run_id, "split": "unlabeled", "name": "pseudo_labels", "value": float(len(rows))},
                              {"run_id": run_id, "split": "unlabeled", "name": "candidates", "value": float(unl.sum())}])

@@ -54,6 +54,36 @@ def sample_counts(wh: Warehouse) -> pd.DataFrame:
     )
 
 
+def class_fill(wh: Warehouse) -> pd.DataFrame:
+    """Per class, where its training labels come from and what is waiting: ``real`` (curated
+    real images), ``synthetic`` (kept diffusion augmentations), ``pseudo_accepted`` (pseudo-labels
+    a curator accepted) and ``pseudo_pending`` (pseudo-labels on unlabeled samples, not yet
+    reviewed: they are not training labels). Columns: class and those four counts."""
+    sql = """
+        WITH s AS (SELECT label, split, coalesce(origin, 'real') AS origin, pseudo_label FROM samples),
+        kinds AS (
+            SELECT label AS class,
+                   CASE WHEN origin = 'synthetic' THEN 'synthetic'
+                        WHEN origin = 'pseudo' OR pseudo_label IS NOT NULL THEN 'pseudo_accepted'
+                        ELSE 'real' END AS kind
+            FROM s WHERE label IS NOT NULL AND split = 'train'
+            UNION ALL
+            SELECT pseudo_label AS class, 'pseudo_pending' AS kind
+            FROM s WHERE label IS NULL AND pseudo_label IS NOT NULL
+        )
+        SELECT class,
+               count(*) FILTER (WHERE kind = 'real') AS real,
+               count(*) FILTER (WHERE kind = 'synthetic') AS synthetic,
+               count(*) FILTER (WHERE kind = 'pseudo_accepted') AS pseudo_accepted,
+               count(*) FILTER (WHERE kind = 'pseudo_pending') AS pseudo_pending
+        FROM kinds GROUP BY class ORDER BY class
+    """
+    try:
+        return _query(wh, sql)
+    except duckdb.BinderException:  # a warehouse from before pseudo-labels were mirrored
+        return pd.DataFrame()
+
+
 def ingest_rejects(wh: Warehouse) -> pd.DataFrame:
     """Rejects of every ingest run, newest run first: run_id, started, path, reason."""
     return _query(

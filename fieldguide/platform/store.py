@@ -325,18 +325,23 @@ def set_labels(
 
 
 def snapshot_samples(project: Project, ds) -> int:
-    """Mirror every sample's label, split, origin, prediction and noise score to the warehouse.
+    """Mirror every sample's label, split, origin, prediction, pseudo-label and noise score to
+    the warehouse.
 
     The dashboards read only the warehouse; each step that changes these calls this (one
     bulk query, one bulk write). Samples no longer in the store are removed.
     """
     schema = ds.get_field_schema()
     fields = [f for f in ("noise_score", "label_issue") if f in schema]
-    has_pred = "prediction" in schema
-    df = samples_table(ds, fields + (["prediction.label", "prediction.confidence"] if has_pred else []))
+    for field in ("prediction", "pseudo_label"):
+        if field in schema:
+            fields += [f"{field}.label", f"{field}.confidence"]
+    df = samples_table(ds, fields)
     df = df.rename(columns={"id": "sample_id", "prediction.label": "predicted_label",
-                            "prediction.confidence": "confidence"})
-    for col in ("predicted_label", "confidence", "noise_score", "label_issue"):
+                            "prediction.confidence": "confidence", "pseudo_label.label": "pseudo_label",
+                            "pseudo_label.confidence": "pseudo_confidence"})
+    for col in ("predicted_label", "confidence", "noise_score", "label_issue", "pseudo_label",
+                "pseudo_confidence"):
         if col not in df:
             df[col] = None
     df["updated"] = now()

@@ -23,7 +23,14 @@ from fieldguide.errors import FieldguideError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Columns added after a warehouse may already exist: (version, table, column definition).
+# ``_ensure_schema`` adds the missing ones to an older warehouse (nothing is rewritten or lost).
+ADDED_COLUMNS: list[tuple[int, str, str]] = [
+    (2, "samples", "pseudo_label VARCHAR"),
+    (2, "samples", "pseudo_confidence DOUBLE"),
+]
 
 TABLES: dict[str, str] = {
     "schema_info": "key VARCHAR PRIMARY KEY, value VARCHAR",
@@ -65,7 +72,7 @@ TABLES: dict[str, str] = {
     "samples": (
         "sample_id VARCHAR PRIMARY KEY, filepath VARCHAR, label VARCHAR, split VARCHAR, "
         "origin VARCHAR, predicted_label VARCHAR, confidence DOUBLE, noise_score DOUBLE, "
-        "label_issue BOOLEAN, updated TIMESTAMP"
+        "label_issue BOOLEAN, pseudo_label VARCHAR, pseudo_confidence DOUBLE, updated TIMESTAMP"
     ),
     "rejects": "run_id VARCHAR, path VARCHAR, reason VARCHAR, PRIMARY KEY (run_id, path)",
     "backbone_costs": (
@@ -191,3 +198,9 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             f"warehouse schema version {row[0]} is newer than this fieldguide's {SCHEMA_VERSION} "
             "(upgrade fieldguide)"
         )
+    elif int(row[0]) < SCHEMA_VERSION:
+        for version, table, column in ADDED_COLUMNS:
+            if version > int(row[0]):
+                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
+        con.execute("UPDATE schema_info SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        log.info("warehouse schema upgraded from version %s to %s", row[0], SCHEMA_VERSION)

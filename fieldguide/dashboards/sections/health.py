@@ -1,5 +1,5 @@
-"""Dataset health: samples per class (long tail, scarce classes), split and origin; rejects,
-near-duplicates and outliers."""
+"""Dataset health: samples per class (long tail, scarce classes), what filling added per scarce
+class, split and origin; rejects, near-duplicates and outliers."""
 
 from __future__ import annotations
 
@@ -39,6 +39,55 @@ def long_tail_chart(per_class: pd.DataFrame, scarce_below: int) -> alt.Chart:
     )
     rule = alt.Chart(pd.DataFrame({"y": [scarce_below]})).mark_rule(strokeDash=[4, 4]).encode(y="y:Q")
     return (bars + rule).properties(height=320)
+
+
+FILL_KINDS = ["real", "synthetic", "pseudo_accepted", "pseudo_pending"]
+FILL_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#bab0ac"]
+
+
+def fill_table(fill: pd.DataFrame, per_class: pd.DataFrame, scarce_below: int) -> pd.DataFrame:
+    """The classes that are scarce or were filled: real / synthetic / accepted and pending
+    pseudo-labels, the training labels they add up to, and whether the class is still scarce."""
+    scarce = set(per_class.loc[per_class["scarce"], "class"]) if not per_class.empty else set()
+    out = fill.copy() if not fill.empty else pd.DataFrame(columns=["class", *FILL_KINDS])
+    out = out.set_index("class").reindex(sorted(set(out["class"]) | scarce)).fillna(0)
+    out = out[FILL_KINDS].astype(int)
+    out["train_labels"] = out["real"] + out["synthetic"] + out["pseudo_accepted"]
+    out["still_scarce"] = out["train_labels"] < scarce_below
+    filled = out[["synthetic", "pseudo_accepted", "pseudo_pending"]].sum(axis=1) > 0
+    out = out[filled | out.index.isin(scarce)]
+    return out.rename_axis("class").reset_index().sort_values(["train_labels", "class"]).reset_index(drop=True)
+
+
+def fill_chart(table: pd.DataFrame, scarce_below: int) -> alt.Chart:
+    data = table.melt(id_vars="class", value_vars=FILL_KINDS, var_name="kind", value_name="samples")
+    bars = alt.Chart(data).mark_bar().encode(
+        x=alt.X("samples:Q", stack="zero", title="samples"),
+        y=alt.Y("class:N", sort=table["class"].tolist(), title=None),
+        color=alt.Color("kind:N", scale=alt.Scale(domain=FILL_KINDS, range=FILL_COLORS), title=None),
+        order=alt.Order("kind_order:Q"),
+        tooltip=["class", "kind", "samples"],
+    ).transform_calculate(kind_order=f"indexof({FILL_KINDS}, datum.kind)")
+    rule = alt.Chart(pd.DataFrame({"x": [scarce_below]})).mark_rule(strokeDash=[4, 4]).encode(x="x:Q")
+    return (bars + rule).properties(height=max(120, 22 * len(table)))
+
+
+def show_fill(wh, per_class: pd.DataFrame, scarce_below: int) -> None:
+    st.subheader("Filling scarce classes")
+    table = fill_table(queries.class_fill(wh), per_class, scarce_below)
+    if table.empty:
+        st.caption("No scarce class and nothing filled.")
+        return
+    if table[["synthetic", "pseudo_accepted", "pseudo_pending"]].to_numpy().sum() == 0:
+        st.caption(f"Nothing filled yet: `fieldguide fill --min-per-class {scarce_below}` adds pseudo-labels "
+                   "(for a curator to accept) and synthetic images to these classes.")
+    else:
+        pending = int(table["pseudo_pending"].sum())
+        st.markdown(f"{int(table['still_scarce'].sum())} of {len(table)} classes still under {scarce_below} "
+                    f"training labels; {pending} pseudo-labels wait for a curator "
+                    "(App view `pseudo_labeled`; pending ones are not training labels).")
+    st.altair_chart(fill_chart(table, scarce_below), width="stretch")
+    st.dataframe(table, hide_index=True, alt="class fill")
 
 
 def count_chart(df: pd.DataFrame, field: str) -> alt.Chart:
@@ -88,6 +137,8 @@ def main() -> None:
                         "candidates for pseudo-labels and synthetic images:")
             st.dataframe(scarce[["class", "samples", "train"]].sort_values(["train", "class"]),
                          hide_index=True, alt="scarce classes")
+
+        show_fill(wh, per_class, scarce_below)
 
         left, right = st.columns(2)
         by_split = counts.groupby("split", as_index=False)["n"].sum().sort_values("n", ascending=False)
