@@ -95,8 +95,6 @@ def test_push_without_label_studio_is_one_clear_error(predicted):  # noqa: F811
 def test_open_dashboard_starts_the_dashboards_once_and_returns_their_url(project):
     import urllib.request
 
-    import psutil
-
     from tests.test_dashboard_browser import free_port
 
     ds = store.dataset(project)
@@ -108,13 +106,19 @@ def test_open_dashboard_starts_the_dashboards_once_and_returns_their_url(project
             assert r.read() == b"ok"
         again = run_op("open_dashboard", ds, params={"port": port})  # already up: no second server
         assert again == url
-        servers = [p for p in psutil.process_iter(["cmdline"])
-                   if "dashboard" in (p.info["cmdline"] or []) and str(port) in (p.info["cmdline"] or [])]
-        assert len(servers) == 1
+        assert len(dashboard_servers(port)) == 1
     finally:
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info["cmdline"] or []
-            if "dashboard" in cmd and str(port) in cmd:
-                for child in p.children(recursive=True):
-                    child.kill()
-                p.kill()
+        for p in dashboard_servers(port):
+            p.kill()
+
+
+def dashboard_servers(port: int) -> list:
+    """The Streamlit processes serving on ``port`` (``fieldguide dashboard`` execs into one)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "streamlit" in cmd and "--server.port" in cmd and cmd[cmd.index("--server.port") + 1] == str(port):
+            found.append(p)
+    return found

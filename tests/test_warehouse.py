@@ -48,9 +48,10 @@ def test_an_older_warehouse_gains_the_new_columns_and_keeps_its_rows(wh):
     con.close()
     wh.write("samples", [{"sample_id": "b", "label": None, "pseudo_label": "wren", "pseudo_confidence": 0.9}])
     assert wh.schema_version() == SCHEMA_VERSION
-    rows = wh.query("SELECT sample_id, label, pseudo_label FROM samples ORDER BY sample_id")
-    assert rows.to_dict("records") == [{"sample_id": "a", "label": "wren", "pseudo_label": None},
-                                       {"sample_id": "b", "label": None, "pseudo_label": "wren"}]
+    rows = wh.query("SELECT sample_id, coalesce(label, '-') AS label, coalesce(pseudo_label, '-') AS pseudo "
+                    "FROM samples ORDER BY sample_id")
+    assert rows.to_dict("records") == [{"sample_id": "a", "label": "wren", "pseudo": "-"},
+                                       {"sample_id": "b", "label": "-", "pseudo": "wren"}]
     wh.write("samples", [{"sample_id": "c", "label": "tit"}])  # a second open changes nothing more
     assert len(wh.query("SELECT * FROM samples")) == 3
 

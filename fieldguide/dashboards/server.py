@@ -75,6 +75,7 @@ def ensure_running(project: Project, port: int = 8501, timeout_s: float = 60.0) 
     if healthy(port):
         return url(port)
     _check_port_free(port)
+    project.runs_dir.mkdir(parents=True, exist_ok=True)
     log = (project.runs_dir / "dashboard.log").open("a")
     subprocess.Popen([sys.executable, "-m", "fieldguide.cli", "--project", str(project.root), "dashboard",
                       "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
