@@ -52,11 +52,8 @@ def labels_fingerprint(ds) -> str:
 
 
 def _last_run_id(project: Project, *kinds: str) -> str | None:
-    wh = store.warehouse(project)
-    marks = ", ".join("?" * len(kinds))
-    df = wh.query(f"SELECT run_id FROM runs WHERE kind IN ({marks}) AND status = 'completed' "
-                  "ORDER BY finished DESC LIMIT 1", list(kinds))
-    return None if df.empty else df.iloc[0, 0]
+    last = store.warehouse(project).last_run(*kinds)
+    return None if last is None else last["run_id"]
 
 
 def _labelstudio_available(project: Project) -> bool:

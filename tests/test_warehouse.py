@@ -98,6 +98,9 @@ def test_run_context_records_completed_and_failed_runs(wh):
     assert wh.last_run("ingest")["run_id"] == ok_id
     assert wh.last_run("predict") is None
     assert wh.last_run("predict", status="failed")["run_id"] == bad_id
+    assert wh.last_run("predict", "ingest")["run_id"] == ok_id  # any of several kinds
+    with pytest.raises(ValueError):
+        wh.last_run()
 
 
 def test_query_is_read_only_and_needs_no_writer(wh):

@@ -567,11 +567,10 @@ def load_trajectories(project: Project, run_id: str | None = None) -> tuple[str,
     """``(run_id, sample_ids, trajectories)`` of a train run (default: the latest completed one)."""
     wh = store.warehouse(project)
     if run_id is None:
-        df = wh.query("SELECT run_id FROM runs WHERE kind IN ('train', 'retrain') AND status = 'completed' "
-                      "ORDER BY finished DESC LIMIT 1")
-        if df.empty:
+        last = wh.last_run("train", "retrain")
+        if last is None:
             raise NotReadyError("no training run yet (run 'fieldguide train')")
-        run_id = df.iloc[0, 0]
+        run_id = last["run_id"]
     path = project.runs_dir / run_id / "trajectories.npz"
     if not path.exists():
         raise NotReadyError(f"trajectories of run {run_id} are missing ({path})")

@@ -174,10 +174,15 @@ class Warehouse:
         with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).df()
 
-    def last_run(self, kind: str, status: str = "completed") -> dict | None:
+    def last_run(self, *kinds: str, status: str = "completed") -> dict | None:
+        """The newest run (by end, else start) of any of ``kinds`` with ``status``, or None."""
+        if not kinds:
+            raise ValueError("last_run needs at least one kind")
+        marks = ", ".join("?" * len(kinds))
         df = self.query(
-            "SELECT * FROM runs WHERE kind = ? AND status = ? ORDER BY started DESC LIMIT 1",
-            [kind, status],
+            f"SELECT * FROM runs WHERE kind IN ({marks}) AND status = ? "
+            "ORDER BY coalesce(finished, started) DESC, started DESC LIMIT 1",
+            [*kinds, status],
         )
         return None if df.empty else df.iloc[0].to_dict()
 
