@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--rates", default="0.1,0.2,0.4")
     ap.add_argument("--kinds", default="symmetric,pairs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--entropy-weights", default="",
+                    help="also the combined score with these weights of the entropy signal, e.g. 0.05,0.1,0.25")
     args = ap.parse_args()
 
     from fieldguide.config import open_project
@@ -32,13 +34,18 @@ def main() -> None:
     project = open_project(args.project)
     table, path = project_noise_benchmark(
         project, rates=tuple(float(r) for r in args.rates.split(",")), kinds=tuple(args.kinds.split(",")),
-        seed=args.seed,
+        seed=args.seed, entropy_weights=tuple(float(w) for w in args.entropy_weights.split(",") if w),
     )
     out = ROOT / "benchmarks" / "results" / f"noise_{project.config.project.name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format="%.4f")
     cols = ["kind", "rate", "signal", "precision", "recall", "f1", "auroc", "precision_top5", "flagged"]
     print(table[cols].to_markdown(index=False, floatfmt=".3f"))
+    sweep = table[table["signal"].str.startswith("noise_score")]
+    if sweep["signal"].nunique() > 2:  # what each weight of the entropy signal does to the AUROC
+        print("\nAUROC of the combined score by weight of the entropy signal:")
+        print(sweep.pivot_table(index="signal", columns=["kind", "rate"], values="auroc")
+              .to_markdown(floatfmt=".4f"))
     print(f"\ntable: {out} and {path}")
 
 

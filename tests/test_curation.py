@@ -67,9 +67,13 @@ def test_inject_noise_flips_exactly_the_rate_to_other_classes():
 
 def test_combined_score_finds_symmetric_noise_at_least_as_well_as_cleanlab():
     X, y = _blobs()
-    table = run_noise_benchmark(X, y, 8, rates=(0.2,), kinds=("symmetric",), folds=5, progress=False)
+    table = run_noise_benchmark(X, y, 8, rates=(0.2,), kinds=("symmetric",), folds=5, progress=False,
+                                entropy_weights=(0.0, 0.5))
     by = table.set_index("signal")
     assert {"noise_score", "cl_issue", "label_quality", "knn_disagreement", "prediction_differs"} <= set(by.index)
+    # the weight sweep: weight 0 is the score without the entropy signal
+    assert by.loc["noise_score@entropy=0", "auroc"] == pytest.approx(by.loc["noise_score_without_entropy", "auroc"])
+    assert "noise_score@entropy=0.5" in by.index
     assert by.loc["noise_score", "auroc"] >= 0.9
     assert by.loc["noise_score", "auroc"] >= by.loc["cl_issue", "auroc"] - 1e-9
     assert by.loc["noise_score", "f1"] >= by.loc["cl_issue", "f1"] - 0.02

@@ -104,12 +104,14 @@ def entropy_trajectories(features: np.ndarray, labels: np.ndarray, n_classes: in
 def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int, *,
                         rates=(0.1, 0.2, 0.4), kinds=KINDS, seed: int = 0, head: str = "logreg",
                         folds: int = 5, signals: list[str] | None = None, entropy: bool = True,
-                        train_settings: dict | None = None, progress: bool = True) -> pd.DataFrame:
+                        train_settings: dict | None = None, entropy_weights: tuple[float, ...] = (),
+                        progress: bool = True) -> pd.DataFrame:
     """The full table over ``kinds`` x ``rates`` (one row per signal and setting).
 
     With ``entropy`` a two-stage entropy head is trained on the noisy labels and its
     trajectories feed the ``entropy`` signal; the row ``noise_score_without_entropy`` is then the
-    combined score without it, so the table shows what the signal adds.
+    combined score without it, so the table shows what the signal adds; each weight ``w`` in
+    ``entropy_weights`` adds a row ``noise_score@entropy=w`` (the combined score with that weight).
     """
     frames = []
     for kind in kinds:
@@ -127,6 +129,8 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
             if entropy and "entropy_aum" in values:
                 without = {k: v for k, v in weights.items() if not k.startswith("entropy_")}
                 values["noise_score_without_entropy"] = noise_score(values, without, direction)
+                for w in entropy_weights:
+                    values[f"noise_score@entropy={w:g}"] = noise_score(values, dict(weights, entropy_aum=w), direction)
             df = detection_table(noisy, clean, values, probs)
             df.insert(0, "rate", rate)
             df.insert(0, "kind", kind)
@@ -137,7 +141,8 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
 
 def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed: int = 0,
                             head: str | None = None, folds: int | None = None, backbone: str | None = None,
-                            splits: tuple[str, ...] = ("train", "val"), progress: bool = True):
+                            splits: tuple[str, ...] = ("train", "val"), entropy_weights: tuple[float, ...] = (),
+                            progress: bool = True):
     """The noise benchmark on a project's own labels, taken as clean (``fieldguide bench noise``).
 
     Uses the cached embeddings of the labeled samples of ``splits``; writes the table to
@@ -172,7 +177,7 @@ def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed
               "backbone": backbone or project.config.models.backbone, "samples": int(keep.sum())}
     with wh.run("bench_noise", config) as run_id:
         result = run_noise_benchmark(X[keep], clean, len(classes), rates=rates, kinds=kinds, seed=seed,
-                                     head=head, folds=folds, progress=progress)
+                                     head=head, folds=folds, entropy_weights=entropy_weights, progress=progress)
         folder = project.runs_dir / "benchmarks"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"noise-{run_id}.csv"

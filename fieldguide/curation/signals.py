@@ -205,7 +205,11 @@ def multiannotator_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
 
 
 # ---- training trajectories (noise-tolerant training) ----------------------------------------------------------
-@register_signal("entropy", weights={"entropy_aum": 0.25},
+# Weight 0.1, a second opinion: the trajectories are in-sample (the run trained on the sample it
+# judges), the cleanlab signals out-of-sample. On cub100 (benchmarks/noise_bench.py
+# --entropy-weights) a larger weight buys more on confusable-pair noise and costs more on
+# symmetric noise; 0.1 keeps the symmetric cost near zero.
+@register_signal("entropy", weights={"entropy_aum": 0.1},
                  noisy_when={"entropy_aum": "low", "entropy_agreement": "low", "entropy_mean": "high"})
 def entropy_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Per-sample trajectories of a two-stage entropy (or CE / GRPO) training run, summarised:
