@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from fieldguide.errors import FieldguideError
 from fieldguide.platform import store
 from fieldguide.platform.review import project_counts, sample_card
 from tests.test_curation import predicted  # noqa: F401 - a fixture
@@ -107,6 +108,12 @@ def test_open_dashboard_starts_the_dashboards_once_and_returns_their_url(project
         again = run_op("open_dashboard", ds, params={"port": port})  # already up: no second server
         assert again == url
         assert len(dashboard_servers(port)) == 1
+        from fieldguide.config import init_project
+        from fieldguide.dashboards.server import ensure_running
+
+        other = init_project(project.root.parent / "other", "other")
+        with pytest.raises(FieldguideError, match="another project"):  # never another project's pages
+            ensure_running(other, port)
     finally:
         for p in dashboard_servers(port):
             p.kill()

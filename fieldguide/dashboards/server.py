@@ -67,12 +67,30 @@ def healthy(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def served_project(port: int) -> str | None:
+    """The project folder of the dashboards listening on ``port`` (from the server process's
+    environment), or None when that cannot be read (another user's process, no such server)."""
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return psutil.Process(conn.pid).environ().get(PROJECT_ENV)
+    except (psutil.Error, OSError):
+        return None
+    return None
+
+
 def ensure_running(project: Project, port: int = 8501, timeout_s: float = 60.0) -> str:
     """The dashboards' URL, starting ``fieldguide dashboard`` in the background when none answers."""
     import subprocess
     import time
 
     if healthy(port):
+        serving = served_project(port)
+        if serving is not None and Path(serving).resolve() != project.root.resolve():
+            raise FieldguideError(f"port {port} serves the dashboards of another project ({serving}); "
+                                  "pass another port")
         return url(port)
     _check_port_free(port)
     project.runs_dir.mkdir(parents=True, exist_ok=True)
