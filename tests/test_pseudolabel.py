@@ -57,17 +57,7 @@ def test_teacher_learns_from_unlabeled_data():
 
 def test_pseudolabel_step_never_touches_ground_truth_until_accepted(ingested, tiny_weights, tmp_path):  # noqa: F811
     p = use_tiny_backbone(ingested, tiny_weights)
-    extra = tmp_path / "extra"
-    for cls, color in CLASS_COLORS.items():
-        for i in range(4):
-            make_image(extra / "unlabeled" / cls / f"u_{cls}_{i}.jpg", color, seed=500 + i)
-    ingest(p, extra / "unlabeled", fmt="folder")  # class folders but we want them unlabeled: drop labels
-    ds = store.dataset(p)
-    new = ds.match({"filepath": {"$regex": "/u_"}})
-    new.untag_samples("train")
-    new.tag_samples("unlabeled")
-    new.set_field("ground_truth", None).save()
-    embed(p)
+    ds = add_unlabeled(p, tmp_path / "extra", "u", per_class=4, seed=500)
     with pytest.raises(NotReadyError):
         accept_pseudo_labels(p)
     report = pseudolabel(p, threshold=0.0, epochs=10)
@@ -113,20 +103,26 @@ def test_cli_pseudolabel_needs_unlabeled_samples(ingested, tiny_weights):  # noq
 def test_finetune_mode_pseudo_labels_from_weak_and_strong_views(ingested, tiny_weights, tmp_path):  # noqa: F811
     p = use_tiny_backbone(ingested, tiny_weights)
     p.config.train.finetune_batch_size = 4
-    extra = tmp_path / "extra"
-    for cls, color in CLASS_COLORS.items():
-        for i in range(2):
-            make_image(extra / cls / f"v_{cls}_{i}.jpg", color, seed=700 + i)
-    ingest(p, extra, fmt="folder")
-    ds = store.dataset(p)
-    new = ds.match({"filepath": {"$regex": "/v_"}})
-    new.untag_samples("train")
-    new.tag_samples("unlabeled")
-    new.set_field("ground_truth", None).save()
-    embed(p)
+    ds = add_unlabeled(p, tmp_path / "extra", "v", per_class=2, seed=700)
     report = pseudolabel(p, mode="finetune", threshold=0.0, epochs=1, mu=1)
     assert report.unlabeled == 6 and report.selected > 0
     ds.reload()
     assert set(ds.match_tags(PSEUDO_TAG).values("ground_truth")) == {None}
     with pytest.raises(Exception, match="mode"):
         pseudolabel(p, mode="sideways")
+
+
+def add_unlabeled(p, folder, prefix: str, *, per_class: int, seed: int):
+    """Ingest ``per_class`` more images per class, then make them the ``unlabeled`` split (no
+    ground truth), and embed them; returns the dataset."""
+    for cls, color in CLASS_COLORS.items():
+        for i in range(per_class):
+            make_image(folder / cls / f"{prefix}_{cls}_{i}.jpg", color, seed=seed + i)
+    ingest(p, folder, fmt="folder")
+    ds = store.dataset(p)
+    new = ds.match({"filepath": {"$regex": f"/{prefix}_"}})
+    new.untag_samples("train")
+    new.tag_samples("unlabeled")
+    new.set_field("ground_truth", None).save()
+    embed(p)
+    return ds

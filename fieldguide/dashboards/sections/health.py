@@ -43,6 +43,7 @@ def long_tail_chart(per_class: pd.DataFrame, scarce_below: int) -> alt.Chart:
 
 FILL_KINDS = ["real", "synthetic", "pseudo_accepted", "pseudo_pending"]
 FILL_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#bab0ac"]
+FILLED = FILL_KINDS[1:]  # what filling added (everything but the real images)
 
 
 def fill_table(fill: pd.DataFrame, per_class: pd.DataFrame, scarce_below: int) -> pd.DataFrame:
@@ -54,7 +55,7 @@ def fill_table(fill: pd.DataFrame, per_class: pd.DataFrame, scarce_below: int) -
     out = out[FILL_KINDS].astype(int)
     out["train_labels"] = out["real"] + out["synthetic"] + out["pseudo_accepted"]
     out["still_scarce"] = out["train_labels"] < scarce_below
-    filled = out[["synthetic", "pseudo_accepted", "pseudo_pending"]].sum(axis=1) > 0
+    filled = out[FILLED].sum(axis=1) > 0
     out = out[filled | out.index.isin(scarce)]
     return out.rename_axis("class").reset_index().sort_values(["train_labels", "class"]).reset_index(drop=True)
 
@@ -78,7 +79,7 @@ def show_fill(wh, per_class: pd.DataFrame, scarce_below: int) -> None:
     if table.empty:
         st.caption("No scarce class and nothing filled.")
         return
-    if table[["synthetic", "pseudo_accepted", "pseudo_pending"]].to_numpy().sum() == 0:
+    if table[FILLED].to_numpy().sum() == 0:
         st.caption(f"Nothing filled yet: `fieldguide fill --min-per-class {scarce_below}` adds pseudo-labels "
                    "(for a curator to accept) and synthetic images to these classes.")
     else:
