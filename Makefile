@@ -1,6 +1,8 @@
 # Two commands on a fresh machine: `make demo` (the main job on ../shared/data/cub100) and
 # `make test`. Both create .venv when it is missing and install what they need; both are
-# safe to run again (the install re-runs only when pyproject.toml changes).
+# safe to run again (the install re-runs only when pyproject.toml changes). `make test` also
+# needs headless Chromium for the browser tests: as root it installs Debian's packages when they
+# are missing, otherwise it says what to install and stops.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
@@ -12,7 +14,11 @@ DEMO_DIR ?= demo-project
 # pip's local indexes print one warning per package; keep the log readable
 QUIET_PIP := grep -v "^WARNING: Location 'file:" || true
 
-.PHONY: install demo test clean
+# headless Chromium and its driver for the browser tests (Debian's packages)
+BROWSER_PACKAGES := chromium chromium-driver
+HAVE_BROWSER := command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1
+
+.PHONY: install browser demo test clean
 
 install: $(STAMP)
 
@@ -28,7 +34,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fieldguide demo $(DEMO_DIR) --data $(DATA)
 
-test: $(STAMP)
+# a no-op when chromium and chromedriver are on PATH
+browser:
+	@if $(HAVE_BROWSER); then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make test: the browser tests need chromium and chromedriver: install them (Debian: sudo apt-get install $(BROWSER_PACKAGES)), then run make test again" >&2; \
+	  exit 1; \
+	fi; \
+	echo "installing $(BROWSER_PACKAGES) for the browser tests (apt-get)"; \
+	apt-get update -qq; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
+	$(HAVE_BROWSER) || { echo "make test: $(BROWSER_PACKAGES) installed, but chromium or chromedriver is still not on PATH" >&2; exit 1; }
+
+test: browser $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -28,6 +30,8 @@ class ProjectSection(_Section):
     name: str = Field(min_length=1, description="a human name for the project")
     curator: str = Field(default="curator", min_length=1,
                          description="who label changes made in the App are recorded as (label_history actor)")
+    id: str = Field(default="", pattern="^[0-9a-f]{0,32}$",
+                    description="the project's stable identity (set by init; moving or copying the folder keeps it)")
 
     @field_validator("name")
     @classmethod
@@ -41,6 +45,9 @@ class StoreSection(_Section):
     dataset_name: str = Field(default="", description="FiftyOne dataset name; empty: derived")
     database_uri: str = Field(
         default="", description="an external MongoDB (team set-up); empty: embedded, under the project"
+    )
+    lock_timeout_s: float = Field(
+        default=10.0, ge=0, description="seconds a command waits while another one writes the project"
     )
 
 
@@ -200,14 +207,14 @@ class Project:
 
     @property
     def dataset_name(self) -> str:
-        """The FiftyOne dataset name: configured, or the project name plus a hash of its path.
+        """The FiftyOne dataset name: configured, or the project name plus its id.
 
-        The hash keeps two projects with the same name apart when they share a database.
+        The id (written by ``init``) keeps two projects with the same name apart when they share
+        a database, and does not change when the folder moves.
         """
         if self.config.store.dataset_name:
             return self.config.store.dataset_name
-        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
-        return f"fieldguide-{self.config.project.name}-{digest}"
+        return f"fieldguide-{self.config.project.name}-{self.config.project.id or legacy_id(self.root)}"
 
     def run_dir(self, run_id: str) -> Path:
         path = self.runs_dir / run_id
@@ -215,8 +222,17 @@ class Project:
         return path
 
 
+def legacy_id(root: Path) -> str:
+    """The id of a project made before ids existed: a hash of the folder it was made in."""
+    return hashlib.sha1(str(root).encode()).hexdigest()[:8]
+
+
+def new_id() -> str:
+    return secrets.token_hex(4)
+
+
 def default_config(name: str) -> Config:
-    return Config(project=ProjectSection(name=name))
+    return Config(project=ProjectSection(name=name, id=new_id()))
 
 
 def _toml_value(value) -> str:
@@ -244,6 +260,9 @@ def dump_config(config: Config) -> str:
     return "\n".join(lines)
 
 
+SECRET_KEYS = {"token", "password", "secret", "database_uri"}
+
+
 def _format_validation_error(path: Path, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
@@ -252,18 +271,28 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
             parts.append(f"unknown key '{where}'")
         elif e["type"] == "missing":
             parts.append(f"missing key '{where}'")
+        elif e["loc"] and str(e["loc"][-1]) in SECRET_KEYS:
+            parts.append(f"'{where}': {e['msg']} (value not shown)")
         else:
             parts.append(f"'{where}': {e['msg']} (got {e.get('input')!r})")
     return f"{path}: " + "; ".join(parts)
 
 
 def load_config(path: Path) -> Config:
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"{path.parent} is a file, not a project folder (pass --project DIR)")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{path} does not exist (run 'fieldguide init {path.parent}' or pass --project DIR)"
         ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a file (remove it and run 'fieldguide init')") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -282,20 +311,69 @@ def project_dir_from(option: str | Path | None) -> Path:
 
 def open_project(root: str | Path | None) -> Project:
     root = project_dir_from(root)
-    return Project(root, load_config(root / CONFIG_NAME))
+    project = Project(root, load_config(root / CONFIG_NAME))
+    if not project.config.project.id:
+        _pin_legacy_id(project)
+    return project
+
+
+def _pin_legacy_id(project: Project) -> None:
+    """A project made before ids existed keeps the dataset it has: its id is the hash of the
+    folder it lives in now, written into fieldguide.toml so that a later move keeps it."""
+    pid = legacy_id(project.root)
+    project.config.project.id = pid
+    try:
+        set_project_key(project.config_path, "id", pid)
+    except OSError:  # a read-only project still opens; it is pinned the next time it can be
+        pass
+
+
+def set_project_key(path: Path, key: str, value: str) -> None:
+    """Set ``[project].key`` in the TOML file at ``path``, keeping every other line as it is."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    line = f"{key} = {_toml_value(value)}"
+    section, insert_at = None, None
+    for i, text in enumerate(lines):
+        stripped = text.strip()
+        if stripped.startswith("["):
+            section = stripped.strip("[] ")
+            if section == "project":
+                insert_at = i + 1
+            continue
+        if section == "project" and re.match(rf"{key}\s*=", stripped):
+            lines[i] = line
+            break
+    else:
+        if insert_at is None:
+            lines = ["[project]", line, ""] + lines
+        else:
+            lines.insert(insert_at, line)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def init_project(root: str | Path, name: str | None = None, *, exist_ok: bool = True) -> Project:
     """Create ``root/fieldguide.toml`` (kept as is when it exists and ``exist_ok``)."""
     root = Path(root).expanduser().resolve()
     path = root / CONFIG_NAME
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root} is a file: 'fieldguide init' needs a folder (new or existing)")
     if path.exists():
         if not exist_ok:
             raise ConfigError(f"{path} already exists")
-        return Project(root, load_config(path))
+        return open_project(root)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or root.name).strip("-.") or "project"
     config = default_config(slug)
-    root.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_config(config))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_config(config), encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot create the project at {root} ({e.strerror})") from None
     return Project(root, config)
 

@@ -30,3 +30,7 @@ class NotReadyError(FieldguideError):
 
 class ServiceError(FieldguideError):
     """An external service (Label Studio, the App) is down or refused the request."""
+
+
+class ExportError(FieldguideError):
+    """An export could not be written where it was asked to go (nothing was written)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fieldguide.config import Project
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def _labelstudio_available(project: Project) -> bool:
     return labelstudio_server.status(project).running
 
 
+@writes('loop')
 def run_loop(project: Project, *, echo: Callable[[str], None] = print, force: bool = False,
              push_limit: int | None = None) -> dict:
     """One turn of the loop; returns ``{step: "ran" | "skipped" | reason}``."""

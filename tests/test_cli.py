@@ -87,7 +87,7 @@ def test_ingest_folder_and_csv_then_status(runner, tmp_path, image_folder):
 
     plain = runner.invoke(app, ["-p", str(proj), "status"])
     assert plain.exit_code == 0
-    assert "samples  26   classes 3   rejects (last ingest) 1" in plain.stdout
+    assert "samples  26   classes 3   label changes 0   rejects (last ingest) 1" in plain.stdout
     assert "splits   train 19, test 6, unlabeled 1" in plain.stdout
 
 
@@ -105,7 +105,7 @@ def test_unknown_format_is_a_one_line_error(runner, tmp_path, image_folder):
     runner.invoke(app, ["init", str(proj)])
     result = runner.invoke(app, ["-p", str(proj), "ingest", str(image_folder), "--format", "zip"])
     assert result.exit_code == 1
-    assert _error_line(result) == "error: unknown format 'zip' (use one of folder, cub, csv)"
+    assert _error_line(result) == "error: unknown format 'zip' (use one of folder, cub, csv, inat, dwca)"
 
 
 def test_missing_project_is_a_one_line_error(runner, tmp_path, monkeypatch):

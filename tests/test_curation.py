@@ -114,6 +114,108 @@ def test_multiannotator_signal_from_votes():
     assert set(stats.index.astype(str)) == {"ann", "bob", "cy"}
 
 
+
+def _confident_probs(truth: np.ndarray, k: int = 3) -> np.ndarray:
+    probs = np.full((len(truth), k), 0.1)
+    probs[np.arange(len(truth)), truth] = 1 - 0.1 * (k - 1)
+    return probs
+
+
+def test_multiannotator_signal_with_one_annotator_uses_the_model_for_quality():
+    """One Label Studio round: one curator's votes on some samples. Their vote is the consensus."""
+    from cleanlab.rank import get_label_quality_scores
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    probs = _confident_probs(np.array([0, 1, 2, 0, 1, 2]))
+    votes = pd.DataFrame({"curator": [0, 2, np.nan, 0, np.nan, np.nan]}, dtype=float)
+    inp = sig.SignalInputs(labels=labels, pred_probs=probs, votes=votes)
+    out = sig.multiannotator_signal(inp)
+    voted = np.array([True, True, False, True, False, False])
+    assert np.array_equal(out["consensus_label"][voted], [0, 2, 0]) and np.isnan(out["consensus_label"][~voted]).all()
+    expected = get_label_quality_scores(np.array([0, 2, 0]), probs[voted])
+    assert np.allclose(out["consensus_quality"][voted], expected)
+    assert out["consensus_quality"][1] < out["consensus_quality"][0]  # the model doubts the vote for class 2
+    assert np.isnan(out["annotator_agreement"]).all()  # one vote has nobody to agree with
+    assert out["consensus_disagrees"][voted].tolist() == [0.0, 1.0, 0.0]
+    stats = inp.extra["annotator_stats"]
+    assert stats.index.tolist() == ["curator"]
+    assert stats.loc["curator", "num_examples_labeled"] == 3
+    assert stats.loc["curator", "annotator_quality"] == pytest.approx(expected.mean())
+    assert np.isnan(stats.loc["curator", "agreement_with_consensus"])
+
+
+def test_multiannotator_signal_with_annotators_on_disjoint_samples():
+    """Two annotators, never on the same sample: cleanlab refuses; each vote is its sample's consensus."""
+    labels = np.array([0, 1, 2, 0])
+    probs = _confident_probs(labels)
+    votes = pd.DataFrame({"ann": [0, 1, np.nan, np.nan], "bob": [np.nan, np.nan, 2, 1]}, dtype=float)
+    inp = sig.SignalInputs(labels=labels, pred_probs=probs, votes=votes)
+    out = sig.multiannotator_signal(inp)
+    assert out["consensus_label"].tolist() == [0, 1, 2, 1]
+    assert out["consensus_disagrees"].tolist() == [0, 0, 0, 1]
+    stats = inp.extra["annotator_stats"]
+    assert stats["num_examples_labeled"].to_dict() == {"ann": 2, "bob": 2}
+    assert stats.loc["ann", "annotator_quality"] > stats.loc["bob", "annotator_quality"]
+
+
+def test_multiannotator_signal_with_some_annotators_on_some_samples_uses_cleanlab():
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+
+    labels = np.array([0, 1, 2, 0, 1])
+    probs = _confident_probs(labels)
+    votes = pd.DataFrame({"ann": [0, 1, 2, 0, np.nan], "bob": [np.nan, 1, 0, np.nan, np.nan],
+                          "cy": [np.nan, np.nan, 2, np.nan, np.nan]}, dtype=float)
+    out = sig.multiannotator_signal(sig.SignalInputs(labels=labels, pred_probs=probs, votes=votes))
+    ref = get_label_quality_multiannotator(votes.iloc[:4], probs[:4], verbose=False)["label_quality"]
+    assert np.allclose(out["consensus_quality"][:4], ref["consensus_quality_score"])
+    assert out["consensus_label"][:4].tolist() == ref["consensus_label"].tolist() == [0, 1, 2, 0]
+    assert np.isnan(out["consensus_label"][4])  # nobody voted on it
+    agreement = out["annotator_agreement"]
+    assert np.isnan(agreement[[0, 3, 4]]).all()  # single votes and no votes
+    assert agreement[1] == 1.0 and agreement[2] == pytest.approx(2 / 3)
+
+
+def test_multiannotator_signal_when_all_annotators_agree():
+    labels = np.array([0, 1, 2, 0])
+    probs = _confident_probs(labels)
+    votes = pd.DataFrame({"ann": labels, "bob": labels}, dtype=float)
+    inp = sig.SignalInputs(labels=labels, pred_probs=probs, votes=votes)
+    out = sig.multiannotator_signal(inp)
+    assert out["consensus_label"].tolist() == [0, 1, 2, 0]
+    assert out["annotator_agreement"].tolist() == [1.0] * 4
+    assert out["consensus_disagrees"].tolist() == [0.0] * 4
+    assert ((out["consensus_quality"] > 0.5) & (out["consensus_quality"] <= 1)).all()
+    stats = inp.extra["annotator_stats"]
+    assert stats["agreement_with_consensus"].tolist() == [1.0, 1.0]
+
+
+def test_multiannotator_signal_ignores_votes_for_unknown_classes():
+    labels = np.array([0, 1, 2, 0])
+    probs = _confident_probs(labels)
+    votes = pd.DataFrame({"ann": [0, 7, -1, 1.5], "bob": [0, 1, np.nan, np.nan]})
+    out = sig.multiannotator_signal(sig.SignalInputs(labels=labels, pred_probs=probs, votes=votes))
+    assert out["consensus_label"][:2].tolist() == [0, 1]
+    assert np.isnan(out["consensus_label"][2:]).all()  # their only votes were not classes
+    assert out["annotator_agreement"][0] == 1.0 and np.isnan(out["annotator_agreement"][1])
+    text = pd.DataFrame({"ann": ["purple_bird", None, None, None]}, dtype=object)
+    only_unknown = sig.SignalInputs(labels=labels, pred_probs=probs, votes=text)
+    with pytest.raises(sig.SignalUnavailable, match="known class"):
+        sig.multiannotator_signal(only_unknown)
+    assert "consensus_quality" not in sig.compute_signals(only_unknown, ["cleanlab", "multiannotator"])
+
+
+def test_multiannotator_signal_with_one_voted_sample():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    probs = _confident_probs(labels)
+    votes = pd.DataFrame({"curator": [np.nan, np.nan, 0, np.nan, np.nan, np.nan]}, dtype=float)
+    values = sig.compute_signals(sig.SignalInputs(labels=labels, pred_probs=probs, votes=votes),
+                                 ["cleanlab", "multiannotator"])
+    assert np.isnan(values["consensus_quality"]).sum() == 5
+    assert values["consensus_quality"][2] == pytest.approx(0.1)  # the model gives the vote's class 0.1
+    assert values["consensus_disagrees"][2] == 1.0
+    weights, direction = sig.combine_weights()
+    assert np.isfinite(noise_score(values, weights, direction)).all()
+
 # ---- the flag step on a real store ---------------------------------------------------------------------
 @pytest.fixture
 def predicted(ingested, tiny_weights):  # noqa: F811

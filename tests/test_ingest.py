@@ -23,11 +23,13 @@ from fieldguide.platform.ingest import ingest
 from fieldguide.platform.status import project_status
 
 
-def _read_rejects_csv(path) -> dict[str, str]:
-    with open(path, newline="") as f:
+def _read_rejects_csv(path, kind: str = "reject") -> dict[str, str]:
+    """path -> reason of the report's rows of ``kind`` (reject or notice)."""
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["path", "reason"]
-    return {p: r for p, r in rows[1:]}
+    assert rows[0] == ["path", "reason", "kind"]
+    assert {k for _, _, k in rows[1:]} <= {"reject", "notice"}
+    return {p: r for p, r, k in rows[1:] if k == kind}
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -107,7 +109,7 @@ def test_source_errors_name_the_problem(project, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(IngestError, match="no class folders found"):
         ingest(project, tmp_path / "empty", fmt="folder")
-    with pytest.raises(IngestError, match=r"unknown format 'zip' \(use one of folder, cub, csv\)"):
+    with pytest.raises(IngestError, match=r"unknown format 'zip' \(use one of folder, cub, csv, inat, dwca\)"):
         ingest(project, tmp_path / "empty", fmt="zip")
     with pytest.raises(IngestError, match="does not exist"):
         ingest(project, tmp_path / "nowhere", fmt="folder")
@@ -294,7 +296,7 @@ def messy(tmp_path) -> Path:
         make_image(src / f"good{i}.jpg", (30 * i, 100, 100), seed=40 + i)
     _corrupt_jpeg(src / "corrupt.jpg")
     _truncated_jpeg(src / "truncated.jpg")
-    make_image(tmp_path / "outside.jpg", (1, 2, 3))  # a real image, but not under the source
+    make_image(tmp_path / "outside.jpg", (1, 2, 3))  # a real image, beside the source: ingested
     header = ["filepath", "label", "observed_on", "latitude", "longitude"]
     rows = [
         ["good0.jpg", "a", "2020-05-01", "10", "20"],
@@ -321,12 +323,15 @@ def _expected_rejects(messy: Path) -> dict[str, str]:
         str(src / "corrupt.jpg"): "not an image (cannot identify the format)",
         str(src / "truncated.jpg"): "corrupt or truncated image",
         str(src / "missing.jpg"): "file does not exist",
-        str(src / ".." / "outside.jpg"): f"outside the source folder {src}",  # as written
         f"{messy}:10": "bad date '2021-02-30' in column 'observed_on'",
         f"{messy}:11": "bad latitude/longitude '95', '20'",
         f"{messy}:12": "empty file path",
-        str(src / "good1.jpg"): "listed twice in the source",
     }
+
+
+def _expected_notices(messy: Path) -> dict[str, str]:
+    # identical rows of one file are taken once: a notice, not a reject
+    return {str(messy.parent / "good1.jpg"): "listed 3 times in the source with the same values; taken once"}
 
 
 def _assert_rejects_match(got: dict[str, str], expected: dict[str, str]) -> None:
@@ -337,7 +342,7 @@ def _assert_rejects_match(got: dict[str, str], expected: dict[str, str]) -> None
 
 def test_bad_rows_are_rejected_with_reasons_and_good_rows_ingested(project, messy):
     # strict: any reject is an error, and nothing is ingested
-    with pytest.raises(IngestError, match=r"8 reject\(s\) with --strict, nothing ingested") as info:
+    with pytest.raises(IngestError, match=r"6 reject\(s\) with --strict, nothing ingested") as info:
         ingest(project, messy, fmt="csv", strict=True)
     assert "\n" not in str(info.value)
     import fiftyone as fo
@@ -350,28 +355,33 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_ingested(project, mess
     failed = wh.query("SELECT * FROM runs").iloc[0]
     assert failed["status"] == "failed"
     assert "nothing ingested" in failed["message"]
-    _assert_rejects_match(
-        _read_rejects_csv(project.runs_dir / failed["run_id"] / "rejects.csv"), _expected_rejects(messy)
-    )
+    strict_report = project.runs_dir / failed["run_id"] / "rejects.csv"
+    _assert_rejects_match(_read_rejects_csv(strict_report), _expected_rejects(messy))
+    assert _read_rejects_csv(strict_report, "notice") == _expected_notices(messy)
 
     # not strict: the good rows go in, each bad one is in the report with its reason
     report = ingest(project, messy, fmt="csv")
-    assert (report.added, report.existing) == (4, 0)
+    assert (report.added, report.existing) == (5, 0)
     got = {r.path: r.reason for r in report.rejects}
     assert len(got) == len(report.rejects)
     _assert_rejects_match(got, _expected_rejects(messy))
     assert "truncated" in got[str(messy.parent / "truncated.jpg")]
     assert Path(report.rejects_path) == project.runs_dir / report.run_id / "rejects.csv"
+    assert {n.path: n.reason for n in report.notices} == _expected_notices(messy)
+    assert (report.as_dict()["rejected"], report.as_dict()["noticed"]) == (6, 1)
     assert _read_rejects_csv(report.rejects_path) == got
-    table = wh.query("SELECT path, reason FROM rejects WHERE run_id = ?", [report.run_id])
-    assert dict(zip(table["path"], table["reason"])) == got
+    assert _read_rejects_csv(report.rejects_path, "notice") == _expected_notices(messy)
+    table = wh.query("SELECT path, reason, kind FROM rejects WHERE run_id = ?", [report.run_id])
+    assert dict(zip(table["path"], table["reason"])) == got | _expected_notices(messy)
+    assert table["kind"].value_counts().to_dict() == {"reject": 6, "notice": 1}
     ds = store.dataset(project, create=False)
-    assert sorted(Path(p).name for p in ds.values("filepath")) == [f"good{i}.jpg" for i in range(4)]
-    assert project_status(project)["rejects"] == 8
+    assert sorted(Path(p).name for p in ds.values("filepath")) == [f"good{i}.jpg" for i in range(4)] + ["outside.jpg"]
+    assert str(messy.parent.parent / "outside.jpg") in ds.values("filepath")  # "../outside.jpg", resolved
+    assert project_status(project)["rejects"] == 6
     # re-running adds nothing and reports the same rejects (good1 is still listed three times)
     again = ingest(project, messy, fmt="csv")
-    assert (again.added, again.existing, len(again.rejects)) == (0, 4, 8)
-    assert len(ds) == 4
+    assert (again.added, again.existing, len(again.rejects), len(again.notices)) == (0, 5, 6, 1)
+    assert len(ds) == 5
 
 
 @pytest.mark.parametrize(

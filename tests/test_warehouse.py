@@ -22,9 +22,26 @@ def test_schema_has_every_table_and_its_version(wh):
     assert wh.path.is_file()
     tables = set(wh.query("SELECT table_name FROM information_schema.tables")["table_name"])
     assert tables == set(TABLES)
-    assert wh.schema_version() == SCHEMA_VERSION == 2
+    assert wh.schema_version() == SCHEMA_VERSION == 3
     runs_columns = list(wh.query("DESCRIBE runs")["column_name"])
-    assert runs_columns == ["run_id", "kind", "config", "status", "started", "finished", "message"]
+    assert runs_columns == ["run_id", "kind", "config", "status", "started", "finished", "message", "pid", "host"]
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_interrupted(wh):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = wh.start_run("train")  # this process: alive, never touched
+    stale = wh.start_run("embed")
+    with wh.connect() as con:
+        con.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [dead.pid, stale])
+        con.execute("INSERT INTO runs (run_id, kind, status, started) VALUES ('old', 'flag', 'running', now())")
+    assert wh.mark_interrupted() == 2
+    status = dict(wh.query("SELECT run_id, status FROM runs").itertuples(index=False))
+    assert status == {mine: "running", stale: "interrupted", "old": "interrupted"}
+    assert wh.mark_interrupted() == 0
 
 
 def test_a_newer_schema_is_refused(wh):

@@ -25,6 +25,7 @@ import numpy as np
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, ModelError, NotReadyError
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def scarce_classes(project: Project, ds, min_per_class: int) -> list[str]:
     return sorted(c for c in store.classes(ds) if counts.get(c, 0) < min_per_class)
 
 
+@writes('augment')
 def augment(project: Project, *, classes: list[str] | None = None, min_per_class: int | None = None,
             pipeline=None) -> AugmentReport:
     """Generate, filter and store augmentations for the scarce classes; see the module docstring."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
 
 
+@writes('fill')
 def fill(project: Project, *, min_per_class: int = 10, threshold: float = 0.7) -> list[str]:
     """Run both fillers for the scarce classes; returns report lines (per class: synthetic images
     added, pseudo-labels pending a curator's review, candidates rejected by the filters)."""

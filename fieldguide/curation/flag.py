@@ -24,6 +24,7 @@ from fieldguide.config import Project
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def _votes_frame(votes_values, class_index: dict[str, int]) -> pd.DataFrame | No
     return pd.DataFrame(rows, dtype=float) if any_vote else None
 
 
+@writes('flag')
 def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
     """Compute the signals and the review queue; see the module docstring."""
     from fieldguide.models.embed import load_embeddings

@@ -20,6 +20,7 @@ from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score, percentile_rank
 from fieldguide.models.heads import l2_normalize, make_head
 from fieldguide.models.predict import cross_val_pred_probs
+from fieldguide.platform.lock import writes
 
 KINDS = ("symmetric", "pairs")
 
@@ -139,6 +140,7 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
     return pd.concat(frames, ignore_index=True)
 
 
+@writes('bench noise')
 def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed: int = 0,
                             head: str | None = None, folds: int | None = None, backbone: str | None = None,
                             splits: tuple[str, ...] = ("train", "val"), entropy_weights: tuple[float, ...] = (),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from fieldguide.config import Project
 from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,7 @@ class PseudoReport:
         return dict(self.__dict__)
 
 
+@writes('pseudolabel')
 def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 0.9999, mu: int = 3,
                 lambda_u: float = 1.0, epochs: int = 40, balance: bool = True, mode: str = "head",
                 backbone: str | None = None) -> PseudoReport:
@@ -320,6 +322,7 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
                         per_class=per_class)
 
 
+@writes('pseudolabel --accept')
 def accept_pseudo_labels(project: Project, sample_ids: list[str] | None = None, *, actor: str | None = None) -> int:
     """A curator accepts pseudo-labels (default: every pseudo-labeled sample): each becomes
     ``ground_truth`` through ``store.set_labels`` (source ``pseudo``, the curator as actor) and

@@ -176,32 +176,90 @@ def datalab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
 @register_signal("multiannotator", weights={"consensus_quality": 0.25},
                  noisy_when={"consensus_quality": "low", "consensus_disagrees": "high"})
 def multiannotator_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
-    """cleanlab's multi-annotator consensus on the samples with crowd votes (NaN elsewhere)."""
+    """Consensus of the crowd votes on the samples that have any (NaN elsewhere), from one annotator up.
+
+    Returns ``consensus_label`` (a class index), ``consensus_quality`` (0..1, low = the consensus is
+    doubtful), ``annotator_agreement`` (share of a sample's votes that match the consensus; NaN where
+    a sample has fewer than 2 votes: one vote has nobody to agree with) and ``consensus_disagrees``
+    (1 where the consensus differs from the given label). Per-annotator quality goes to
+    ``inp.extra["annotator_stats"]`` (cleanlab's columns ``annotator_quality``,
+    ``agreement_with_consensus``, ``num_examples_labeled``).
+
+    When some sample has 2 or more votes, cleanlab's ``get_label_quality_multiannotator`` (CROWDLAB)
+    decides. When no sample does (one annotator, or annotators on disjoint samples), each sample's
+    one vote is its consensus and its quality is the model's agreement with that label
+    (``rank.get_label_quality_scores``); an annotator's quality is the mean of those, and their
+    agreement with the consensus is NaN (it would be 1 by construction). Votes that are not a class
+    index in ``[0, K)`` are ignored.
+    """
+    votes = _known_class_votes(inp.votes, inp.pred_probs.shape[1])
+    voted = votes.notna().any(axis=1).to_numpy()
+    votes = votes[voted]
+    votes = votes.loc[:, votes.notna().any(axis=0)].reset_index(drop=True)
+    probs = inp.pred_probs[voted]
+    if (votes.notna().sum(axis=1) >= 2).any():
+        consensus, quality, stats = _crowd_consensus(votes, probs)
+    else:
+        consensus, quality, stats = _single_vote_consensus(votes, probs)
+    inp.extra["annotator_stats"] = stats  # per-annotator quality, picked up by the flag step
+    return {"consensus_quality": _spread(quality, voted), "consensus_label": _spread(consensus, voted),
+            "annotator_agreement": _spread(_agreement(votes, consensus), voted),
+            "consensus_disagrees": _spread((consensus != inp.labels[voted]).astype(float), voted)}
+
+
+def _known_class_votes(votes: pd.DataFrame | None, n_classes: int) -> pd.DataFrame:
+    """``votes`` as floats, NaN where a vote is not a class index in ``[0, n_classes)``."""
+    if votes is None:
+        raise SignalUnavailable("no crowd votes")
+    values = votes.apply(pd.to_numeric, errors="coerce").astype(float)
+    known = (values >= 0) & (values < n_classes) & (values == np.floor(values))
+    unknown = int((votes.notna() & ~known).to_numpy().sum())
+    if unknown:
+        log.warning("%d crowd votes for a class the predictions do not know are ignored", unknown)
+    values = values.where(known)
+    if values.notna().sum().sum() == 0:
+        raise SignalUnavailable("no crowd votes for a known class")
+    return values
+
+
+def _crowd_consensus(votes: pd.DataFrame, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """cleanlab's CROWDLAB: consensus labels, their quality and per-annotator stats."""
     from cleanlab.multiannotator import get_label_quality_multiannotator
 
-    if inp.votes is None or inp.votes.notna().sum().sum() == 0:
-        raise SignalUnavailable("no crowd votes")
-    voted = inp.votes.notna().any(axis=1).to_numpy()
-    votes = inp.votes[voted]
-    votes = votes.loc[:, votes.notna().any(axis=0)]
-    if voted.sum() < 2:
-        raise SignalUnavailable("fewer than 2 samples with votes")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = get_label_quality_multiannotator(votes.reset_index(drop=True), inp.pred_probs[voted], verbose=False)
+        warnings.simplefilter("ignore")  # "annotators do not agree on any example": the scores say so
+        res = get_label_quality_multiannotator(votes, probs, verbose=False)
     lq = res["label_quality"]
-    n = len(inp.labels)
-    quality = np.full(n, np.nan)
-    consensus = np.full(n, np.nan)
-    agreement = np.full(n, np.nan)
-    quality[voted] = lq["consensus_quality_score"].to_numpy()
-    consensus[voted] = lq["consensus_label"].to_numpy()
-    agreement[voted] = lq["annotator_agreement"].to_numpy()
-    disagrees = np.where(np.isnan(consensus), np.nan, (consensus != inp.labels).astype(float))
-    stats = res["annotator_stats"]
-    inp.extra["annotator_stats"] = stats  # per-annotator quality, picked up by the flag step
-    return {"consensus_quality": quality, "consensus_label": consensus,
-            "annotator_agreement": agreement, "consensus_disagrees": disagrees}
+    return (lq["consensus_label"].to_numpy(dtype=float), lq["consensus_quality_score"].to_numpy(dtype=float),
+            res["annotator_stats"])
+
+
+def _single_vote_consensus(votes: pd.DataFrame, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """One vote per sample: the vote is the consensus, the model's agreement with it its quality."""
+    from cleanlab.rank import get_label_quality_scores
+
+    consensus = votes.max(axis=1).to_numpy(dtype=float)  # the row's only vote
+    quality = get_label_quality_scores(consensus.astype(int), probs)
+    stats = pd.DataFrame({
+        "annotator_quality": [float(quality[votes[a].notna().to_numpy()].mean()) for a in votes.columns],
+        "agreement_with_consensus": np.nan,
+        "num_examples_labeled": votes.notna().sum(axis=0).to_numpy(dtype=int),
+    }, index=votes.columns)
+    return consensus, quality, stats.sort_values("annotator_quality")
+
+
+def _agreement(votes: pd.DataFrame, consensus: np.ndarray) -> np.ndarray:
+    """Share of each sample's votes equal to its consensus; NaN where it has fewer than 2 votes."""
+    counts = votes.notna().sum(axis=1).to_numpy()
+    agree = votes.eq(consensus, axis=0).sum(axis=1).to_numpy()
+    return np.where(counts >= 2, agree / np.maximum(counts, 1), np.nan)
+
+
+def _spread(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values`` (one per True of ``mask``) at the True positions of a NaN array of ``mask``'s length."""
+    out = np.full(len(mask), np.nan)
+    out[mask] = values
+    return out
 
 
 # ---- training trajectories (noise-tolerant training) ----------------------------------------------------------

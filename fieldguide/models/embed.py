@@ -26,6 +26,7 @@ from fieldguide.errors import NotReadyError
 from fieldguide.models.backbones import Backbone, count_macs, count_params, load_backbone
 from fieldguide.platform import store
 from fieldguide.platform.warehouse import now
+from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def _current_file(project: Project, backbone: str) -> Path:
 
 
 # ---- the step ---------------------------------------------------------------------------------------
+@writes('embed')
 def embed(project: Project, backbone: str | None = None, weights: str | None = None, *,
           batch_size: int | None = None, num_workers: int | None = None, device: str | None = None,
           bb: Backbone | None = None) -> EmbedReport:

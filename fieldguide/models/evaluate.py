@@ -17,6 +17,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def record_metrics(wh, run_id: str, split: str, m: dict, classes: list[str], *, 
     ])
 
 
+@writes('evaluate')
 def evaluate(project: Project, *, split: str = "test", predict_run: str | None = None) -> dict:
     """Score the latest predictions on ``split``; write the warehouse rows and the confusion PNG."""
     from fieldguide.models.predict import load_pred_probs

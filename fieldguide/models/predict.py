@@ -25,6 +25,7 @@ from fieldguide.errors import NotReadyError
 from fieldguide.models.embed import load_embeddings
 from fieldguide.models.heads import make_head
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class PredictReport:
         return self.__dict__.copy()
 
 
+@writes('predict')
 def predict(project: Project, *, head: str | None = None, folds: int | None = None,
             backbone: str | None = None, seed: int | None = None) -> PredictReport:
     """Out-of-sample predictions for every sample with an embedding; see the module docstring."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.entropy import METHODS, EntropySchedule, training_loss
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +302,7 @@ def _training_table(project: Project, ds, ids: list[str], flagged_policy: str):
     return table, fit_mask, flagged
 
 
+@writes('train')
 def train(project: Project, *, method: str | None = None, mode: str | None = None, epochs: int | None = None,
           backbone: str | None = None, flagged: str | None = None, resume: str | None = None,
           kind: str = "train", progress: bool = True) -> TrainReport:
@@ -335,7 +339,8 @@ def train(project: Project, *, method: str | None = None, mode: str | None = Non
     run_id = resume or wh.start_run(kind, config)
     if resume:
         wh.write("runs", [{"run_id": run_id, "kind": kind, "config": json.dumps(config, default=str, sort_keys=True),
-                           "status": "running", "started": resumed["started"], "finished": None, "message": None}])
+                           "status": "running", "started": resumed["started"], "finished": None, "message": None,
+                           "pid": os.getpid(), "host": socket.gethostname()}])
     start = time.perf_counter()
     try:
         if mode == "head":
@@ -614,6 +619,7 @@ def compare_runs(project: Project, run_id: str, previous: str | None = None) -> 
     return out
 
 
+@writes('retrain')
 def retrain(project: Project, *, method: str | None = None, mode: str | None = None, epochs: int | None = None,
             flagged: str | None = None, progress: bool = True) -> tuple[TrainReport, dict]:
     """Train on the current labels (flagged samples kept, down-weighted or excluded as configured),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +59,43 @@ def launch_app(project: Project, *, port: int = 5151, address: str = "127.0.0.1"
     worker = start_orchestrator(project) if orchestrator else None
     if not wait:
         return session
+    # a service manager (or `kill`) stops the App with SIGTERM: leave as Ctrl-C does, so that the
+    # orchestrator, the App server and the project's mongod stop with it
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         session.wait(-1)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if worker is not None:
-            worker.terminate()
+            stop_process_group(worker)
+        _close_session(session)
+        store.release_database()
     return session
+
+
+def _exit_on_signal(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop a child started with ``start_new_session`` and everything it started."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _close_session(session) -> None:
+    """Stop the App server of ``session`` (FiftyOne's server service)."""
+    try:
+        session._disable_wait_warning = True
+        session.close()
+    except Exception as e:  # noqa: BLE001 - shutting down: log and go on stopping the rest
+        log.warning("the App server did not stop cleanly: %s", e)

@@ -1,10 +1,31 @@
-"""Ingest a folder, a CUB-style folder or a CSV manifest of observations into the store.
+"""Ingest a source (a folder, a CUB folder, a CSV manifest, an iNaturalist export, a Darwin Core
+Archive) into the store. The readers, one per format, live in :mod:`fieldguide.platform.sources`;
+this module checks what they read and writes it.
 
-Each source is first read into records (file path, label, split, observation fields); each
-record's image is then checked (exists, inside the source, decodes fully) and described
-(size, channels, content hash) in a thread pool; good records are added in one bulk
-``add_samples``; bad ones go to the rejects report (``runs/<run>/rejects.csv`` and the
-warehouse ``rejects`` table). A file already in the store is never added twice.
+An ingest reads and checks everything first and writes only then, so a failed ingest (an
+``IngestError``: a missing or malformed votes CSV, a CSV column whose values do not fit the
+store's field, ``--strict`` with rejects, ...) leaves the store and the warehouse as they were;
+its run row says ``failed`` with the reason.
+
+1. Read: the source into records (file path, label, split, observation fields, taxonomy) and the
+   votes CSV (exists, readable, has its columns).
+2. Decide classes: class names that differ only in case (``Robin`` / ``robin``, in the source or
+   against the store's classes) are reported as notices; ``fold_case`` maps each case variant
+   onto the store's spelling, else the first seen.
+3. Check each record's image in a thread pool (resolves, exists, UTF-8 name, readable, decodes
+   fully, not too large) and describe it (size, channels, content hash). Images may live
+   anywhere. A file listed several times is taken once when its rows agree (a notice) and
+   rejected when they disagree (labels, split, fields); photos of one observation
+   (``observation_id``) that the source puts in different splits are rejected.
+4. Compare with the store: a file already there is never added twice; a different label in the
+   source is a notice, and ``update_labels`` applies it through :func:`store.set_labels`
+   (label history and the warehouse's ``label_events``).
+5. Write: new samples in one bulk ``add_samples``, label updates, votes, the class tree (the
+   warehouse's ``taxa``), the rejects report (``runs/<run>/rejects.csv`` and the warehouse
+   ``rejects`` table, ``kind`` ``reject`` or ``notice``), and the warehouse's samples table.
+
+Rejects are rows or files not ingested, each with its reason; notices are decisions taken on
+something ingested (or kept) that the curator should know of.
 """
 
 from __future__ import annotations
@@ -12,52 +33,29 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import hashlib
 import logging
-import math
-import mimetypes
-import re
 import sys
-import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from fieldguide.config import Project
-from fieldguide.errors import IngestError
+from fieldguide.errors import IngestError, StoreError
 from fieldguide.platform import store
+from fieldguide.platform.lock import writes
+from fieldguide.platform.sources import FORMATS, Notice, Record, Reject, SourceOptions, is_utf8, printable
+from fieldguide.platform.sources.images import check_records
+from fieldguide.platform.sources.tables import clean
+from fieldguide.platform.sources.taxonomy import class_tree
+from fieldguide.platform.sources.votes import ingest_votes, read_votes
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("folder", "cub", "csv")
-SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
-              "unlabeled": "unlabeled", "unlabelled": "unlabeled"}
-LAT_COLUMNS = ("latitude", "lat", "decimallatitude")
-LON_COLUMNS = ("longitude", "lon", "lng", "long", "decimallongitude")
-DATE_COLUMNS = ("observed_at", "observed_on", "observed", "date", "eventdate", "datetime")
-OBSERVER_COLUMNS = ("observer", "recordedby", "user", "user_login", "annotator")
-SPLIT_COLUMNS = ("split",)
-RESERVED_FIELDS = {"id", "filepath", "tags", "metadata", "media_type", "ground_truth", "votes",
-                   "origin", "parent_id", "filehash", "location", "observed_at", "observer",
-                   "label_history", "prediction", "created_at", "last_modified_at"}
-
-
-@dataclass
-class Record:
-    filepath: Path
-    label: str | None
-    split: str
-    fields: dict = field(default_factory=dict)
-
-
-@dataclass
-class Reject:
-    path: str
-    reason: str
+LABEL_ACTOR = "ingest"  # the actor of label changes made by ``update_labels``
+# options that only some formats read: given to another format, they are an error, not ignored
+FORMAT_OPTIONS = {"images": "--images", "label_rank": "--label-rank", "ranks": "--ranks"}
 
 
 @dataclass
@@ -68,9 +66,30 @@ class IngestReport:
     added: int = 0
     existing: int = 0
     rejects: list[Reject] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
     votes_added: int = 0
     classes_added: int = 0
+    labels_updated: int = 0
     rejects_path: str | None = None
+    _notice_at: dict[str, Notice] = field(default_factory=dict, repr=False, compare=False)
+
+    def notice(self, path: str | Path, reason: str) -> None:
+        """Add a notice; a second one on the same path joins the first (one row per path)."""
+        new = Notice(str(path), reason)
+        same = self._notice_at.get(new.path)
+        if same is None:
+            self.notices.append(new)
+            self._notice_at[new.path] = new
+        else:
+            same.reason += f"; {new.reason}"
+
+    def add(self, problems: Iterable[Reject]) -> None:
+        """A reader's or a check's rejects and notices, in their order."""
+        for problem in problems:
+            if isinstance(problem, Notice):
+                self.notice(problem.path, problem.reason)
+            else:
+                self.rejects.append(problem)
 
     def as_dict(self) -> dict:
         return {
@@ -80,245 +99,105 @@ class IngestReport:
             "added": self.added,
             "existing": self.existing,
             "rejected": len(self.rejects),
+            "noticed": len(self.notices),
             "votes_added": self.votes_added,
             "classes_added": self.classes_added,
+            "labels_updated": self.labels_updated,
             "rejects_report": self.rejects_path,
         }
 
 
-# ---- reading sources into records -------------------------------------------------------
-def _is_image(path: Path, extensions: set[str]) -> bool:
-    return path.is_file() and path.suffix.lower() in extensions
+# ---- class names that differ only in case --------------------------------------------------
+def case_variants(known: Iterable[str], incoming: Iterable[str]) -> dict[str, str]:
+    """Each name of ``incoming`` that differs only in case from an earlier name -> that name.
 
-
-def read_folder(source: Path, extensions: set[str]) -> list[Record]:
-    """``SOURCE/<class>/<image>``, optionally under split folders ``SOURCE/<split>/<class>/``."""
-    subdirs = sorted(p for p in source.iterdir() if p.is_dir())
-    if not subdirs:
-        raise IngestError(f"{source}: no class folders found (expected SOURCE/<class>/<image>)")
-    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_DIRS]
-    layout = split_dirs if len(split_dirs) == len(subdirs) else []
-    roots = [(SPLIT_DIRS[d.name.lower()], d) for d in layout] or [("train", source)]
-    records = []
-    for split, root in roots:
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            label = None if split == "unlabeled" else class_dir.name
-            for path in sorted(class_dir.rglob("*")):
-                if _is_image(path, extensions):
-                    records.append(Record(path, label, split))
-        if split == "unlabeled":  # unlabeled images may also sit loose in the split folder
-            records += [Record(p, None, split) for p in sorted(root.iterdir()) if _is_image(p, extensions)]
-    return records
-
-
-def read_cub(source: Path) -> list[Record]:
-    """The CUB-200 layout: images.txt, image_class_labels.txt, classes.txt, train_test_split.txt."""
-    needed = ["images.txt", "image_class_labels.txt", "classes.txt", "train_test_split.txt"]
-    missing = [n for n in needed if not (source / n).is_file()]
-    if missing:
-        raise IngestError(f"{source}: not a CUB folder, missing {', '.join(missing)}")
-
-    def table(name: str) -> dict[str, str]:
-        rows = {}
-        for line_no, line in enumerate((source / name).read_text().splitlines(), 1):
-            if line.strip():
-                m = re.match(r"^\s*([^\s,]+)\s*[,\s]\s*(.+?)\s*$", line)
-                if not m:
-                    raise IngestError(f"{source / name}:{line_no}: expected '<id> <value>', got {line!r}")
-                rows[m.group(1)] = m.group(2)
-        return rows
-
-    images, labels = table("images.txt"), table("image_class_labels.txt")
-    classes, splits = table("classes.txt"), table("train_test_split.txt")
-    records = []
-    for image_id, rel in images.items():
-        class_name = classes.get(labels.get(image_id, ""))
-        label = re.sub(r"^\d+\.", "", class_name) if class_name else None  # "001.Black_footed_Albatross"
-        split = {"0": "train", "1": "test"}.get(splits.get(image_id, ""), "train")
-        records.append(Record(source / "images" / rel, label, split if label else "unlabeled",
-                              {"source_id": image_id}))
-    return records
-
-
-def _pick(columns: list[str], aliases: tuple[str, ...]) -> str | None:
-    lowered = {c.lower().replace(" ", "").replace("_", ""): c for c in columns}
-    for alias in aliases:
-        key = alias.replace("_", "")
-        if key in lowered:
-            return lowered[key]
-    return None
-
-
-def _field_name(column: str) -> str:
-    name = re.sub(r"[^0-9a-zA-Z_]+", "_", column.strip()).strip("_").lower() or "column"
-    if name[0].isdigit():
-        name = "c_" + name
-    return "csv_" + name if name in RESERVED_FIELDS else name
-
-
-def _clean(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    if hasattr(value, "item"):  # numpy scalar
-        return value.item()
-    return value
-
-
-def read_manifest(path: Path, what: str = "CSV") -> pd.DataFrame:
-    if not path.is_file():
-        raise IngestError(f"{path}: {what} file does not exist")
-    try:
-        with warnings.catch_warnings():
-            # a first row longer than the header would silently become the index, shifting columns
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
-    except pd.errors.EmptyDataError:
-        raise IngestError(f"{path}: the {what} is empty") from None
-    except pd.errors.ParserWarning:
-        raise IngestError(f"{path}: malformed {what} (a row has more fields than the header)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise IngestError(f"{path}: malformed {what} ({str(e).strip().splitlines()[0]})") from None
-    if df.empty:
-        raise IngestError(f"{path}: the {what} has a header but no rows")
-    return df
-
-
-_INT_RE = re.compile(r"[+-]?(0|[1-9][0-9]*)")
-
-
-def _column_cast(values) -> type:
-    """One type per CSV column (a field has one type): int, float, else text.
-
-    Codes with leading zeros ("01234") stay text.
+    "Earlier" is ``known`` (the store's classes) first, then ``incoming`` in order, so a case
+    variant maps onto the store's spelling, else the first spelling seen.
     """
-    cells = [v.strip() for v in values if v.strip()]
-    if cells and all(_INT_RE.fullmatch(v) for v in cells):
-        return int
+    known, incoming = list(known), list(incoming)
+    first: dict[str, str] = {}
+    for name in known + incoming:
+        if name:
+            first.setdefault(name.casefold(), name)
+    return {name: first[name.casefold()] for name in dict.fromkeys(incoming)
+            if name and first[name.casefold()] != name}
+
+
+def _decide_case(known: list[str], incoming: list[str], fold_case: bool, report: IngestReport) -> dict[str, str]:
+    """The case variants in the source, each a notice; returns the map to apply (empty unless folding)."""
+    variants = case_variants(known, incoming)
+    for name, canon in variants.items():
+        where = " (in the store)" if canon in known else ""
+        decision = (f"mapped onto {canon!r} (--fold-case)" if fold_case
+                    else f"kept as its own class (--fold-case maps it onto {canon!r})")
+        report.notice(f"class:{name}", f"class {name!r} differs only in case from {canon!r}{where}; {decision}")
+    return variants if fold_case else {}
+
+
+# ---- comparing with the store --------------------------------------------------------------
+def _open_dataset(project: Project):
+    """The project's dataset, or None before the first ingest (nothing is created)."""
     try:
-        if cells and all(math.isfinite(float(v)) for v in cells):
-            return float
-    except ValueError:
-        pass
-    return str
+        return store.dataset(project, create=False)
+    except StoreError:
+        return None
 
 
-def _typed(value: str, cast: type = str):
-    """CSV cells arrive as text: give them their column's type, empty cells become None."""
-    value = value.strip()
-    return cast(value) if value else None
+def _stored(ds) -> dict[str, tuple[str, str | None, list[str]]]:
+    """filepath -> (sample id, label, tags) of every sample in the store."""
+    if ds is None:
+        return {}
+    paths, ids, labels, tags = ds.values(["filepath", "id", "ground_truth.label", "tags"])
+    return {p: (i, label, t) for p, i, label, t in zip(paths, ids, labels, tags)}
 
 
-def read_csv(path: Path, *, filepath_column: str = "filepath", label_column: str = "label",
-             rejects: list[Reject]) -> list[Record]:
-    """A manifest: a file path column (relative to the CSV's folder), a label column, the rest fields."""
-    df = read_manifest(path)
-    for column, option in ((filepath_column, "--filepath-column"), (label_column, "--label-column")):
-        if column not in df.columns:
-            raise IngestError(
-                f"{path}: no column {column!r} (columns: {', '.join(df.columns)}; set {option})"
-            )
-    columns = list(df.columns)
-    lat, lon = _pick(columns, LAT_COLUMNS), _pick(columns, LON_COLUMNS)
-    date, observer = _pick(columns, DATE_COLUMNS), _pick(columns, OBSERVER_COLUMNS)
-    split_col = _pick(columns, SPLIT_COLUMNS)
-    used = {filepath_column, label_column, lat, lon, date, observer, split_col} - {None}
-    extra = {c: _field_name(c) for c in columns if c not in used}
-    casts = {c: _column_cast(df[c]) for c in extra}
-    records = []
-    for row_no, row in enumerate(df.to_dict("records"), start=2):
-        raw_path = row[filepath_column].strip()
-        if not raw_path:
-            rejects.append(Reject(f"{path}:{row_no}", "empty file path"))
+def _label_updates(good: list[tuple[Record, dict]], stored: dict, update_labels: bool,
+                   report: IngestReport) -> dict[str, Record]:
+    """Files in the store whose label the source changes: each a notice; returns sample id ->
+    record of those to update (empty unless ``update_labels``). A source without a label for a
+    file changes nothing."""
+    updates = {}
+    for record, _ in good:
+        sid, old, _ = stored.get(str(record.filepath), (None, None, None))
+        if sid is None or record.label is None or record.label == old:
             continue
-        label = row[label_column].strip() or None
-        fields = {name: _typed(row[c], casts[c]) for c, name in extra.items()}
-        if lat and lon and row[lat].strip() and row[lon].strip():
-            try:
-                fields["location"] = (float(row[lon]), float(row[lat]))
-                if not (abs(fields["location"][1]) <= 90 and abs(fields["location"][0]) <= 180):
-                    raise ValueError("out of range")
-            except ValueError:
-                rejects.append(Reject(f"{path}:{row_no}", f"bad latitude/longitude {row[lat]!r}, {row[lon]!r}"))
+        was = f"in the store as {old!r}" if old is not None else "in the store without a label"
+        kept = f"kept {old!r}" if old is not None else "kept it unlabeled"
+        decision = f"label set to {record.label!r} (--update-labels)" if update_labels \
+            else f"{kept} (--update-labels applies it)"
+        report.notice(record.filepath, f"{was}, the source says {record.label!r}; {decision}")
+        if update_labels:
+            updates[sid] = record
+    return updates
+
+
+_TYPE_NAMES = {int: "whole numbers", float: "numbers", str: "text", dt.datetime: "dates", dict: "ranks"}
+
+
+def _check_field_types(ds, records: list[Record], source: Path) -> None:
+    """Each field the records set must fit the store's field of that name (a mismatch would
+    fail in the middle of ``add_samples``)."""
+    import fiftyone as fo
+
+    if ds is None:
+        return
+    accepts = {fo.IntField: int, fo.FloatField: (int, float), fo.StringField: str, fo.DateTimeField: dt.datetime,
+               fo.DictField: dict}
+    holds = {fo.IntField: int, fo.FloatField: float, fo.StringField: str, fo.DateTimeField: dt.datetime,
+             fo.DictField: dict}
+    schema = ds.get_field_schema()
+    for record in records:
+        for name, value in {**record.fields, "taxonomy": record.taxonomy or None}.items():
+            value = clean(value)
+            if value is None or name == "location" or name not in schema:
                 continue
-        if date and row[date].strip():
-            parsed = pd.to_datetime(row[date].strip(), errors="coerce", utc=True)
-            if pd.isna(parsed):
-                rejects.append(Reject(f"{path}:{row_no}", f"bad date {row[date]!r} in column {date!r}"))
-                continue
-            fields["observed_at"] = parsed.to_pydatetime().replace(tzinfo=None)
-        if observer and row[observer].strip():
-            fields["observer"] = row[observer].strip()
-        split = SPLIT_DIRS.get(row[split_col].strip().lower(), "") if split_col else ""
-        if split_col and row[split_col].strip() and not split:
-            rejects.append(Reject(f"{path}:{row_no}", f"unknown split {row[split_col]!r}"))
-            continue
-        if label is None:
-            split = "unlabeled"
-        records.append(Record(path.parent / raw_path, label, split or "train", fields))
-    return records
-
-
-# ---- checking images -----------------------------------------------------------------------
-def describe_image(path: Path) -> dict:
-    """Decode the whole image (a truncated file fails here) and return its metadata and hash."""
-    data = path.read_bytes()
-    with Image.open(path) as im:
-        im.load()
-        width, height = im.size
-        channels = len(im.getbands())
-        fmt = im.format
-    mime = Image.MIME.get(fmt or "", None) or mimetypes.guess_type(path.name)[0] or "image"
-    return {
-        "width": width,
-        "height": height,
-        "num_channels": channels,
-        "size_bytes": len(data),
-        "mime_type": mime,
-        "filehash": hashlib.sha1(data).hexdigest(),
-    }
-
-
-def _check(record: Record, root: Path) -> tuple[Record, dict | None, str | None]:
-    path = Path(record.filepath)
-    try:
-        resolved = path.resolve()
-    except OSError as e:
-        return record, None, f"cannot resolve path: {e}"
-    if not resolved.is_relative_to(root):
-        return record, None, f"outside the source folder {root}"
-    if not resolved.exists():
-        return record, None, "file does not exist"
-    if not resolved.is_file():
-        return record, None, "not a file"
-    record.filepath = resolved
-    try:
-        return record, describe_image(resolved), None
-    except UnidentifiedImageError:
-        return record, None, "not an image (cannot identify the format)"
-    except (OSError, SyntaxError, ValueError) as e:
-        return record, None, f"corrupt or truncated image ({e})"
-    except Image.DecompressionBombError as e:
-        return record, None, f"image too large ({e})"
-
-
-def check_records(records: list[Record], root: Path, workers: int, rejects: list[Reject]) -> list[tuple[Record, dict]]:
-    good, seen, rejected = [], set(), set()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda r: _check(r, root), records, chunksize=32)
-        for record, meta, reason in tqdm(results, total=len(records), desc="checking images", unit="img", disable=None):
-            path = str(record.filepath)
-            if path in rejected:  # one reject per file (the report's key), however often it is listed
-                continue
-            if reason or path in seen:
-                rejects.append(Reject(path, reason or "listed twice in the source"))
-                rejected.add(path)
-            else:
-                seen.add(path)
-                good.append((record, meta))
-    return good
+            kind = type(schema[name])
+            if not isinstance(value, accepts.get(kind, ())):
+                raise IngestError(
+                    f"{source}: field {name!r} would get {_TYPE_NAMES.get(type(value), type(value).__name__)} "
+                    f"({value!r} for {printable(str(record.filepath))}), but the store's {name!r} holds "
+                    f"{_TYPE_NAMES.get(holds.get(kind), kind.__name__)} (rename the column or fix its values)"
+                )
 
 
 # ---- writing to the store ------------------------------------------------------------------
@@ -341,41 +220,103 @@ def _to_sample(record: Record, meta: dict):
         sample["ground_truth"] = fo.Classification(label=record.label)
     if location is not None:
         sample["location"] = fo.GeoLocation(point=list(location))
+    if record.taxonomy:
+        sample["taxonomy"] = dict(record.taxonomy)  # a dynamic field: rank -> name, coarse to fine
     for key, value in fields.items():
-        value = _clean(value)
+        value = clean(value)
         if value is not None:
             sample[key] = value
     return sample
 
 
+def _add_samples(ds, new: list[tuple[Record, dict]]) -> None:
+    if new:
+        samples = [_to_sample(r, m) for r, m in new]
+        # FiftyOne's bar prints to stdout: keep stdout for results (--json), bars on a terminal only
+        with contextlib.redirect_stdout(sys.stderr):
+            ds.add_samples(samples, progress=sys.stderr.isatty())
+
+
+def _apply_label_updates(project: Project, ds, updates: dict[str, Record], stored: dict, run_id: str) -> int:
+    """Set the source's labels through :func:`store.set_labels`; a sample that was ``unlabeled``
+    moves to the record's split. Returns how many labels changed."""
+    if not updates:
+        return 0
+    changed = store.set_labels(project, ds, {sid: r.label for sid, r in updates.items()}, source="ingest",
+                               actor=LABEL_ACTOR, run_id=run_id, allow_new_classes=True)
+    tags = {sid: t for sid, _, t in stored.values()}
+    for split in {r.split for r in updates.values()}:
+        moved = [sid for sid, r in updates.items() if r.split == split and "unlabeled" in tags[sid]]
+        if moved:
+            ds.select(moved).untag_samples("unlabeled")
+            ds.select(moved).tag_samples(split)
+    return changed
+
+
+def _input_path(path: str | Path, what: str) -> Path:
+    path = Path(path).expanduser().resolve()
+    if not is_utf8(str(path)):
+        raise IngestError(f"{printable(str(path))}: the {what}'s path is not valid UTF-8; rename it")
+    return path
+
+
+def _options(project: Project, fmt: str, *, filepath_column: str, label_column: str, root, images,
+             label_rank: str | None, ranks: Sequence[str] | str | None) -> SourceOptions:
+    """The reader's options, checked: one the format does not read is an error, not ignored."""
+    given = {"images": images, "label_rank": label_rank, "ranks": ranks}
+    unread = [FORMAT_OPTIONS[name] for name, value in given.items() if value and name not in FORMATS[fmt].options]
+    if unread:
+        users = {o: [f for f, s in FORMATS.items() if n in s.options] for n, o in FORMAT_OPTIONS.items()}
+        raise IngestError("; ".join(f"{o} does not apply to --format {fmt} (it is for {', '.join(users[o])})"
+                                    for o in unread))
+    images_dir = _input_path(images, "images folder") if images else None
+    if images_dir is not None and not images_dir.is_dir():
+        raise IngestError(f"{images_dir}: --images needs a folder")
+    return SourceOptions(
+        extensions=frozenset(e.lower() for e in project.config.ingest.extensions),
+        filepath_column=filepath_column, label_column=label_column,
+        root=_input_path(root, "root") if root else None, images=images_dir,
+        label_rank=label_rank.strip().lower() if label_rank else None,
+        ranks=tuple(r.strip() for r in (ranks.split(",") if isinstance(ranks, str) else ranks or ())
+                    if r.strip()),
+    )
+
+
+@writes("ingest")
 def ingest(project: Project, source: str | Path, *, fmt: str = "folder",
            filepath_column: str = "filepath", label_column: str = "label",
-           root: str | Path | None = None, votes: str | Path | None = None,
-           strict: bool = False) -> IngestReport:
-    """Ingest ``source`` into the project's dataset; see the module docstring."""
+           root: str | Path | None = None, images: str | Path | None = None,
+           label_rank: str | None = None, ranks: Sequence[str] | str | None = None,
+           votes: str | Path | None = None, strict: bool = False, fold_case: bool = False,
+           update_labels: bool = False) -> IngestReport:
+    """Ingest ``source`` into the project's dataset; see the module docstring.
+
+    ``fmt`` is a name of :data:`fieldguide.platform.sources.FORMATS`. ``root``: relative paths in
+    a CSV (the manifest, the votes) resolve against it (default: that CSV's folder). ``images``
+    (inat, dwca): the folder of the photos, each named ``<id>`` or ``<id>_<k>`` after its
+    observation (default: the source's folder). ``label_rank``: the rank that is the label (inat,
+    dwca; default the scientific name), or the rank of the label column (csv). ``ranks`` (csv):
+    the columns holding the ranks above the label, coarse to fine. ``fold_case`` maps class
+    names that differ only in case onto one spelling; ``update_labels`` gives files already in
+    the store the source's label (else a notice says it differs).
+    """
     if fmt not in FORMATS:
         raise IngestError(f"unknown format {fmt!r} (use one of {', '.join(FORMATS)})")
-    source = Path(source).expanduser().resolve()
+    source = _input_path(source, "source")
     if not source.exists():
         raise IngestError(f"{source} does not exist")
-    if fmt == "csv" and not source.is_file():
-        raise IngestError(f"{source}: --format csv needs a CSV file")
-    if fmt != "csv" and not source.is_dir():
-        raise IngestError(f"{source}: --format {fmt} needs a folder")
-    allowed_root = Path(root).expanduser().resolve() if root else (source.parent if fmt == "csv" else source)
-    extensions = {e.lower() for e in project.config.ingest.extensions}
-    wh = store.warehouse(project)
-    config = {"source": str(source), "format": fmt, "strict": strict, "votes": str(votes) if votes else None}
-    with wh.run("ingest", config) as run_id:
+    if not FORMATS[fmt].fits(source):
+        raise IngestError(f"{source}: --format {fmt} needs {FORMATS[fmt].needs}")
+    options = _options(project, fmt, filepath_column=filepath_column, label_column=label_column, root=root,
+                       images=images, label_rank=label_rank, ranks=ranks)
+    votes_path = _input_path(votes, "votes CSV") if votes else None
+    config = {"source": str(source), "format": fmt, "strict": strict, "votes": str(votes_path) if votes else None,
+              "fold_case": fold_case, "update_labels": update_labels, "root": options.root,
+              "images": options.images, "label_rank": options.label_rank, "ranks": list(options.ranks)}
+    with store.warehouse(project).run("ingest", config) as run_id:
         report = IngestReport(run_id=run_id, source=str(source), format=fmt)
-        if fmt == "folder":
-            records = read_folder(source, extensions)
-        elif fmt == "cub":
-            records = read_cub(source)
-        else:
-            records = read_csv(source, filepath_column=filepath_column, label_column=label_column,
-                               rejects=report.rejects)
-        good = check_records(records, allowed_root, project.config.ingest.workers, report.rejects)
+        plan = _plan(project, source, fmt, options, votes=votes_path, fold_case=fold_case,
+                     update_labels=update_labels, report=report)
         if strict and report.rejects:
             _write_rejects(project, report)
             first = report.rejects[0]
@@ -383,79 +324,89 @@ def ingest(project: Project, source: str | Path, *, fmt: str = "folder",
                 f"{len(report.rejects)} reject(s) with --strict, nothing ingested "
                 f"(first: {first.path}: {first.reason}; report {report.rejects_path})"
             )
-        ds = store.dataset(project)
-        existing = set(ds.values("filepath"))
-        new = [(r, m) for r, m in good if str(r.filepath) not in existing]
-        report.existing = len(good) - len(new)
-        report.classes_added = len(store.add_classes(ds, {r.label for r, _ in new if r.label}))
-        if new:
-            samples = [_to_sample(r, m) for r, m in new]
-            # FiftyOne's bar prints to stdout: keep stdout for results (--json), bars on a terminal only
-            with contextlib.redirect_stdout(sys.stderr):
-                ds.add_samples(samples, progress=sys.stderr.isatty())
-        report.added = len(new)
-        if votes:
-            report.votes_added = ingest_votes(project, ds, Path(votes).expanduser().resolve(), report.rejects)
-        _write_rejects(project, report)
-        store.snapshot_samples(project, ds)
+        _write(project, plan, report)
     return report
 
 
+@dataclass
+class _Plan:
+    """What an ingest writes, decided before anything is written."""
+
+    ds: object | None  # the dataset; None before the first ingest
+    stored: dict  # filepath -> (sample id, label, tags) of the samples in the store
+    new: list[tuple[Record, dict]]  # records (and image metadata) to add
+    existing: int  # good files of the source already in the store
+    updates: dict[str, Record]  # sample id -> record whose label it takes
+    taxa: list[dict]  # rows of the warehouse's class tree
+    votes: pd.DataFrame | None  # rows of the votes CSV
+    votes_path: Path | None
+    votes_root: Path | None  # relative vote paths resolve against it (default: the votes CSV's folder)
+
+
+def _plan(project: Project, source: Path, fmt: str, options: SourceOptions, *, votes: Path | None,
+          fold_case: bool, update_labels: bool, report: IngestReport) -> _Plan:
+    """Read and check every input (rejects and notices go to ``report``); writes nothing."""
+    vote_rows = read_votes(votes) if votes else None
+    problems: list[Reject] = []
+    records = FORMATS[fmt].read(source, options, problems)
+    report.add(problems)
+    ds = _open_dataset(project)
+    incoming = [r.label for r in records] + (vote_rows["label"].tolist() if vote_rows is not None else [])
+    fold = _decide_case(store.classes(ds) if ds is not None else [], incoming, fold_case, report)
+    for record in records:
+        record.label = fold.get(record.label, record.label)
+    if vote_rows is not None:
+        vote_rows["label"] = vote_rows["label"].map(lambda label: fold.get(label, label))
+    problems = []
+    good = check_records(records, project.config.ingest.workers, problems)
+    report.add(problems)
+    stored = _stored(ds)
+    new = [(r, m) for r, m in good if str(r.filepath) not in stored]
+    updates = _label_updates(good, stored, update_labels, report)
+    _check_field_types(ds, [r for r, _ in new], source)
+    # the class tree of the labels the store holds after this ingest: new, kept as they are, or updated
+    labeled = [r for r, _ in good if str(r.filepath) not in stored or stored[str(r.filepath)][1] == r.label]
+    taxa, conflicts = class_tree(labeled + list(updates.values()))
+    for label, why in conflicts.items():
+        report.notice(f"class:{label}", why)
+    return _Plan(ds, stored, new, len(good) - len(new), updates, taxa, vote_rows, votes, options.root)
+
+
+def _write(project: Project, plan: _Plan, report: IngestReport) -> None:
+    """Samples, label updates, votes, the class tree, the rejects report, the warehouse's samples table."""
+    ds = plan.ds if plan.ds is not None else store.dataset(project)
+    labels = {r.label for r, _ in plan.new if r.label} | {r.label for r in plan.updates.values()}
+    report.classes_added = len(store.add_classes(ds, labels))
+    _add_samples(ds, plan.new)
+    report.added, report.existing = len(plan.new), plan.existing
+    report.labels_updated = _apply_label_updates(project, ds, plan.updates, plan.stored, report.run_id)
+    if plan.votes is not None:
+        report.votes_added = ingest_votes(ds, plan.votes, plan.votes_path, report.rejects, root=plan.votes_root)
+    _write_taxa(project, plan.taxa)
+    _write_rejects(project, report)
+    store.snapshot_samples(project, ds)
+
+
+def _write_taxa(project: Project, rows: list[dict]) -> None:
+    """The class tree: each class's rows replace the ones it had (a lineage may lose a rank)."""
+    if not rows:
+        return
+    with store.warehouse(project).connect() as con:
+        con.register("_taxa", pd.DataFrame(rows))
+        con.execute("DELETE FROM taxa WHERE class IN (SELECT DISTINCT class FROM _taxa)")
+        con.execute("INSERT OR REPLACE INTO taxa BY NAME SELECT * FROM _taxa")
+        con.unregister("_taxa")
+
+
 def _write_rejects(project: Project, report: IngestReport) -> None:
+    rows = [(r.path, r.reason, "reject") for r in report.rejects]
+    rows += [(n.path, n.reason, "notice") for n in report.notices]
     path = project.run_dir(report.run_id) / "rejects.csv"
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows((r.path, r.reason) for r in report.rejects)
+        writer.writerow(["path", "reason", "kind"])
+        writer.writerows(rows)
     report.rejects_path = str(path)
     store.warehouse(project).write(
-        "rejects", [{"run_id": report.run_id, "path": r.path, "reason": r.reason} for r in report.rejects]
+        "rejects", [{"run_id": report.run_id, "path": p, "reason": r, "kind": k} for p, r, k in rows]
     )
-
-
-def ingest_votes(project: Project, ds, path: Path, rejects: list[Reject]) -> int:
-    """Crowd votes from a CSV (filepath, annotator, label[, time]) into ``votes``.
-
-    A vote replaces the same annotator's earlier vote on that sample, so re-running adds nothing.
-    """
-    import fiftyone as fo
-
-    df = read_manifest(path, "votes CSV")
-    cols = {c.lower(): c for c in df.columns}
-    for need in ("filepath", "annotator", "label"):
-        if need not in cols:
-            raise IngestError(f"{path}: votes CSV needs columns filepath, annotator, label (has {', '.join(df.columns)})")
-    id_by_path = dict(zip(*ds.values(["filepath", "id"])))
-    current = dict(zip(*ds.values(["id", "votes"])))
-    updates: dict[str, dict[str, fo.Classification]] = {}
-    added = 0
-    for row_no, row in enumerate(df.to_dict("records"), start=2):
-        p = (path.parent / row[cols["filepath"]].strip()).resolve()
-        sid = id_by_path.get(str(p))
-        annotator, label = row[cols["annotator"]].strip(), row[cols["label"]].strip()
-        if sid is None:
-            rejects.append(Reject(f"{path}:{row_no}", f"vote for {p}, which is not in the store"))
-            continue
-        if not annotator or not label:
-            rejects.append(Reject(f"{path}:{row_no}", "vote without an annotator or a label"))
-            continue
-        if sid not in updates:
-            old = current.get(sid)
-            updates[sid] = {c.annotator: c for c in (old.classifications if old else [])}
-        when = _clean(row.get(cols.get("time", ""), None)) if "time" in cols else None
-        when = pd.to_datetime(when, errors="coerce", utc=True) if when else None
-        if when is not None and pd.isna(when):
-            rejects.append(Reject(f"{path}:{row_no}", f"bad vote time {row[cols['time']]!r}"))
-            continue
-        prev = updates[sid].get(annotator)
-        if prev is None or prev.label != label:
-            added += int(prev is None)
-            updates[sid][annotator] = fo.Classification(
-                label=label, annotator=annotator,
-                time=when.to_pydatetime().replace(tzinfo=None) if when is not None else dt.datetime(1970, 1, 1),
-            )
-    if updates:
-        ds.set_values("votes", {sid: fo.Classifications(classifications=list(v.values()))
-                                for sid, v in updates.items()}, key_field="id")
-        store.add_classes(ds, {c.label for v in updates.values() for c in v.values()})
-    return added

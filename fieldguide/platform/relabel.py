@@ -3,16 +3,30 @@
 - :func:`push` makes one Label Studio project per fieldguide project (a single-choice config
   built from the class list, plus "none of these / unsure"), and one task per sample: the
   image served from the project's own files (``/data/local-files/?d=...``, no copies, no
-  base64), its metadata, the given label and noise score, and the model's prediction as a
-  pre-annotation. The server's task list and the warehouse's ``relabel_tasks`` make it
-  idempotent: a sample never gets a second task.
+  base64; Label Studio serves the image folders only, never the project folder: see
+  :func:`labelstudio_server.served_folders`), its metadata, the given label and noise
+  score, and the model's prediction as a pre-annotation. The server's task list and the
+  warehouse's ``relabel_tasks`` make it idempotent: a sample never gets a second task.
 - :func:`pull` reads the answers, decides per task (several annotators: ``votes`` and the
   configured majority rule), and applies each task on its own through
   :func:`store.set_labels` (``label_history``: old, new, source ``labelstudio``, annotator,
   time, run id). A task's answer is fingerprinted (annotation ids and update times), so
-  re-running pull applies nothing twice, while an edited answer is applied once more.
+  re-running pull applies nothing twice, while an edited answer is applied once more. Only
+  tasks that fieldguide pushed (recorded in ``relabel_tasks``) are applied. Each task is
+  applied under the project's write lock after re-reading what the store and the warehouse
+  hold, so two pulls at once apply an answer once.
 - :func:`listen` receives Label Studio's ANNOTATION_CREATED / UPDATED webhooks on 127.0.0.1
   and pulls just that task.
+
+A webhook is a hint, never an answer. Label Studio shows every webhook's URL and headers to
+anyone holding an API token (``/api/webhooks``), so no secret a webhook carries stays secret
+from Label Studio's users. The listener therefore takes nothing from the body but a task id
+(strictly validated, malformed requests get a 4xx), and pulls that task: the answer is read
+from Label Studio's API with the project's token, and applied only when the task is one
+fieldguide pushed for that sample. A forged webhook can at worst make fieldguide read a task
+early. Each ``listen`` also makes a fresh random secret, kept in its memory and sent by Label
+Studio as a header: hooks left by an earlier listener, or aimed at it by a process that
+cannot read Label Studio's API, are refused (403). ``credentials.json`` holds no webhook secret.
 
 Requests retry with backoff on transient errors (connection refused, timeouts, 5xx, 429);
 other failures raise :class:`ServiceError` with one line. Nothing is written to the store or
@@ -23,10 +37,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hmac
 import json
 import logging
 import os
 import queue
+import re
+import secrets
 import threading
 import time
 import xml.sax.saxutils as sax
@@ -39,6 +56,7 @@ from fieldguide.config import Project
 from fieldguide.errors import FieldguideError, NotReadyError, ServiceError
 from fieldguide.platform import labelstudio_server as lss
 from fieldguide.platform import store
+from fieldguide.platform.lock import ProjectBusyError, project_lock, writes
 from fieldguide.platform.warehouse import now
 
 log = logging.getLogger(__name__)
@@ -49,6 +67,7 @@ TO_NAME = "image"
 MAJORITY_RULES = ("majority", "plurality", "unanimous")
 WEBHOOK_HEADER = "X-Fieldguide-Secret"
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+MAX_WEBHOOK_BYTES = 1 << 20  # Label Studio's annotation payloads are a few kB
 # statuses of relabel_tasks rows
 PUSHED, APPLYING, ANSWERED, SKIPPED, DELETED, ORPHANED = (
     "pushed", "applying", "answered", "skipped", "deleted", "orphaned",
@@ -232,14 +251,27 @@ class _Client:
             return proj, True
         return proj, False
 
-    def ensure_storages(self, project_id: int, folders: Iterable[str]) -> None:
-        """A Local Files import storage covering each folder (never synced: no tasks from it)."""
+    def drop_leaking_storages(self, project_id: int, protected: Sequence[Path]) -> list[str]:
+        """Remove the project's local storages that serve a ``protected`` path (an older
+        fieldguide made them); returns the paths of the storages left."""
         existing = self.call(
             "list local storages", self.sdk.import_storage.local.list, project=project_id
         )
-        have = [os.path.normpath(s.path) for s in existing if s.path]
-        for folder in sorted(set(folders)):
-            folder = os.path.normpath(folder)
+        kept = []
+        for storage in existing:
+            if storage.path and any(lss.serves(storage.path, p) for p in protected):
+                log.warning("removing the local-files storage %s: it serves the project's own files", storage.path)
+                self.call(f"remove the local-files storage {storage.path}",
+                          self.sdk.import_storage.local.delete, storage.id)
+            elif storage.path:
+                kept.append(os.path.normpath(storage.path))
+        return kept
+
+    def ensure_storages(self, project_id: int, folders: Iterable[Path], protected: Sequence[Path]) -> None:
+        """A Local Files import storage covering each folder (never synced: no tasks from it);
+        leaking storages are removed first (:meth:`drop_leaking_storages`)."""
+        have = self.drop_leaking_storages(project_id, protected)
+        for folder in sorted({os.path.normpath(f) for f in folders}):
             if any(folder == h or folder.startswith(h + os.sep) for h in have):
                 continue
             self.call(
@@ -308,8 +340,8 @@ def _detail(body) -> str:
 
 
 # ---- push ----------------------------------------------------------------------------------
-def _task_rows(project: Project, view, document_root: str) -> tuple[list[dict], set[str]]:
-    """One task payload per sample of ``view`` (in view order) and the folders to serve."""
+def _task_rows(project: Project, view, document_root: str) -> tuple[list[dict], set[Path]]:
+    """One task payload per sample of ``view`` (in view order) and the folders holding them."""
     schema = view.get_field_schema()
     want = ["id", "filepath", "ground_truth.label", "tags"]
     optional = [f for f in ("noise_score", "observer", "observed_at", "location") if f in schema]
@@ -328,7 +360,7 @@ def _task_rows(project: Project, view, document_root: str) -> tuple[list[dict], 
         if len(rel.parts) < 2:
             outside.append(str(path))
             continue
-        folders.add(str(root / rel.parts[0]))
+        folders.add(path.parent)
         get = lambda f: values[f][i] if f in values else None  # noqa: E731
         given, noise = get("ground_truth.label"), get("noise_score")
         pred, conf = get("prediction.label"), get("prediction.confidence")
@@ -371,6 +403,16 @@ def _task_rows(project: Project, view, document_root: str) -> tuple[list[dict], 
     return rows, folders
 
 
+def _storage_folders(ds, pushed_dirs: set[Path], document_root: str, protected: Sequence[Path]) -> list[Path]:
+    """The folders Label Studio serves: those of every image of the store that may be served
+    (a stable set, push after push), which must include those of the pushed images."""
+    servable = {
+        d for d in {Path(p).parent for p in ds.values("filepath")}
+        if not lss.storage_problem(d, document_root=document_root, protected=protected)
+    }
+    return lss.served_folders(pushed_dirs | servable, document_root=document_root, protected=protected)
+
+
 def _model_version(project: Project, ds) -> str:
     last = store.warehouse(project).last_run("predict") if project.warehouse_path.exists() else None
     if last:
@@ -378,13 +420,14 @@ def _model_version(project: Project, ds) -> str:
     return str(ds.info.get("prediction_model") or "fieldguide")
 
 
-def _relabel_rows(project: Project) -> dict[str, dict]:
-    wh = store.warehouse(project)
-    df = wh.query(
-        "SELECT * FROM relabel_tasks WHERE project = ?", [project.config.project.name]
-    ) if project.warehouse_path.exists() else None
-    if df is None or df.empty:
+def _relabel_rows(project: Project, sample_id: str | None = None) -> dict[str, dict]:
+    """The ``relabel_tasks`` rows of the project (or of one sample), by sample id."""
+    if not project.warehouse_path.exists():
         return {}
+    sql, params = "SELECT * FROM relabel_tasks WHERE project = ?", [project.config.project.name]
+    if sample_id is not None:
+        sql, params = sql + " AND sample_id = ?", params + [sample_id]
+    df = store.warehouse(project).query(sql, params)
     rows = {}
     for r in df.to_dict("records"):
         r = {k: (None if _isnull(v) else v) for k, v in r.items()}
@@ -409,6 +452,7 @@ def _py_time(v):
     return v
 
 
+@writes("relabel push")
 def push(project: Project, *, view: str = "to_review", limit: int | None = None,
          sample_ids: Sequence[str] | None = None) -> PushReport:
     """Push the samples of the saved ``view`` (the first ``limit``) to Label Studio.
@@ -433,7 +477,9 @@ def push(project: Project, *, view: str = "to_review", limit: int | None = None,
             raise FieldguideError(f"--limit must be 0 or more (got {limit})")
         samples = samples.limit(limit)
     conn = lss.connection(project)
-    rows, folders = _task_rows(project, samples, conn.document_root)
+    rows, image_dirs = _task_rows(project, samples, conn.document_root)
+    protected = lss.protected_paths(project)
+    folders = _storage_folders(ds, image_dirs, conn.document_root, protected)
     config = label_config(store.classes(ds))
     client = _Client(conn)
     client.check()  # nothing is written before the server has answered
@@ -446,7 +492,7 @@ def push(project: Project, *, view: str = "to_review", limit: int | None = None,
             project_title(project), config, f"fieldguide project {name}: relabel flagged samples"
         )
         report.project_id = proj.id
-        client.ensure_storages(proj.id, folders)
+        client.ensure_storages(proj.id, folders, protected)
         client.ensure_review_tab(proj.id)
         on_server = {
             (t.data or {}).get("sample_id"): t for t in client.tasks(proj.id, with_annotations=False)
@@ -545,10 +591,9 @@ class _Puller:
         self.ds = store.dataset(project, create=False)
         self.rows = _relabel_rows(project)
         self.emails = client.user_emails()
-        ids, labels, votes, hist = self.ds.values(["id", "ground_truth.label", "votes", "label_history"])
+        ids, labels, votes = self.ds.values(["id", "ground_truth.label", "votes"])
         self.labels = dict(zip(ids, labels))
         self.votes = dict(zip(ids, votes))
-        self.history = dict(zip(ids, hist))
         self.classes = set(store.classes(self.ds))
         self.report = PullReport(project_id=project_id, run_id=run_id)
 
@@ -571,6 +616,12 @@ class _Puller:
         self._row(sid, task_id, DELETED, None)
 
     def apply(self, task) -> None:
+        """Apply one task's answers, unless it is not fieldguide's or they are applied already.
+
+        The check and the writes happen under the project's write lock, after re-reading the
+        sample's ``relabel_tasks`` row and label: another pull (a second ``relabel pull``, the
+        webhook listener) may have applied this very answer since this pull started.
+        """
         data = task.data or {}
         sid, task_id = data.get("sample_id"), int(task.id)
         if not sid:
@@ -580,6 +631,28 @@ class _Puller:
         if not answers:
             self.report.pending += 1
             return
+        with project_lock(self.project, "relabel pull"):
+            self._refresh(sid)
+            rec = self.rows.get(sid)
+            if rec is None or rec.get("task_id") is None or int(rec["task_id"]) != task_id:
+                self.report.problems.append(
+                    f"task {task_id} names sample {sid}, but fieldguide did not push it: ignored"
+                )
+                return
+            self._apply(task, sid, task_id, answers)
+
+    def _refresh(self, sid: str) -> None:
+        """Re-read the sample's ``relabel_tasks`` row, label and votes."""
+        self.rows.pop(sid, None)
+        self.rows.update(_relabel_rows(self.project, sid))
+        found = self.ds.select([sid]).values(["id", "ground_truth.label", "votes"])
+        if found[0]:
+            self.labels[sid], self.votes[sid] = found[1][0], found[2][0]
+        else:
+            self.labels.pop(sid, None)
+            self.votes.pop(sid, None)
+
+    def _apply(self, task, sid: str, task_id: int, answers: list[_Answer]) -> None:
         fingerprint = _fingerprint(answers)
         rec = self.rows.get(sid)
         stored = json.loads(rec["answer"]) if rec and rec.get("answer") else {}
@@ -665,6 +738,7 @@ class _Puller:
         self.votes[sid] = value
 
 
+@writes("relabel pull")
 def pull(project: Project, *, task_ids: Sequence[int] | None = None) -> PullReport:
     """Apply the curators' answers from Label Studio (all tasks, or just ``task_ids``).
 
@@ -680,6 +754,7 @@ def pull(project: Project, *, task_ids: Sequence[int] | None = None) -> PullRepo
             f"Label Studio at {conn.url} has no project {project_title(project)!r} "
             "(run 'fieldguide relabel push' first)"
         )
+    client.drop_leaking_storages(proj.id, lss.protected_paths(project))
     if task_ids is None:
         tasks = client.tasks(proj.id, with_annotations=True)
         missing_ids: list[int] = []
@@ -710,27 +785,22 @@ def pull(project: Project, *, task_ids: Sequence[int] | None = None) -> PullRepo
 
 
 # ---- webhook listener ----------------------------------------------------------------------
-def register_webhook(project: Project, url: str) -> int:
-    """Register (or refresh) the project's webhook to ``url`` with the shared secret."""
+def register_webhook(project: Project, url: str, secret: str) -> int:
+    """Register (or refresh) the project's webhook to ``url``, sending ``secret`` as a header."""
     conn = lss.connection(project)
     client = _Client(conn)
     client.check()
     proj = client.find_project(project_title(project))
     if proj is None:
         raise NotReadyError("no Label Studio project yet (run 'fieldguide relabel push' first)")
-    secret = lss.credentials(project)["webhook_secret"]
+    settings = dict(url=url, headers={WEBHOOK_HEADER: secret}, is_active=True, send_payload=True,
+                    send_for_all_actions=False, actions=list(WEBHOOK_ACTIONS))
     hooks = client.call("list webhooks", client.sdk.webhooks.list, project=str(proj.id))
     for hook in hooks:
         if hook.url == url and getattr(hook, "project", proj.id) == proj.id:
-            client.call("update the webhook", client.sdk.webhooks.update, hook.id, url=url,
-                        headers={WEBHOOK_HEADER: secret}, is_active=True, send_payload=True,
-                        send_for_all_actions=False, actions=list(WEBHOOK_ACTIONS))
+            client.call("update the webhook", client.sdk.webhooks.update, hook.id, **settings)
             return hook.id
-    hook = client.call(
-        "register the webhook", client.sdk.webhooks.create, url=url, project=proj.id,
-        headers={WEBHOOK_HEADER: secret}, is_active=True, send_payload=True,
-        send_for_all_actions=False, actions=list(WEBHOOK_ACTIONS),
-    )
+    hook = client.call("register the webhook", client.sdk.webhooks.create, project=proj.id, **settings)
     return hook.id
 
 
@@ -740,6 +810,141 @@ def _unregister_webhook(project: Project, hook_id: int) -> None:
         client.call("remove the webhook", client.sdk.webhooks.delete, hook_id)
     except (FieldguideError, _NotFound) as e:
         log.warning("could not remove webhook %s: %s", hook_id, e)
+
+
+class _Refused(Exception):
+    """A webhook request answered with ``status`` (4xx) and a one-line reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _check_secret(given: str, secret: str) -> None:
+    # compare bytes: hmac.compare_digest raises TypeError on a non-ASCII str
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), secret.encode("utf-8")):
+        raise _Refused(403, f"missing or wrong {WEBHOOK_HEADER} header")
+
+
+def _content_length(value: str | None) -> int:
+    """The body's length in bytes: a plain non-negative integer, at most ``MAX_WEBHOOK_BYTES``."""
+    if value is None:
+        raise _Refused(411, "a Content-Length header is required")
+    if not re.fullmatch(r"[0-9]{1,20}", value.strip()):
+        raise _Refused(400, f"Content-Length {value[:40]!r} is not a non-negative integer")
+    length = int(value)
+    if length > MAX_WEBHOOK_BYTES:
+        raise _Refused(413, f"the body is over {MAX_WEBHOOK_BYTES} bytes")
+    return length
+
+
+def _parse_body(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _Refused(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _Refused(400, f"the body is a JSON {type(body).__name__}, not an object")
+    return body
+
+
+def _as_task_id(value) -> int:
+    if isinstance(value, dict):
+        value = value.get("id")
+    if type(value) is not int or not 0 < value < 2**63:
+        raise _Refused(400, f"task id {value!r:.40} is not a positive integer")
+    return value
+
+
+def _webhook_task_id(body: dict) -> int | None:
+    """The task an annotation webhook names (``task.id`` and/or ``annotation.task``).
+
+    None for other actions (nothing to do). A hint only: the answer itself is read from
+    Label Studio by :func:`pull`. Raises ``_Refused`` (400) on a malformed body.
+    """
+    if body.get("action") not in WEBHOOK_ACTIONS:
+        return None
+    ids = set()
+    if body.get("task") is not None:
+        ids.add(_as_task_id(body["task"]))
+    annotation = body.get("annotation")
+    if annotation is not None:
+        if not isinstance(annotation, dict):
+            raise _Refused(400, "'annotation' is not an object")
+        if annotation.get("task") is not None:
+            ids.add(_as_task_id(annotation["task"]))
+    if len(ids) != 1:
+        raise _Refused(400, "no task id" if not ids else "'task' and 'annotation.task' differ")
+    return ids.pop()
+
+
+def _hook_handler(secret: str, work: queue.Queue):
+    """The request handler class: checks each request, queues its task id, answers at once."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # a client that stops sending gets 408, not a thread held forever
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.consumed = 0
+            try:
+                _check_secret(self.headers.get(WEBHOOK_HEADER, ""), secret)
+                length = _content_length(self.headers.get("Content-Length"))
+                raw = self._read(length)
+                task_id = _webhook_task_id(_parse_body(raw))
+            except _Refused as e:
+                self._answer(e.status, e.reason)
+                return
+            if task_id is not None:
+                work.put(task_id)
+            self._answer(200, f"task {task_id} queued" if task_id else "ignored: not an annotation event")
+
+        def _read(self, length: int) -> bytes:
+            try:
+                raw = self.rfile.read(length)
+            except OSError:  # the timeout
+                raw = b""
+            self.consumed = len(raw)
+            if len(raw) < length:
+                raise _Refused(408, f"the body did not arrive in full ({length} bytes announced)")
+            return raw
+
+        def _answer(self, status: int, message: str) -> None:
+            if status >= 400:
+                self.close_connection = True
+                self._drain()
+            body = (message + "\n").encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:  # the client went away
+                self.close_connection = True
+
+        def _drain(self) -> None:
+            """Drop what is left of a refused body (briefly), so the client reads the answer."""
+            declared = (self.headers.get("Content-Length") or "").strip()
+            limit = 4 * MAX_WEBHOOK_BYTES
+            if re.fullmatch(r"[0-9]{1,20}", declared):
+                limit = min(int(declared), limit)
+            limit -= self.consumed
+            self.connection.settimeout(0.3)
+            try:
+                while limit > 0:
+                    chunk = self.rfile.read1(min(limit, 1 << 16))
+                    if not chunk:
+                        break
+                    limit -= len(chunk)
+            except OSError:
+                pass
+
+        def log_message(self, fmt, *args):  # keep the console quiet; use logging
+            log.debug("webhook %s", fmt % args)
+
+    return Handler
 
 
 def listen(
@@ -752,72 +957,64 @@ def listen(
 ) -> None:
     """Serve Label Studio's webhooks on 127.0.0.1:``port`` and pull each annotated task.
 
-    Requests without the shared secret are refused (403). Pulls run one at a time in a worker
+    Requests without this listener's secret are refused (403), malformed ones get a 4xx (see
+    the module docstring for why the body is never trusted). Pulls run one at a time in this
     thread, so Label Studio's short webhook timeout is never hit. Runs until ``stop`` is set
     (or Ctrl-C); the webhook is removed on the way out.
     """
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
     port = port or project.config.labelstudio.webhook_port
-    secret = lss.credentials(project)["webhook_secret"]
-    work: queue.Queue[int | None] = queue.Queue()
+    secret = secrets.token_urlsafe(32)  # this process's only; never written anywhere
+    work: queue.Queue[int] = queue.Queue()
     stop = stop or threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            import hmac
-
-            if not hmac.compare_digest(self.headers.get(WEBHOOK_HEADER, ""), secret):
-                self.send_response(403)
-                self.end_headers()
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except (ValueError, json.JSONDecodeError):
-                self.send_response(400)
-                self.end_headers()
-                return
-            if body.get("action") in WEBHOOK_ACTIONS:
-                task = (body.get("annotation") or {}).get("task") or (body.get("task") or {}).get("id")
-                if isinstance(task, dict):
-                    task = task.get("id")
-                if task:
-                    work.put(int(task))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, fmt, *args):  # keep the console quiet; use logging
-            log.debug("webhook %s", fmt % args)
-
     try:
-        server = ThreadingHTTPServer((lss.HOST, port), Handler)
+        server = ThreadingHTTPServer((lss.HOST, port), _hook_handler(secret, work))
     except OSError as e:
         raise ServiceError(f"cannot listen on {lss.HOST}:{port} ({e.strerror}): pass --port") from None
+    server.daemon_threads = True
     url = f"http://{lss.HOST}:{server.server_address[1]}/"
-    hook_id = register_webhook(project, url)
+    try:
+        hook_id = register_webhook(project, url, secret)
+    except BaseException:
+        server.server_close()
+        raise
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     serving.start()
     log.info("listening for Label Studio webhooks on %s", url)
     if ready is not None:
         ready.set()
     try:
-        while not stop.is_set():
-            try:
-                task_id = work.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            batch = {task_id}
-            while not work.empty():  # several events for one task: one pull
-                batch.add(work.get_nowait())
-            try:
-                report = pull(project, task_ids=sorted(batch))
-            except FieldguideError as e:
-                log.error("pull of task(s) %s failed: %s", sorted(batch), e)
-                continue
-            if on_report is not None:
-                on_report(sorted(batch), report)
+        _pull_queued(project, work, stop, on_report)
     finally:
         server.shutdown()
         server.server_close()
         _unregister_webhook(project, hook_id)
+
+
+BUSY_RETRY_S = 2.0  # a webhook that arrives while another step writes the project is pulled after it
+
+
+def _pull_queued(project: Project, work: queue.Queue, stop: threading.Event,
+                 on_report: Callable[[list[int], PullReport], None] | None) -> None:
+    while not stop.is_set():
+        try:
+            task_id = work.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        batch = {task_id}
+        while not work.empty():  # several events for one task: one pull
+            batch.add(work.get_nowait())
+        try:
+            report = pull(project, task_ids=sorted(batch))
+        except ProjectBusyError as e:  # another step writes the project: try again, answers are kept
+            log.info("pull of task(s) %s waits: %s", sorted(batch), e)
+            for tid in batch:
+                work.put(tid)
+            stop.wait(BUSY_RETRY_S)
+            continue
+        except FieldguideError as e:
+            log.error("pull of task(s) %s failed: %s", sorted(batch), e)
+            continue
+        if on_report is not None:
+            on_report(sorted(batch), report)

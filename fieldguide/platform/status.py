@@ -1,4 +1,4 @@
-"""What a project holds: samples per split, class and origin, rejects, runs."""
+"""What a project holds: samples per split, class and origin, taxonomic ranks, rejects, runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fieldguide.config import Project
 from fieldguide.platform import store
+from fieldguide.platform.sources.taxonomy import rank_order
 
 
 def project_status(project: Project) -> dict:
@@ -19,7 +20,9 @@ def project_status(project: Project) -> dict:
         "splits": {},
         "origins": {},
         "per_class": {},
+        "ranks": {},
         "rejects": 0,
+        "label_changes": 0,
         "runs": [],
         "app_plugin": str(Path(__file__).resolve().parent.parent / "plugins" / "curator"),
     }
@@ -36,12 +39,14 @@ def project_status(project: Project) -> dict:
         tags = ds.count_sample_tags()
         out["splits"] = {s: tags[s] for s in store.SPLITS if s in tags}
         out["pseudo_labeled"] = tags.get("pseudo_labeled", 0)  # pseudo-labels waiting for a curator
+        out["label_changes"] = ds.count("label_history")  # entries, over every sample's history
         origins = ds.count_values("origin")
         out["origins"] = {str(k): v for k, v in origins.items()}
+        out["ranks"] = _ranks(ds)
     if project.warehouse_path.exists():
         last = wh.last_run("ingest")
         if last:
-            n = wh.query("SELECT count(*) AS n FROM rejects WHERE run_id = ?", [last["run_id"]])
+            n = wh.query("SELECT count(*) AS n FROM rejects WHERE run_id = ? AND coalesce(kind, 'reject') = 'reject'", [last["run_id"]])
             out["rejects"] = int(n.iloc[0, 0])
         runs = wh.query(
             "SELECT run_id, kind, status, started, finished FROM runs ORDER BY started DESC LIMIT 20"
@@ -52,3 +57,16 @@ def project_status(project: Project) -> dict:
         ]
         out["runs_total"] = int(wh.query("SELECT count(*) FROM runs").iloc[0, 0])
     return out
+
+
+def _ranks(ds) -> dict[str, int]:
+    """Rank -> number of distinct names over the samples' ``taxonomy``, coarse to fine."""
+    if "taxonomy" not in ds.get_field_schema():
+        return {}
+    names: dict[str, set[str]] = {}
+    orders = set()
+    for taxonomy in ds.exists("taxonomy").values("taxonomy"):
+        orders.add(tuple(taxonomy))
+        for rank, name in taxonomy.items():
+            names.setdefault(rank, set()).add(name)
+    return {rank: len(names[rank]) for rank in rank_order(orders)}

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fieldguide.config import Project
+from fieldguide.config import CONFIG_NAME, Project
 from fieldguide.errors import FieldguideError, StoreError
 from fieldguide.platform.warehouse import Warehouse, now
+from fieldguide.platform.lock import writes
 
 if TYPE_CHECKING:
     import fiftyone as fo
@@ -67,9 +68,47 @@ def configure_fiftyone(project: Project) -> None:
 
         fo.config.plugins_dir = settings["FIFTYONE_PLUGINS_DIR"]  # read at import: set it again
         _reconnect(project, db_dir, uri)
-    project.database_dir.mkdir(parents=True, exist_ok=True)
     _isolate_database_service()
+    _connect(project)
     _configured_for = key
+
+
+def _connect(project: Project) -> None:
+    """Connect now, starting the project's mongod when it is down.
+
+    Under the project's service lock: two commands started together on a stopped project start
+    one mongod (the second attaches to it). A database that cannot start (a read-only project,
+    no mongod, a port or lock held elsewhere) is one clear error, not a traceback.
+    """
+    import fiftyone.core.odm.database as fod
+    import fiftyone.core.service as fos
+
+    from fieldguide.platform.lock import service_lock
+
+    if project.config.store.database_uri:
+        try:
+            fod._connect()
+        except Exception as e:  # noqa: BLE001 - pymongo's many connection errors: one line
+            raise StoreError(f"cannot reach the database at store.database_uri ({type(e).__name__}: {e})") from None
+        return
+    try:
+        project.database_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the project's database folder {project.database_dir} ({e.strerror})") from None
+    if not os.access(project.database_dir, os.W_OK):
+        raise StoreError(
+            f"project database {project.database_dir} is read-only: fieldguide's embedded MongoDB "
+            "needs to write there (copy the project somewhere writable)"
+        )
+    with service_lock(project.root):
+        try:
+            fod._connect()
+        except (fos.ServiceException, ConnectionError, OSError) as e:
+            _stop_service()
+            log_path = project.database_dir / "log" / "mongo.log"
+            raise StoreError(
+                f"the project's database did not start ({type(e).__name__}); see {log_path}"
+            ) from None
 
 
 # WiredTiger's defaults preallocate three 100 MB journal files per database: 300 MB for a
@@ -165,7 +204,15 @@ def dataset(project: Project, *, create: bool = True) -> "fo.Dataset":
     name = project.dataset_name
     if fo.dataset_exists(name):
         ds = fo.load_dataset(name)
-        if ds.info.get("fieldguide_project") != str(project.root):
+        previous = ds.info.get("fieldguide_project")
+        if previous != str(project.root):
+            if previous and Path(previous, CONFIG_NAME).exists() and project.config.store.database_uri:
+                raise StoreError(
+                    f"the dataset {name} in the shared database belongs to the project at {previous}: "
+                    f"this one is a copy of it (run 'fieldguide init {project.root} --new-id')"
+                )
+            if previous and not Path(previous).exists():  # the project moved: its own files moved with it
+                _rebase_project_files(ds, Path(previous), project.root)
             ds.info["fieldguide_project"] = str(project.root)  # the App plugin finds the project here
             ds.save()
         return ds
@@ -178,6 +225,54 @@ def dataset(project: Project, *, create: bool = True) -> "fo.Dataset":
     ds.info["fieldguide_project"] = str(project.root)
     _declare_schema(ds)
     return ds
+
+
+@writes("init --new-id")
+def renew_identity(project: Project) -> tuple[str, str]:
+    """Give a copied project an id of its own; its dataset (labels, history) follows the new name.
+
+    With an external ``database_uri`` the copy's dataset is cloned under the new name (the
+    original stays with the original project); in the copy's own embedded database it is renamed.
+    """
+    from fieldguide.config import new_id, set_project_key
+
+    if project.config.store.dataset_name:
+        raise FieldguideError("store.dataset_name is set in fieldguide.toml: change that name instead of the id")
+    configure_fiftyone(project)
+    import fiftyone as fo
+
+    old_id, old_name = project.config.project.id, project.dataset_name
+    project.config.project.id = new_id()
+    if fo.dataset_exists(old_name):
+        ds = fo.load_dataset(old_name)
+        if project.config.store.database_uri:
+            copy = ds.clone(project.dataset_name, persistent=True)
+            copy.info["fieldguide_project"] = str(project.root)
+            copy.save()
+        else:
+            ds.name = project.dataset_name
+    set_project_key(project.config_path, "id", project.config.project.id)
+    return old_id, project.config.project.id
+
+
+def _rebase_project_files(ds: "fo.Dataset", old_root: Path, new_root: Path) -> int:
+    """The project folder moved: files it owns (synthetic images, ...) move with it.
+
+    Paths under the old folder that exist under the new one are rewritten; images that live
+    outside the project keep their paths. Returns how many paths changed.
+    """
+    ids, paths = ds.values(["id", "filepath"])
+    moved = {}
+    for sid, path in zip(ids, paths):
+        p = Path(path)
+        if p.is_relative_to(old_root):
+            candidate = new_root / p.relative_to(old_root)
+            if candidate.exists():
+                moved[sid] = str(candidate)
+    if moved:
+        ds.set_values("filepath", moved, key_field="id")
+        log.info("project moved from %s: %d file paths follow it", old_root, len(moved))
+    return len(moved)
 
 
 def _declare_schema(ds: "fo.Dataset") -> None:
@@ -255,6 +350,7 @@ def add_classes(ds, new: Iterable[str]) -> list[str]:
 
 
 # ---- the one function that changes a label ------------------------------------------------
+@writes('set labels')
 def set_labels(
     project: Project,
     ds,

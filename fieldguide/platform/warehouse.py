@@ -1,4 +1,4 @@
-"""The DuckDB warehouse: every run, metric, signal, relabel task and label event.
+"""The DuckDB warehouse: every run, metric, signal, relabel task and label event, and the class tree.
 
 Connections are short-lived (open, write or query, close) so that the dashboards can read
 the file while the CLI writes to it between steps. Every table has a primary key and every
@@ -11,7 +11,9 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +25,23 @@ from fieldguide.errors import FieldguideError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Columns added after a warehouse may already exist: (version, table, column definition).
 # ``_ensure_schema`` adds the missing ones to an older warehouse (nothing is rewritten or lost).
 ADDED_COLUMNS: list[tuple[int, str, str]] = [
     (2, "samples", "pseudo_label VARCHAR"),
     (2, "samples", "pseudo_confidence DOUBLE"),
+    (3, "runs", "pid INTEGER"),
+    (3, "runs", "host VARCHAR"),
+    (3, "rejects", "kind VARCHAR DEFAULT 'reject'"),
 ]
 
 TABLES: dict[str, str] = {
     "schema_info": "key VARCHAR PRIMARY KEY, value VARCHAR",
     "runs": (
         "run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, config JSON, status VARCHAR NOT NULL, "
-        "started TIMESTAMP NOT NULL, finished TIMESTAMP, message VARCHAR"
+        "started TIMESTAMP NOT NULL, finished TIMESTAMP, message VARCHAR, pid INTEGER, host VARCHAR"
     ),
     "metrics": (
         "run_id VARCHAR, split VARCHAR, name VARCHAR, value DOUBLE, "
@@ -74,7 +79,17 @@ TABLES: dict[str, str] = {
         "origin VARCHAR, predicted_label VARCHAR, confidence DOUBLE, noise_score DOUBLE, "
         "label_issue BOOLEAN, pseudo_label VARCHAR, pseudo_confidence DOUBLE, updated TIMESTAMP"
     ),
-    "rejects": "run_id VARCHAR, path VARCHAR, reason VARCHAR, PRIMARY KEY (run_id, path)",
+    # kind: reject (not ingested) or notice (ingested, but a decision the curator should know of)
+    "rejects": (
+        "run_id VARCHAR, path VARCHAR, reason VARCHAR, kind VARCHAR DEFAULT 'reject', "
+        "PRIMARY KEY (run_id, path)"
+    ),
+    # the class tree: one row per class and rank of its lineage (coarse to fine, the class itself
+    # at its own rank); a label's ancestors: SELECT rank, name FROM taxa WHERE class = ? ORDER BY depth
+    "taxa": (
+        "class VARCHAR, rank VARCHAR, name VARCHAR NOT NULL, depth INTEGER NOT NULL, parent_rank VARCHAR, "
+        "parent_name VARCHAR, PRIMARY KEY (class, rank)"
+    ),
     "backbone_costs": (
         "backbone VARCHAR PRIMARY KEY, params BIGINT, macs BIGINT, input_size INTEGER, "
         "images_per_s DOUBLE, measured TIMESTAMP"
@@ -145,9 +160,36 @@ class Warehouse:
                 "started": now(),
                 "finished": None,
                 "message": None,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
             }],
         )
         return run_id
+
+    def mark_interrupted(self) -> int:
+        """Runs left ``running`` by a process that is gone become ``interrupted``; returns how many.
+
+        Call it while holding the project's write lock: every step that records a run holds it,
+        so a ``running`` row of another process on this host whose process is dead (or that
+        predates the pid column) was killed mid-run.
+        """
+        if not self.path.exists():
+            return 0
+        df = self.query("SELECT run_id, pid, host FROM runs WHERE status = 'running'")
+        host = socket.gethostname()
+        stale = [
+            r.run_id for r in df.itertuples()
+            if pd.isna(r.pid) or (r.host == host and int(r.pid) != os.getpid() and not _pid_alive(int(r.pid)))
+        ]
+        if stale:
+            with self.connect() as con:
+                con.executemany(
+                    "UPDATE runs SET status = 'interrupted', finished = ?, "
+                    "message = 'the process running it ended before it finished' WHERE run_id = ?",
+                    [[now(), run_id] for run_id in stale],
+                )
+            log.warning("%d run(s) left running by a process that ended are marked interrupted", len(stale))
+        return len(stale)
 
     def finish_run(self, run_id: str, status: str = "completed", message: str | None = None) -> None:
         with self.connect() as con:
@@ -189,6 +231,15 @@ class Warehouse:
     def schema_version(self) -> int:
         df = self.query("SELECT value FROM schema_info WHERE key = 'schema_version'")
         return int(df.iloc[0, 0]) if not df.empty else 0
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
