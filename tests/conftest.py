@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +69,67 @@ def ingested(project, image_folder):
 def rng():
     random.seed(0)
     return np.random.default_rng(0)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_listener(project):
+    """``relabel.listen`` in a thread on a free port; yields (port, the pulls it reported)."""
+    from fieldguide.platform import relabel
+
+    stop, ready, seen = threading.Event(), threading.Event(), []
+    port = free_port()
+    thread = threading.Thread(
+        target=relabel.listen, args=(project,),
+        kwargs={"port": port, "stop": stop, "ready": ready, "on_report": lambda t, r: seen.append((t, r))},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        assert ready.wait(60), "the listener did not start"
+        yield port, seen
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+# ---- a tiny backbone: random weights of timm's test_efficientnet ---------------------------------------
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """Random weights of timm's tiny test_efficientnet, saved as a safetensors file."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file(model.state_dict(), str(path))
+    return path
+
+
+def use_tiny_backbone(project, weights):
+    project.config.models.backbone = "timm/test_efficientnet"
+    project.config.models.weights = str(weights)
+    project.config.models.batch_size = 8
+    project.config.models.num_workers = 0
+    return project
+
+
+@pytest.fixture
+def predicted(ingested, tiny_weights):
+    """``ingested`` embedded by the tiny backbone, with 3-fold logreg predictions."""
+    from fieldguide.models.embed import embed
+    from fieldguide.models.predict import predict
+
+    p = use_tiny_backbone(ingested, tiny_weights)
+    embed(p)
+    predict(p, head="logreg", folds=3)
+    return p

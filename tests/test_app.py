@@ -16,7 +16,7 @@ import pytest
 from fieldguide.config import PROJECT_ENV
 from fieldguide.errors import StoreError
 from fieldguide.platform.app import launch_app
-from tests.test_dashboard_browser import free_port
+from conftest import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

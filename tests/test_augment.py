@@ -17,7 +17,7 @@ from fieldguide.errors import ConfigError, ModelError
 from fieldguide.models.embed import embed
 from fieldguide.models.train import train
 from fieldguide.platform import store
-from tests.test_models import tiny_weights, use_tiny_backbone  # noqa: F401 - a fixture
+from conftest import use_tiny_backbone
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +80,7 @@ def test_without_a_local_model_augment_is_one_clear_error(ingested):
         load_pipeline(ingested.root)
 
 
-def test_augment_end_to_end_with_a_tiny_pipeline(ingested, tiny_weights, tiny_pipeline):  # noqa: F811
+def test_augment_end_to_end_with_a_tiny_pipeline(ingested, tiny_weights, tiny_pipeline):
     p = use_tiny_backbone(ingested, tiny_weights)
     p.config.augment.model_dir = str(tiny_pipeline)
     p.config.augment.image_size = 32
@@ -129,7 +129,7 @@ def test_img2img_baseline_generates_from_the_image(tiny_pipeline):
     assert len(images) == 2 and images[0].size == (32, 32)
 
 
-def test_fill_reports_per_class(ingested, tiny_weights, tiny_pipeline):  # noqa: F811
+def test_fill_reports_per_class(ingested, tiny_weights, tiny_pipeline):
     p = use_tiny_backbone(ingested, tiny_weights)
     p.config.augment.model_dir = str(tiny_pipeline)
     p.config.augment.image_size = 32

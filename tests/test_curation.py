@@ -21,8 +21,7 @@ from fieldguide.models.embed import embed
 from fieldguide.models.predict import predict
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
-from tests.conftest import make_image
-from tests.test_models import tiny_weights, use_tiny_backbone  # noqa: F401 - a fixture
+from conftest import make_image
 
 
 # ---- functions of arrays -------------------------------------------------------------------------
@@ -217,14 +216,6 @@ def test_multiannotator_signal_with_one_voted_sample():
     assert np.isfinite(noise_score(values, weights, direction)).all()
 
 # ---- the flag step on a real store ---------------------------------------------------------------------
-@pytest.fixture
-def predicted(ingested, tiny_weights):  # noqa: F811
-    p = use_tiny_backbone(ingested, tiny_weights)
-    embed(p)
-    predict(p, head="logreg", folds=3)
-    return p
-
-
 def test_flag_writes_scores_tags_views_and_warehouse(predicted):
     p = predicted
     ds = store.dataset(p)

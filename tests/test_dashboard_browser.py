@@ -8,7 +8,6 @@ import html
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from PIL import Image
 
 from fieldguide.config import PROJECT_ENV
 from fieldguide.platform.warehouse import Warehouse
+from conftest import free_port
 from tests.test_dashboards import build_warehouse, run_row
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -33,10 +33,6 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -172,6 +168,7 @@ def test_dashboard_reads_while_the_cli_writes(dashboard, tmp_path):
     wh.write("runs", [run_row("ingest-2", "ingest", 120)])
     wh.write("rejects", [{"run_id": "ingest-2", "path": "/data/late/bad.png", "reason": "truncated image"}])
     assert time.monotonic() - started < 10
-    text = rendered_text(url, tmp_path / "after", "Rejects (last ingest) 1")
+    sentence = "1 rejected in the last ingest run ingest-2 (4 over all runs)."
+    text = rendered_text(url, tmp_path / "after", ["Rejects (last ingest) 1", sentence])  # (drawn in turn)
     assert "Rejects (last ingest) 1" in text
-    assert "1 rejected in the last ingest run ingest-2 (4 over all runs)." in text
+    assert sentence in text

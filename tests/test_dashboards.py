@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from fieldguide.config import PROJECT_ENV
 
 from fieldguide.platform.warehouse import Warehouse
-from tests.conftest import make_image
+from conftest import make_image
 
 REPO_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # what the page shows
 

@@ -22,6 +22,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from conftest import free_port
 from fieldguide.cli import app
 from fieldguide.config import CONFIG_NAME, PROJECT_ENV, init_project, open_project
 
@@ -92,10 +93,6 @@ def _cmdline(proc: psutil.Process) -> list[str]:
         return []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_database(project) -> None:

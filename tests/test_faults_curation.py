@@ -24,7 +24,7 @@ from fieldguide.curation.flag import flag
 from fieldguide.models.embed import embed
 from fieldguide.models.predict import predict
 from fieldguide.platform import store
-from tests.test_models import tiny_weights, use_tiny_backbone  # noqa: F401 - a fixture
+from conftest import use_tiny_backbone
 
 FORMULAS = ['=HYPERLINK("http://x","y")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
 
@@ -35,7 +35,7 @@ def runner():
 
 
 @pytest.fixture
-def tiny_project(ingested, tiny_weights):  # noqa: F811
+def tiny_project(ingested, tiny_weights):
     """The ingested project with the tiny backbone in its fieldguide.toml, as the CLI reads it."""
     use_tiny_backbone(ingested, tiny_weights)
     ingested.config_path.write_text(dump_config(ingested.config))

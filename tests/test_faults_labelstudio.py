@@ -12,7 +12,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CLASS_COLORS, make_image
+from conftest import CLASS_COLORS, free_port, make_image, running_listener
 from fieldguide.cli import app
 from fieldguide.config import dump_config, init_project, open_project
 from fieldguide.errors import ServiceError
@@ -34,10 +33,6 @@ CLASSES = sorted(CLASS_COLORS)
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_images(root: Path, counts: dict[str, int], seed: int) -> Path:
@@ -143,7 +138,7 @@ def birds(tmp_path_factory, tiny_weights):
     ]
     for source in sources:
         ingest(project, source, fmt="folder")
-    info = lss.start(project, port=_free_port(), timeout_s=600)
+    info = lss.start(project, port=free_port(), timeout_s=600)
     assert info.running
     yield project
     lss.stop(project)
@@ -162,19 +157,8 @@ def sdk(birds):
 def listener(birds):
     """``relabel.listen`` in a thread on a free port: (port, the pulls it made)."""
     relabel.push(birds, sample_ids=_fresh(birds, 1, "photos"))  # the Label Studio project its webhook joins
-    stop, ready, seen = threading.Event(), threading.Event(), []
-    port = _free_port()
-    thread = threading.Thread(
-        target=relabel.listen, args=(birds,),
-        kwargs={"port": port, "stop": stop, "ready": ready, "on_report": lambda t, r: seen.append((t, r))},
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(60), "the listener did not start"
-    yield port, seen
-    stop.set()
-    thread.join(30)
-    assert not thread.is_alive()
+    with running_listener(birds) as (port, seen):
+        yield port, seen
 
 
 def _hook_secret(sdk, birds, port: int) -> str:
@@ -387,6 +371,7 @@ def test_a_webhook_while_another_step_writes_is_pulled_after_it(birds, sdk, list
     given = ds[sid].ground_truth.label
     task = _ls_tasks(sdk, birds)[sid]
     n = len(seen)
+    patient = birds.config.store.lock_timeout_s
     birds.config.store.lock_timeout_s = 0.5  # the listener's pulls give up quickly while we write
     try:
         with project_lock(birds, "train"):
@@ -394,7 +379,7 @@ def test_a_webhook_while_another_step_writes_is_pulled_after_it(birds, sdk, list
             time.sleep(3 * relabel.BUSY_RETRY_S)
             assert len(seen) == n  # nothing applied while the project was busy ...
     finally:
-        birds.config.store.lock_timeout_s = 10.0
+        birds.config.store.lock_timeout_s = patient
     _wait(seen, n + 1)  # ... and the answer is applied once it is free
     assert seen[-1][0] == [task.id] and seen[-1][1].changed == 1
     assert [h[:2] for h in _labelstudio_history(birds, sid)] == [(given, _other(given))]

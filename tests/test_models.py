@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -18,25 +17,7 @@ from fieldguide.models.heads import EnsembleHead, KNNHead, LogRegHead, MLPHead, 
 from fieldguide.models.predict import cross_val_pred_probs, load_pred_probs, predict
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
-from tests.conftest import CLASS_COLORS, make_image
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory):
-    """Random weights of timm's tiny test_efficientnet, saved as a safetensors file."""
-    torch.manual_seed(0)
-    model = timm.create_model("test_efficientnet", pretrained=False)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_file(model.state_dict(), str(path))
-    return path
-
-
-def use_tiny_backbone(project, weights):
-    project.config.models.backbone = "timm/test_efficientnet"
-    project.config.models.weights = str(weights)
-    project.config.models.batch_size = 8
-    project.config.models.num_workers = 0
-    return project
+from conftest import CLASS_COLORS, make_image, use_tiny_backbone
 
 
 def test_tiny_backbone_loads_from_safetensors_and_state_dict(tiny_weights, tmp_path):

@@ -8,8 +8,6 @@ import pytest
 from fieldguide.errors import FieldguideError
 from fieldguide.platform import store
 from fieldguide.platform.review import project_counts, sample_card
-from tests.test_curation import predicted  # noqa: F401 - a fixture
-from tests.test_models import tiny_weights  # noqa: F401 - a fixture
 
 PLUGIN = "@fieldguide/curator"
 
@@ -48,7 +46,7 @@ def test_plugin_is_found_with_every_operator_and_panel(project):
         assert f"{PLUGIN}/{name}" in uris
 
 
-def test_flag_set_label_and_retrain_operators(predicted):  # noqa: F811
+def test_flag_set_label_and_retrain_operators(predicted):
     p = predicted
     p.config.train.epochs = 5
     from fieldguide.config import dump_config
@@ -86,7 +84,7 @@ def test_flag_set_label_and_retrain_operators(predicted):  # noqa: F811
     assert counts["last_run"]["run_id"] == out["run_id"]
 
 
-def test_push_without_label_studio_is_one_clear_error(predicted):  # noqa: F811
+def test_push_without_label_studio_is_one_clear_error(predicted):
     ds = store.dataset(predicted)
     message = op_error("push_to_label_studio", ds, params={"limit": 3})
     assert message.startswith("fieldguide: ") and "Label Studio" in message and "\n" not in message
@@ -96,7 +94,7 @@ def test_push_without_label_studio_is_one_clear_error(predicted):  # noqa: F811
 def test_open_dashboard_starts_the_dashboards_once_and_returns_their_url(project):
     import urllib.request
 
-    from tests.test_dashboard_browser import free_port
+    from conftest import free_port
 
     ds = store.dataset(project)
     port = free_port()

@@ -15,9 +15,8 @@ from fieldguide.models.embed import embed
 from fieldguide.models.train import predict_head
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
-from tests.conftest import CLASS_COLORS, make_image
+from conftest import CLASS_COLORS, make_image, use_tiny_backbone
 from tests.test_curation import _blobs
-from tests.test_models import tiny_weights, use_tiny_backbone  # noqa: F401 - a fixture
 
 
 def test_selection_thresholds_and_balances_classes():
@@ -55,7 +54,7 @@ def test_teacher_learns_from_unlabeled_data():
     assert sum(h["pseudo_used"] for h in res.history) > 0
 
 
-def test_pseudolabel_step_never_touches_ground_truth_until_accepted(ingested, tiny_weights, tmp_path):  # noqa: F811
+def test_pseudolabel_step_never_touches_ground_truth_until_accepted(ingested, tiny_weights, tmp_path):
     p = use_tiny_backbone(ingested, tiny_weights)
     ds = add_unlabeled(p, tmp_path / "extra", "u", per_class=4, seed=500)
     with pytest.raises(NotReadyError):
@@ -90,7 +89,7 @@ def test_pseudolabel_step_never_touches_ground_truth_until_accepted(ingested, ti
         assert sample.label_history[-1].source == "pseudo" and sample.label_history[-1].actor == p.config.project.curator
 
 
-def test_cli_pseudolabel_needs_unlabeled_samples(ingested, tiny_weights):  # noqa: F811
+def test_cli_pseudolabel_needs_unlabeled_samples(ingested, tiny_weights):
     from fieldguide.config import dump_config
 
     p = use_tiny_backbone(ingested, tiny_weights)
@@ -100,7 +99,7 @@ def test_cli_pseudolabel_needs_unlabeled_samples(ingested, tiny_weights):  # noq
     assert res.exit_code == 1 and "no unlabeled samples" in res.output
 
 
-def test_finetune_mode_pseudo_labels_from_weak_and_strong_views(ingested, tiny_weights, tmp_path):  # noqa: F811
+def test_finetune_mode_pseudo_labels_from_weak_and_strong_views(ingested, tiny_weights, tmp_path):
     p = use_tiny_backbone(ingested, tiny_weights)
     p.config.train.finetune_batch_size = 4
     ds = add_unlabeled(p, tmp_path / "extra", "v", per_class=2, seed=700)

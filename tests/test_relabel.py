@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CLASS_COLORS, make_image
+from conftest import CLASS_COLORS, free_port, make_image, running_listener
 from fieldguide.cli import app
 from fieldguide.config import dump_config, init_project, open_project
 from fieldguide.errors import ServiceError
@@ -56,10 +55,6 @@ def test_label_config_has_every_class_and_unsure():
 
 
 # ---- fixtures -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_project(area: Path, name: str):
@@ -111,7 +106,7 @@ def server(area):
     """The ``main`` project and its own Label Studio on a free port (stopped at the end)."""
     project = _make_project(area, "main")
     t0 = time.monotonic()
-    info = lss.start(project, port=_free_port(), timeout_s=600)
+    info = lss.start(project, port=free_port(), timeout_s=600)
     TIMINGS["first_start_s"] = time.monotonic() - t0
     assert info.running and info.url.startswith("http://127.0.0.1:")
     yield project
@@ -293,16 +288,7 @@ def test_webhook_listener_pulls_the_annotated_task(server, sdk):
     old = ds[sid].ground_truth.label
     new = sorted(set(CLASS_COLORS) - {old})[0]
 
-    stop, ready, seen = threading.Event(), threading.Event(), []
-    port = _free_port()
-    thread = threading.Thread(
-        target=relabel.listen, args=(project,),
-        kwargs={"port": port, "stop": stop, "ready": ready, "on_report": lambda t, r: seen.append((t, r))},
-        daemon=True,
-    )
-    thread.start()
-    try:
-        assert ready.wait(60)
+    with running_listener(project) as (port, seen):
         # a request without the shared secret is refused
         assert httpx.post(f"http://127.0.0.1:{port}/", json={"action": "ANNOTATION_CREATED"}).status_code == 403
         sdk.annotations.create(tasks[sid].id, result=_choice(new))
@@ -312,9 +298,6 @@ def test_webhook_listener_pulls_the_annotated_task(server, sdk):
         assert seen, "no webhook arrived"
         task_ids, report = seen[0]
         assert task_ids == [tasks[sid].id] and report.changed == 1
-    finally:
-        stop.set()
-        thread.join(30)
     ds.reload()
     assert ds[sid].ground_truth.label == new
     assert [(e.old, e.new, e.source) for e in ds[sid].label_history] == [(old, new, "labelstudio")]
@@ -338,7 +321,7 @@ def test_server_stopped_push_and_pull_fail_in_one_line_then_restart(server):
         assert len(lines) == 1 and "not running" in lines[0] and "labelstudio start" in lines[0], lines
     assert _state(project) == before
     t0 = time.monotonic()
-    info = lss.start(project, port=_free_port(), timeout_s=600)
+    info = lss.start(project, port=free_port(), timeout_s=600)
     TIMINGS["later_start_s"] = time.monotonic() - t0
     assert info.running
     out = _cli_json(project, "relabel", "pull")  # the same tasks, nothing applied twice
@@ -470,7 +453,7 @@ def test_wrong_token_down_server_and_timeout_fail_in_one_line(remote, monkeypatc
     # a server that is down: nothing listens on the port (retried with backoff, then one line)
     monkeypatch.setenv(TOKEN_ENV, "whatever")
     down = project.config.model_copy(deep=True)
-    down.labelstudio.url = f"http://127.0.0.1:{_free_port()}"
+    down.labelstudio.url = f"http://127.0.0.1:{free_port()}"
     down.labelstudio.retries = 2
     project.config_path.write_text(dump_config(down))
     try:

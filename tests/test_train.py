@@ -18,8 +18,8 @@ from fieldguide.models.embed import embed
 from fieldguide.models.entropy import EntropySchedule, entropy, grpo_advantages, grpo_loss, training_loss
 from fieldguide.models.predict import predict
 from fieldguide.platform import store
+from conftest import use_tiny_backbone
 from tests.test_curation import _blobs
-from tests.test_models import tiny_weights, use_tiny_backbone  # noqa: F401 - a fixture
 
 
 # ---- the schedule and the losses ----------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_an_interrupted_fit_resumes_to_the_same_model():
 
 # ---- the steps on a real store ------------------------------------------------------------------------
 @pytest.fixture
-def embedded(ingested, tiny_weights):  # noqa: F811
+def embedded(ingested, tiny_weights):
     p = use_tiny_backbone(ingested, tiny_weights)
     p.config.train.epochs = 8
     p.config_path.write_text(dump_config(p.config))
