@@ -8,7 +8,8 @@ class prompts), and (b) by the current classifier (a head on the project's embed
 if the true class is in its top-k. At most M are kept per real image, stored under
 ``PROJECT/synthetic/`` as samples with ``origin = "synthetic"``, ``parent_id`` and the tag
 ``synthetic`` (no split, no ground truth: they never count as labeled data). Training replaces a
-real sample by one of its augmentations with probability α (:func:`mix_in_augmentations`).
+real sample by one of its augmentations with probability α
+(:func:`fieldguide.models.batches.mix_in_augmentations`).
 
 Models load only from a local folder (``augment.model_dir``); with none configured, ``augment``
 is a one-line error that changes nothing. GPU when present.
@@ -24,6 +25,7 @@ import numpy as np
 
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, ModelError, NotReadyError
+from fieldguide.models.batches import mix_in_augmentations  # noqa: F401 - how training uses what augment makes
 from fieldguide.platform import store
 from fieldguide.platform.lock import writes
 
@@ -57,18 +59,6 @@ def true_class_in_top_k(probs: np.ndarray, true_idx: int | np.ndarray, k: int) -
     k = min(k, probs.shape[1])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return (top == true_idx[:, None]).any(axis=1)
-
-
-def mix_in_augmentations(indices: np.ndarray, pool: dict[int, np.ndarray], alpha: float,
-                         rng: np.random.Generator) -> np.ndarray:
-    """For each training row in ``indices``, the row to feed instead: with probability ``alpha``
-    one of its augmentations (``pool[row]``: rows of augmentations), else itself."""
-    out = np.array(indices, copy=True)
-    for j, i in enumerate(indices):
-        children = pool.get(int(i))
-        if children is not None and len(children) and rng.random() < alpha:
-            out[j] = children[rng.integers(len(children))]
-    return out
 
 
 # ---- models -------------------------------------------------------------------------------------------

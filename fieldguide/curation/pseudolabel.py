@@ -176,8 +176,9 @@ def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u:
     probabilistic pseudo mixup)."""
     from torch.utils.data import DataLoader
 
-    from fieldguide.models.embed import ImageFiles, resolve_device
-    from fieldguide.models.train import _collate_train, _train_transform
+    from fieldguide.models.batches import ImageFiles, collate_train
+    from fieldguide.models.embed import resolve_device
+    from fieldguide.models.transforms import train_transform
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -188,9 +189,9 @@ def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u:
         p.requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
     yl = torch.as_tensor(y_l, dtype=torch.long)
-    labeled = DataLoader(ImageFiles(list(paths_l), _train_transform(bb)), batch_size=batch_size, shuffle=True,
-                         num_workers=num_workers, collate_fn=_collate_train, generator=gen)
-    unlabeled = DataLoader(_WeakStrong(list(paths_u), _train_transform(bb), _train_transform(bb, strong=True)),
+    labeled = DataLoader(ImageFiles(list(paths_l), train_transform(bb)), batch_size=batch_size, shuffle=True,
+                         num_workers=num_workers, collate_fn=collate_train, generator=gen)
+    unlabeled = DataLoader(_WeakStrong(list(paths_u), train_transform(bb), train_transform(bb, strong=True)),
                            batch_size=batch_size * mu, shuffle=True, num_workers=num_workers, generator=gen)
     step, history = 0, []
     for epoch in range(epochs):
@@ -222,14 +223,15 @@ def _predict_images(model, bb, paths: list[str], batch_size: int = 32, device: s
     """Softmax of ``model`` on the images (the backbone's preprocessing); unreadable ones get zeros."""
     from torch.utils.data import DataLoader
 
-    from fieldguide.models.embed import ImageFiles, _collate, resolve_device
+    from fieldguide.models.batches import ImageFiles, collate_images
+    from fieldguide.models.embed import resolve_device
 
     dev = resolve_device(device)
     model = model.to(dev).eval()
     rows: dict[int, np.ndarray] = {}
     with torch.inference_mode():
         for idx, batch, bad in DataLoader(ImageFiles(paths, bb.transform()), batch_size=batch_size,
-                                          collate_fn=_collate):
+                                          collate_fn=collate_images):
             for j, err in bad:
                 log.warning("pseudo-labels: %s skipped (%s)", paths[j], err)
             if batch is not None:
