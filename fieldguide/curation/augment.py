@@ -27,6 +27,7 @@ from fieldguide.config import Project
 from fieldguide.errors import ConfigError, ModelError, NotReadyError
 from fieldguide.models.batches import mix_in_augmentations  # noqa: F401 - how training uses what augment makes
 from fieldguide.platform import store
+from fieldguide.platform.fields import add_samples, save_view
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,6 @@ def scarce_classes(project: Project, ds, min_per_class: int) -> list[str]:
 def augment(project: Project, *, classes: list[str] | None = None, min_per_class: int | None = None,
             pipeline=None) -> AugmentReport:
     """Generate, filter and store augmentations for the scarce classes; see the module docstring."""
-    import fiftyone as fo
-
     from fieldguide.models.backbones import load_backbone
     from fieldguide.models.embed import iter_features, load_embeddings
     from fieldguide.models.heads import make_head
@@ -243,14 +242,12 @@ def augment(project: Project, *, classes: list[str] | None = None, min_per_class
                     if i not in keep:
                         Path(p).unlink(missing_ok=True)
                 for i in keep:
-                    new_samples.append(fo.Sample(filepath=paths[i], origin="synthetic", parent_id=pid,
-                                                 tags=[SYNTHETIC_TAG],
-                                                 synthetic_label=fo.Classification(label=cls, origin="synthetic")))
+                    new_samples.append({"filepath": paths[i], "origin": "synthetic", "parent_id": pid,
+                                        "tags": [SYNTHETIC_TAG],
+                                        "synthetic_label": {"label": cls, "origin": "synthetic"}})
                 fill.kept += len(keep)
-        if new_samples:
-            ds.add_samples(new_samples, progress=False)
-            ds.compute_metadata(progress=False)
-        ds.save_view("synthetic", ds.match_tags(SYNTHETIC_TAG), overwrite=True)
+        add_samples(ds, new_samples, classifications=["synthetic_label"])
+        save_view(ds, "synthetic", tag=SYNTHETIC_TAG)
         wh.write("metrics", [{"run_id": run_id, "split": f"class:{c}", "name": name, "value": float(getattr(f, name))}
                              for c, f in report.classes.items()
                              for name in ("generated", "kept", "rejected_semantic", "rejected_classifier")])

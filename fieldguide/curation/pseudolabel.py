@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from fieldguide.config import Project
 from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.platform import store
+from fieldguide.platform.fields import declare_fields, save_view, set_classifications
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,6 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
                 lambda_u: float = 1.0, epochs: int = 40, balance: bool = True, mode: str = "head",
                 backbone: str | None = None) -> PseudoReport:
     """Pseudo-labels for the ``unlabeled`` split; see the module docstring. Re-running replaces them."""
-    import fiftyone as fo
-
     from fieldguide.models.embed import load_embeddings
     from fieldguide.models.train import predict_head
 
@@ -306,16 +305,13 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
         # cleared on every unlabeled sample; accepted ones (now train) keep where their label came from
         values = {sid: None for sid in ds.match_tags("unlabeled").values("id")}
         for r, c, p in zip(rows, labels, conf):
-            values[unl_ids[r]] = fo.Classification(label=classes[c], confidence=float(p), origin="pseudo",
-                                                   run_id=run_id)
-        if not ds.has_sample_field(PSEUDO_FIELD):
-            ds.add_sample_field(PSEUDO_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+            values[unl_ids[r]] = {"label": classes[c], "confidence": float(p), "origin": "pseudo", "run_id": run_id}
+        declare_fields(ds, {PSEUDO_FIELD: "classification"})
         ds.untag_samples(PSEUDO_TAG)
-        ds.set_values(PSEUDO_FIELD, values, key_field="id")
+        set_classifications(ds, PSEUDO_FIELD, values)
         chosen = [unl_ids[r] for r in rows]
         ds.select(chosen).tag_samples(PSEUDO_TAG)
-        ds.save_view("pseudo_labeled", ds.match_tags(PSEUDO_TAG).sort_by(f"{PSEUDO_FIELD}.confidence", reverse=True),
-                     overwrite=True)
+        save_view(ds, "pseudo_labeled", tag=PSEUDO_TAG, sort_by=f"{PSEUDO_FIELD}.confidence", reverse=True)
         store.snapshot_samples(project, ds)
         per_class = {classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
         wh.write("metrics", [{"run_id": run_id, "split": "unlabeled", "name": "pseudo_labels", "value": float(len(rows))},

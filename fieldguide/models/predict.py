@@ -22,6 +22,7 @@ from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
 from fieldguide.models.embed import load_embeddings
 from fieldguide.models.heads import make_head
 from fieldguide.platform import store
+from fieldguide.platform.fields import set_classifications
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ class PredictReport:
 def predict(project: Project, *, head: str | None = None, folds: int | None = None,
             backbone: str | None = None, seed: int | None = None) -> PredictReport:
     """Out-of-sample predictions for every sample with an embedding; see the module docstring."""
-    import fiftyone as fo
-
     cfg = project.config.predict
     head = head or cfg.head
     folds = folds or cfg.folds
@@ -82,10 +81,10 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         top = probs.argmax(axis=1)
         logits = np.log(np.clip(probs, 1e-12, None))
         predictions = {
-            sid: fo.Classification(label=classes[t], confidence=float(probs[i, t]), logits=logits[i].tolist())
+            sid: {"label": classes[t], "confidence": float(probs[i, t]), "logits": logits[i].tolist()}
             for i, (sid, t) in enumerate(zip(ids, top))
         }
-        ds.set_values("prediction", predictions, key_field="id")
+        set_classifications(ds, "prediction", predictions)
         oof_top1 = float((oof.argmax(axis=1) == y).mean())
         wh.write("metrics", [
             {"run_id": run_id, "split": "train_oof", "name": "top1", "value": oof_top1},
