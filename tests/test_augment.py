@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from fieldguide.cli import app
 from fieldguide.config import dump_config
-from fieldguide.curation.augment import (augment, canny_edges, load_pipeline, mix_in_augmentations, prompt_for,
-                                         true_class_in_top_k)
+from fieldguide.curation.augment import augment, canny_edges, load_pipeline, prompt_for, true_class_in_top_k
 from fieldguide.errors import ConfigError, ModelError
+from fieldguide.models.batches import mix_in_augmentations
 from fieldguide.models.embed import embed
 from fieldguide.models.train import train
 from fieldguide.platform import store

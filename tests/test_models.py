@@ -11,10 +11,11 @@ from safetensors.torch import save_file
 
 from fieldguide.errors import ModelError, NotReadyError
 from fieldguide.models.backbones import load_backbone
+from fieldguide.models.crossval import cross_val_pred_probs
 from fieldguide.models.embed import embed, load_embeddings
 from fieldguide.models.evaluate import classification_metrics, evaluate, expected_calibration_error
 from fieldguide.models.heads import EnsembleHead, KNNHead, LogRegHead, MLPHead, make_head
-from fieldguide.models.predict import cross_val_pred_probs, load_pred_probs, predict
+from fieldguide.models.predict import load_pred_probs, predict
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
 from conftest import CLASS_COLORS, make_image, use_tiny_backbone
@@ -124,8 +125,6 @@ def test_heads_follow_the_sklearn_contract_and_learn(rng):
 
 
 def test_ensemble_weights_never_lose_to_the_best_member_on_inner_folds(rng):
-    from fieldguide.models.predict import cross_val_pred_probs
-
     centers = rng.normal(size=(5, 12)) * 1.5
     y = np.repeat(np.arange(5), 30)
     X = centers[y] + rng.normal(size=(150, 12))

@@ -8,7 +8,8 @@ class prompts), and (b) by the current classifier (a head on the project's embed
 if the true class is in its top-k. At most M are kept per real image, stored under
 ``PROJECT/synthetic/`` as samples with ``origin = "synthetic"``, ``parent_id`` and the tag
 ``synthetic`` (no split, no ground truth: they never count as labeled data). Training replaces a
-real sample by one of its augmentations with probability α (:func:`mix_in_augmentations`).
+real sample by one of its augmentations with probability α
+(:func:`fieldguide.models.batches.mix_in_augmentations`).
 
 Models load only from a local folder (``augment.model_dir``); with none configured, ``augment``
 is a one-line error that changes nothing. GPU when present.
@@ -24,7 +25,9 @@ import numpy as np
 
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, ModelError, NotReadyError
+from fieldguide.models.batches import mix_in_augmentations  # noqa: F401 - how training uses what augment makes
 from fieldguide.platform import store
+from fieldguide.platform.fields import add_samples, save_view
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -57,18 +60,6 @@ def true_class_in_top_k(probs: np.ndarray, true_idx: int | np.ndarray, k: int) -
     k = min(k, probs.shape[1])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return (top == true_idx[:, None]).any(axis=1)
-
-
-def mix_in_augmentations(indices: np.ndarray, pool: dict[int, np.ndarray], alpha: float,
-                         rng: np.random.Generator) -> np.ndarray:
-    """For each training row in ``indices``, the row to feed instead: with probability ``alpha``
-    one of its augmentations (``pool[row]``: rows of augmentations), else itself."""
-    out = np.array(indices, copy=True)
-    for j, i in enumerate(indices):
-        children = pool.get(int(i))
-        if children is not None and len(children) and rng.random() < alpha:
-            out[j] = children[rng.integers(len(children))]
-    return out
 
 
 # ---- models -------------------------------------------------------------------------------------------
@@ -179,8 +170,6 @@ def scarce_classes(project: Project, ds, min_per_class: int) -> list[str]:
 def augment(project: Project, *, classes: list[str] | None = None, min_per_class: int | None = None,
             pipeline=None) -> AugmentReport:
     """Generate, filter and store augmentations for the scarce classes; see the module docstring."""
-    import fiftyone as fo
-
     from fieldguide.models.backbones import load_backbone
     from fieldguide.models.embed import iter_features, load_embeddings
     from fieldguide.models.heads import make_head
@@ -253,14 +242,12 @@ def augment(project: Project, *, classes: list[str] | None = None, min_per_class
                     if i not in keep:
                         Path(p).unlink(missing_ok=True)
                 for i in keep:
-                    new_samples.append(fo.Sample(filepath=paths[i], origin="synthetic", parent_id=pid,
-                                                 tags=[SYNTHETIC_TAG],
-                                                 synthetic_label=fo.Classification(label=cls, origin="synthetic")))
+                    new_samples.append({"filepath": paths[i], "origin": "synthetic", "parent_id": pid,
+                                        "tags": [SYNTHETIC_TAG],
+                                        "synthetic_label": {"label": cls, "origin": "synthetic"}})
                 fill.kept += len(keep)
-        if new_samples:
-            ds.add_samples(new_samples, progress=False)
-            ds.compute_metadata(progress=False)
-        ds.save_view("synthetic", ds.match_tags(SYNTHETIC_TAG), overwrite=True)
+        add_samples(ds, new_samples, classifications=["synthetic_label"])
+        save_view(ds, "synthetic", tag=SYNTHETIC_TAG)
         wh.write("metrics", [{"run_id": run_id, "split": f"class:{c}", "name": name, "value": float(getattr(f, name))}
                              for c, f in report.classes.items()
                              for name in ("generated", "kept", "rejected_semantic", "rejected_classifier")])

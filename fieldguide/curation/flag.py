@@ -24,6 +24,8 @@ from fieldguide.config import Project
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score
 from fieldguide.platform import store
+from fieldguide.platform.brain import brain_signals
+from fieldguide.platform.fields import declare_fields, save_view
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
 
         _write_store(ds, table.index.tolist(), assess, values, near_dup_of, consensus, used_names)
         if len(assess) >= 2:
-            values.update(_brain_signals(ds, assess, X[[emb_row[s] for s in assess]] if X is not None else None))
+            values.update(brain_signals(ds, assess, X[[emb_row[s] for s in assess]] if X is not None else None))
         _write_warehouse(wh, run_id, assess, values, stats)
         _save_views(ds, project.config.curation.scarce_class_count, counts)
         store.snapshot_samples(project, ds)
@@ -166,40 +168,6 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
             ("assessed", report.assessed), ("not_assessable", report.not_assessable),
             ("flagged", report.flagged), ("outliers", report.outliers), ("near_duplicates", report.near_duplicates))])
     return report
-
-
-def _brain_signals(ds, assess: list[str], features: np.ndarray | None) -> dict[str, np.ndarray]:
-    """FiftyOne Brain on the assessed samples: ``mistakenness`` from the stored prediction logits
-    and ``uniqueness`` from the embeddings (no model is loaded). Reported, not combined: both
-    repeat what the cleanlab and kNN signals measure, but curators know them from the App,
-    where they are sample fields to sort and filter by."""
-    view = ds.select(assess, ordered=True)
-    # the Brain logs its progress at INFO through FiftyOne's stdout handler: keep stdout for results
-    brain_log = logging.getLogger("fiftyone.brain")
-    level = brain_log.level
-    brain_log.setLevel(logging.WARNING)
-    try:
-        return _brain_fields(view, features)
-    finally:
-        brain_log.setLevel(level)
-
-
-def _brain_fields(view, features) -> dict[str, np.ndarray]:
-    import fiftyone.brain as fob
-
-    out: dict[str, np.ndarray] = {}
-    try:
-        fob.compute_mistakenness(view, "prediction", label_field="ground_truth", use_logits=True, progress=False)
-        out["mistakenness"] = np.array(view.values("mistakenness"), dtype=float)
-    except Exception as e:  # noqa: BLE001 - a Brain failure must not lose the other signals
-        log.warning("FiftyOne Brain mistakenness not computed: %s", e)
-    if features is not None and len(view) > 3:
-        try:
-            fob.compute_uniqueness(view, embeddings=np.asarray(features, dtype=np.float32), progress=False)
-            out["uniqueness"] = np.array(view.values("uniqueness"), dtype=float)
-        except Exception as e:  # noqa: BLE001
-            log.warning("FiftyOne Brain uniqueness not computed: %s", e)
-    return out
 
 
 def _trajectory_inputs(project: Project, assess: list[str]) -> dict[str, np.ndarray]:
@@ -228,15 +196,10 @@ def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names
     def column(arr, cast=float):
         return {sid: (cast(arr[pos[sid]]) if sid in pos and not np.isnan(arr[pos[sid]]) else None) for sid in all_ids}
 
-    import fiftyone as fo
-
     n = len(assess)
     # declared up front: a first run where every value is None cannot infer a field's type
-    kinds = {"noise_score": fo.FloatField, "label_issue": fo.BooleanField, "near_duplicate_of": fo.StringField,
-             "consensus_label": fo.StringField, **{f: fo.FloatField for f in STORE_FIELDS.values()}}
-    for name, kind in kinds.items():
-        if not ds.has_sample_field(name):
-            ds.add_sample_field(name, kind)
+    declare_fields(ds, {"noise_score": "float", "label_issue": "bool", "near_duplicate_of": "string",
+                        "consensus_label": "string", **{f: "float" for f in STORE_FIELDS.values()}})
     ds.untag_samples(list(REVIEW_TAGS))
     ds.set_values("noise_score", column(values.get("noise_score", np.full(n, np.nan))), key_field="id")
     ds.set_values("label_issue", column(values.get("label_issue", np.full(n, np.nan)), bool), key_field="id")
@@ -274,14 +237,8 @@ def _write_warehouse(wh, run_id: str, assess: list[str], values: dict[str, np.nd
 
 
 def _save_views(ds, scarce_count: int, counts: pd.Series) -> None:
-    from fiftyone import ViewField as F
-
     scarce = sorted(c for c, n in counts.items() if n < scarce_count)
-    views = {
-        "to_review": ds.match_tags("to_review").sort_by("noise_score", reverse=True),
-        "outliers": ds.match_tags("outlier").sort_by("outlier_score"),
-        "near_duplicates": ds.match(F("near_duplicate_of") != None).sort_by("near_duplicate_of"),  # noqa: E711
-        "scarce_classes": ds.match(F("ground_truth.label").is_in(scarce)),
-    }
-    for name, view in views.items():
-        ds.save_view(name, view, overwrite=True)
+    save_view(ds, "to_review", tag="to_review", sort_by="noise_score", reverse=True)
+    save_view(ds, "outliers", tag="outlier", sort_by="outlier_score")
+    save_view(ds, "near_duplicates", has_field="near_duplicate_of", sort_by="near_duplicate_of")
+    save_view(ds, "scarce_classes", labels=scarce)

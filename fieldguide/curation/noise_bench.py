@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score, percentile_rank
 from fieldguide.models.heads import l2_normalize, make_head
-from fieldguide.models.predict import cross_val_pred_probs
+from fieldguide.models.crossval import cross_val_pred_probs
 from fieldguide.platform.lock import writes
 
 KINDS = ("symmetric", "pairs")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from fieldguide.config import Project
 from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.platform import store
+from fieldguide.platform.fields import declare_fields, save_view, set_classifications
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -176,8 +177,9 @@ def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u:
     probabilistic pseudo mixup)."""
     from torch.utils.data import DataLoader
 
-    from fieldguide.models.embed import ImageFiles, resolve_device
-    from fieldguide.models.train import _collate_train, _train_transform
+    from fieldguide.models.batches import ImageFiles, collate_train
+    from fieldguide.models.embed import resolve_device
+    from fieldguide.models.transforms import train_transform
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -188,9 +190,9 @@ def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u:
         p.requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
     yl = torch.as_tensor(y_l, dtype=torch.long)
-    labeled = DataLoader(ImageFiles(list(paths_l), _train_transform(bb)), batch_size=batch_size, shuffle=True,
-                         num_workers=num_workers, collate_fn=_collate_train, generator=gen)
-    unlabeled = DataLoader(_WeakStrong(list(paths_u), _train_transform(bb), _train_transform(bb, strong=True)),
+    labeled = DataLoader(ImageFiles(list(paths_l), train_transform(bb)), batch_size=batch_size, shuffle=True,
+                         num_workers=num_workers, collate_fn=collate_train, generator=gen)
+    unlabeled = DataLoader(_WeakStrong(list(paths_u), train_transform(bb), train_transform(bb, strong=True)),
                            batch_size=batch_size * mu, shuffle=True, num_workers=num_workers, generator=gen)
     step, history = 0, []
     for epoch in range(epochs):
@@ -222,14 +224,15 @@ def _predict_images(model, bb, paths: list[str], batch_size: int = 32, device: s
     """Softmax of ``model`` on the images (the backbone's preprocessing); unreadable ones get zeros."""
     from torch.utils.data import DataLoader
 
-    from fieldguide.models.embed import ImageFiles, _collate, resolve_device
+    from fieldguide.models.batches import ImageFiles, collate_images
+    from fieldguide.models.embed import resolve_device
 
     dev = resolve_device(device)
     model = model.to(dev).eval()
     rows: dict[int, np.ndarray] = {}
     with torch.inference_mode():
         for idx, batch, bad in DataLoader(ImageFiles(paths, bb.transform()), batch_size=batch_size,
-                                          collate_fn=_collate):
+                                          collate_fn=collate_images):
             for j, err in bad:
                 log.warning("pseudo-labels: %s skipped (%s)", paths[j], err)
             if batch is not None:
@@ -260,8 +263,6 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
                 lambda_u: float = 1.0, epochs: int = 40, balance: bool = True, mode: str = "head",
                 backbone: str | None = None) -> PseudoReport:
     """Pseudo-labels for the ``unlabeled`` split; see the module docstring. Re-running replaces them."""
-    import fiftyone as fo
-
     from fieldguide.models.embed import load_embeddings
     from fieldguide.models.train import predict_head
 
@@ -304,16 +305,13 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
         # cleared on every unlabeled sample; accepted ones (now train) keep where their label came from
         values = {sid: None for sid in ds.match_tags("unlabeled").values("id")}
         for r, c, p in zip(rows, labels, conf):
-            values[unl_ids[r]] = fo.Classification(label=classes[c], confidence=float(p), origin="pseudo",
-                                                   run_id=run_id)
-        if not ds.has_sample_field(PSEUDO_FIELD):
-            ds.add_sample_field(PSEUDO_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+            values[unl_ids[r]] = {"label": classes[c], "confidence": float(p), "origin": "pseudo", "run_id": run_id}
+        declare_fields(ds, {PSEUDO_FIELD: "classification"})
         ds.untag_samples(PSEUDO_TAG)
-        ds.set_values(PSEUDO_FIELD, values, key_field="id")
+        set_classifications(ds, PSEUDO_FIELD, values)
         chosen = [unl_ids[r] for r in rows]
         ds.select(chosen).tag_samples(PSEUDO_TAG)
-        ds.save_view("pseudo_labeled", ds.match_tags(PSEUDO_TAG).sort_by(f"{PSEUDO_FIELD}.confidence", reverse=True),
-                     overwrite=True)
+        save_view(ds, "pseudo_labeled", tag=PSEUDO_TAG, sort_by=f"{PSEUDO_FIELD}.confidence", reverse=True)
         store.snapshot_samples(project, ds)
         per_class = {classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
         wh.write("metrics", [{"run_id": run_id, "split": "unlabeled", "name": "pseudo_labels", "value": float(len(rows))},

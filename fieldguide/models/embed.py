@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fieldguide.config import Project
 from fieldguide.errors import NotReadyError
 from fieldguide.models.backbones import Backbone, count_macs, count_params, load_backbone
+from fieldguide.models.batches import ImageFiles, collate_images
 from fieldguide.platform import store
 from fieldguide.platform.warehouse import now
 from fieldguide.platform.lock import writes
@@ -54,32 +54,6 @@ class EmbedReport:
         }
 
 
-class ImageFiles(Dataset):
-    """Images by path through a transform; an unreadable file yields its error instead."""
-
-    def __init__(self, paths: list[str], transform):
-        self.paths = paths
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            with Image.open(self.paths[i]) as im:
-                return i, self.transform(im.convert("RGB")), None
-        except Exception as e:  # noqa: BLE001 - reported per file, the run goes on
-            return i, None, f"{type(e).__name__}: {e}"
-
-
-def _collate(items):
-    good = [(i, x) for i, x, err in items if err is None]
-    bad = [(i, err) for i, _, err in items if err is not None]
-    idx = torch.tensor([i for i, _ in good], dtype=torch.long)
-    batch = torch.stack([x for _, x in good]) if good else None
-    return idx, batch, bad
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,7 +67,7 @@ def iter_features(bb: Backbone, paths: list[str], *, batch_size: int = 64, num_w
     model = bb.model.to(dev).eval()
     loader = DataLoader(
         ImageFiles(paths, bb.transform()), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=_collate, pin_memory=dev.type == "cuda",
+        collate_fn=collate_images, pin_memory=dev.type == "cuda",
         persistent_workers=False,
     )
     with torch.inference_mode():

@@ -22,6 +22,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.class_weight import compute_class_weight
 
+from fieldguide.models.crossval import cross_val_pred_probs
+
 _HEADS: dict[str, Callable[..., BaseEstimator]] = {}
 
 
@@ -204,8 +206,6 @@ class EnsembleHead(_Head):
         than its best member."""
 
         from scipy.optimize import minimize_scalar
-
-        from fieldguide.models.predict import cross_val_pred_probs
 
         k = len(self.classes_)
         rows = np.arange(len(y))

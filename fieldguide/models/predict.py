@@ -10,69 +10,24 @@ curation step.
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold
-from tqdm.auto import tqdm
 
 from fieldguide.config import Project
 from fieldguide.errors import NotReadyError
+from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
 from fieldguide.models.embed import load_embeddings
 from fieldguide.models.heads import make_head
 from fieldguide.platform import store
+from fieldguide.platform.fields import set_classifications
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
 FIT_SPLITS = ("train",)
-
-
-def _aligned_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``model.predict_proba(X)`` spread over all ``n_classes`` (classes the model never saw: 0)."""
-    out = np.zeros((len(X), n_classes))
-    out[:, np.asarray(model.classes_, dtype=int)] = model.predict_proba(X)
-    return out
-
-
-def n_folds_for(y: np.ndarray, folds: int) -> int:
-    """Folds that StratifiedKFold can make: at most the size of the largest class, at least 2."""
-    largest = int(np.bincount(y).max()) if len(y) else 0
-    return max(2, min(folds, largest, len(y)))
-
-
-def cross_val_pred_probs(make: Callable[[], object], X: np.ndarray, y: np.ndarray, n_classes: int,
-                         *, folds: int = 5, seed: int = 0, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold probabilities for labeled samples.
-
-    Args:
-        make: builds a fresh, unfitted head.
-        X: (n, d) features; y: (n,) class indices in ``[0, n_classes)``.
-    Returns:
-        ``(pred_probs (n, n_classes), fold (n,))``: row i comes from the head fit without fold[i].
-        A class with fewer samples than folds is absent from some training folds; its column is
-        0 there (never a crash).
-    """
-    X = np.asarray(X)
-    y = np.asarray(y, dtype=int)
-    if len(y) < 2:
-        raise NotReadyError(f"need at least 2 labeled samples for cross-validation, got {len(y)}")
-    k = n_folds_for(y, folds)
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    probs = np.zeros((len(y), n_classes))
-    fold = np.full(len(y), -1, dtype=int)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class")
-        splits = list(skf.split(X, y))
-    for f, (tr, te) in enumerate(tqdm(splits, desc="k-fold", unit="fold", disable=None if progress else True)):
-        model = make().fit(X[tr], y[tr])
-        probs[te] = _aligned_proba(model, X[te], n_classes)
-        fold[te] = f
-    return probs, fold
 
 
 @dataclass
@@ -94,8 +49,6 @@ class PredictReport:
 def predict(project: Project, *, head: str | None = None, folds: int | None = None,
             backbone: str | None = None, seed: int | None = None) -> PredictReport:
     """Out-of-sample predictions for every sample with an embedding; see the module docstring."""
-    import fiftyone as fo
-
     cfg = project.config.predict
     head = head or cfg.head
     folds = folds or cfg.folds
@@ -120,7 +73,7 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         probs[fit_mask], fold[fit_mask] = oof, fold_fit
         if (~fit_mask).any():
             full = clone(make_head(head)).fit(X[fit_mask], y)
-            probs[~fit_mask] = _aligned_proba(full, X[~fit_mask], len(classes))
+            probs[~fit_mask] = aligned_proba(full, X[~fit_mask], len(classes))
         path = project.run_dir(run_id) / "pred_probs.npz"
         np.savez_compressed(path, sample_ids=np.array(ids), classes=np.array(classes), pred_probs=probs,
                             fold=fold, labels=table["label"].fillna("").to_numpy().astype(str),
@@ -128,10 +81,10 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         top = probs.argmax(axis=1)
         logits = np.log(np.clip(probs, 1e-12, None))
         predictions = {
-            sid: fo.Classification(label=classes[t], confidence=float(probs[i, t]), logits=logits[i].tolist())
+            sid: {"label": classes[t], "confidence": float(probs[i, t]), "logits": logits[i].tolist()}
             for i, (sid, t) in enumerate(zip(ids, top))
         }
-        ds.set_values("prediction", predictions, key_field="id")
+        set_classifications(ds, "prediction", predictions)
         oof_top1 = float((oof.argmax(axis=1) == y).mean())
         wh.write("metrics", [
             {"run_id": run_id, "split": "train_oof", "name": "top1", "value": oof_top1},

@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
+from fieldguide.models.batches import ImageFiles, collate_train, head_batches
 from fieldguide.models.entropy import METHODS, EntropySchedule, training_loss
+from fieldguide.models.transforms import train_transform
 from fieldguide.platform import store
 from fieldguide.platform.lock import writes
 
@@ -134,29 +136,6 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, 
             checkpoint(state)
     model.eval()
     return state
-
-
-def head_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, *,
-                 pool: dict[int, np.ndarray] | None = None, alpha: float = 0.0):
-    """``batches(epoch)`` over in-memory embeddings, shuffled per epoch with a fixed seed.
-
-    With ``pool`` (training row -> rows of ``X`` holding its synthetic augmentations), a row is
-    replaced by one of its augmentations with probability ``alpha`` (its label stays)."""
-    from fieldguide.curation.augment import mix_in_augmentations
-
-    n = len(y)
-
-    def batches(epoch: int):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        rng = np.random.default_rng(seed * 1000 + epoch)
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            rows = idx
-            if pool and alpha > 0:
-                rows = torch.as_tensor(mix_in_augmentations(idx.numpy(), pool, alpha, rng))
-            yield idx, X[rows], y[idx]
-
-    return batches
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, method: str = "two-stage-entropy",
@@ -450,7 +429,7 @@ def _train_finetune(project, ds, run_id, config, classes, index, resumed, progre
     from torch.utils.data import DataLoader
 
     from fieldguide.models.backbones import load_backbone
-    from fieldguide.models.embed import ImageFiles, resolve_device
+    from fieldguide.models.embed import resolve_device
 
     cfg = project.config.train
     mcfg = project.config.models
@@ -477,20 +456,20 @@ def _train_finetune(project, ds, run_id, config, classes, index, resumed, progre
         opt.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
         state = resumed["state"]
-    train_tf = _train_transform(bb)
+    train_tf = train_transform(bb)
     files = ImageFiles(list(paths[train_mask]), train_tf)
     yt = torch.as_tensor(y, dtype=torch.long)
 
     def batches(epoch: int):
         loader = DataLoader(files, batch_size=cfg.finetune_batch_size, shuffle=True, num_workers=mcfg.num_workers,
-                            collate_fn=_collate_train, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+                            collate_fn=collate_train, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         for idx, x in loader:
             yield idx, x, yt[idx]
 
     def predict_images(m, ps) -> np.ndarray:
         out = []
         loader = DataLoader(ImageFiles(list(ps), bb.transform()), batch_size=cfg.finetune_batch_size,
-                            num_workers=mcfg.num_workers, collate_fn=_collate_train)
+                            num_workers=mcfg.num_workers, collate_fn=collate_train)
         with torch.inference_mode():
             for _, x in loader:
                 out.append(torch.softmax(m(x.to(device)), dim=1).float().cpu().numpy())
@@ -514,29 +493,6 @@ def _train_finetune(project, ds, run_id, config, classes, index, resumed, progre
                 device=device, progress=progress)
     probs = predict_images(model, paths[test_mask]) if test_mask.any() else None
     return _finish(project, run_id, config, classes, state, train_ids, probs, y_test, report)
-
-
-def _train_transform(bb, strong: bool = False):
-    """The backbone's preprocessing with weak (random resized crop, flip) or, with ``strong``,
-    strong augmentation (plus RandAugment), as semi-supervised training uses them."""
-    import torchvision.transforms as T
-
-    base = bb.transform()
-    steps = list(getattr(base, "transforms", [base]))
-    size = bb.input_size
-    aug = [T.RandomResizedCrop(size, scale=(0.6, 1.0)), T.RandomHorizontalFlip()]
-    if strong:
-        aug = [T.RandomResizedCrop(size, scale=(0.3, 1.0)), T.RandomHorizontalFlip(), T.RandAugment(num_ops=2)]
-    tail = [s for s in steps if type(s).__name__ in ("ToTensor", "Normalize", "MaybeToTensor")]
-    return T.Compose(aug + tail) if tail else base
-
-
-def _collate_train(items):
-    good = [(i, x) for i, x, err in items if err is None]
-    for i, _, err in items:
-        if err is not None:
-            log.warning("training image %s skipped: %s", i, err)
-    return torch.tensor([i for i, _ in good], dtype=torch.long), torch.stack([x for _, x in good])
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------
