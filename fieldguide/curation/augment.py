@@ -25,7 +25,6 @@ import numpy as np
 
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, ModelError, NotReadyError
-from fieldguide.models.batches import mix_in_augmentations  # noqa: F401 - how training uses what augment makes
 from fieldguide.platform import store
 from fieldguide.platform.fields import add_samples, save_view
 from fieldguide.platform.lock import writes
