@@ -92,6 +92,9 @@ def build_warehouse(project) -> Warehouse:
         {"run_id": "ingest-0", "path": "/data/old/broken.jpg", "reason": "not an image"},
         {"run_id": "ingest-1", "path": "/data/new/empty.jpg", "reason": "empty file"},
         {"run_id": "ingest-1", "path": "/data/new/notes.txt", "reason": "not an image"},
+        # a notice: ingested, with a decision the curator should know of; not a reject
+        {"run_id": "ingest-1", "path": "/data/new/twice.jpg", "reason": "listed 2 times (identical rows)",
+         "kind": "notice"},
     ])
     wh.write("metrics", [
         {"run_id": "flag-1", "split": "all", "name": "flagged", "value": 9},

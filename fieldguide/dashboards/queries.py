@@ -85,11 +85,15 @@ def class_fill(wh: Warehouse) -> pd.DataFrame:
 
 
 def ingest_rejects(wh: Warehouse) -> pd.DataFrame:
-    """Rejects of every ingest run, newest run first: run_id, started, path, reason."""
+    """Rejects of every ingest run, newest run first: run_id, started, path, reason.
+
+    Notices (files ingested with a decision reported beside them) are not rejects.
+    """
     return _query(
         wh,
         "SELECT j.run_id, r.started, j.path, j.reason FROM rejects j "
-        "LEFT JOIN runs r USING (run_id) ORDER BY r.started DESC NULLS LAST, j.path",
+        "LEFT JOIN runs r USING (run_id) WHERE coalesce(j.kind, 'reject') = 'reject' "
+        "ORDER BY r.started DESC NULLS LAST, j.path",
     )
 
 
