@@ -10,13 +10,12 @@ from typer.testing import CliRunner
 from fieldguide.cli import app
 from fieldguide.curation.pseudolabel import (PSEUDO_TAG, accept_pseudo_labels, fit_semi_supervised,
                                               pseudo_mixup, pseudolabel, select_pseudo_labels)
-from fieldguide.errors import NotReadyError
+from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.models.embed import embed
 from fieldguide.models.train import predict_head
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
-from conftest import CLASS_COLORS, make_image, use_tiny_backbone
-from tests.test_curation import _blobs
+from conftest import CLASS_COLORS, blobs, make_image, use_tiny_backbone
 
 
 def test_selection_thresholds_and_balances_classes():
@@ -43,7 +42,7 @@ def test_pseudo_mixup_weights_by_confidence():
 
 
 def test_teacher_learns_from_unlabeled_data():
-    X, y = _blobs(n_classes=5, per_class=60, spread=1.0)
+    X, y = blobs(n_classes=5, per_class=60, spread=1.0)
     rng = np.random.default_rng(0)
     lab = np.zeros(len(y), dtype=bool)
     for c in range(5):
@@ -107,7 +106,7 @@ def test_finetune_mode_pseudo_labels_from_weak_and_strong_views(ingested, tiny_w
     assert report.unlabeled == 6 and report.selected > 0
     ds.reload()
     assert set(ds.match_tags(PSEUDO_TAG).values("ground_truth")) == {None}
-    with pytest.raises(Exception, match="mode"):
+    with pytest.raises(FieldguideError, match="pseudo-labeling mode 'sideways': use head or finetune"):
         pseudolabel(p, mode="sideways")
 
 

@@ -46,15 +46,22 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def grpo_loss(logits: torch.Tensor, target: torch.Tensor, k: int = 8,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """GRPO's policy loss for a classifier: K labels sampled per row, reward = (sample == target)."""
+              generator: torch.Generator | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """GRPO's policy loss for a classifier: K labels sampled per row, reward = (sample == target);
+    ``weight`` (n,) weighs the rows' losses."""
     logp = F.log_softmax(logits, dim=-1)
     with torch.no_grad():
         samples = torch.multinomial(logp.exp().float(), k, replacement=True, generator=generator)
         rewards = (samples == target[:, None]).float()
         adv = grpo_advantages(rewards)
     chosen = logp.gather(1, samples)
-    return -(adv * chosen).mean()
+    return _weighted_mean(-(adv * chosen).mean(dim=1), weight)
+
+
+def _weighted_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return per_sample.mean()
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
 @dataclass
@@ -131,10 +138,9 @@ def training_loss(method: str, logits: torch.Tensor, target: torch.Tensor, lam: 
         raise ValueError(f"training method {method!r}: use one of {', '.join(METHODS)}")
     ent = entropy(logits)
     if method == "grpo":
-        task = grpo_loss(logits, target, k, generator)
+        task = grpo_loss(logits, target, k, generator, weight)
     else:
-        per = F.cross_entropy(logits, target, reduction="none")
-        task = (per * weight).sum() / weight.sum().clamp_min(1e-8) if weight is not None else per.mean()
+        task = _weighted_mean(F.cross_entropy(logits, target, reduction="none"), weight)
     if method == "ce":
         return task, ent
     return task + lam * (-ent.mean()), ent
