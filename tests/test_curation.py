@@ -409,7 +409,8 @@ def test_signals_export_has_one_row_per_sample(predicted, tmp_path):
     assert rows == len(df) == 24
     assert list(df.columns[:5]) == BASE_COLUMNS
     assert {"label_quality", "knn_disagreement"} <= set(df.columns)
-    assert df["noise_score"].between(0, 1).all()
+    stored = dict(zip(*store.dataset(p).values(["filepath", "noise_score"])))
+    assert dict(zip(df["filepath"], df["noise_score"])) == pytest.approx(stored)
     assert set(df["label"]) == {"red_bird", "green_bird", "blue_bird"}
 
 
