@@ -496,7 +496,7 @@ def labelstudio_start(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Start the project's Label Studio (127.0.0.1, data under PROJECT/labelstudio)."""
-    from fieldguide.platform.labelstudio_server import start
+    from fieldguide.platform.labelstudio import start
 
     info = start(_project(), port=port, timeout_s=timeout)
     if as_json:
@@ -509,7 +509,7 @@ def labelstudio_start(
 @labelstudio_app.command("stop")
 def labelstudio_stop() -> None:
     """Stop the project's Label Studio (its whole process group)."""
-    from fieldguide.platform.labelstudio_server import stop
+    from fieldguide.platform.labelstudio import stop
 
     typer.echo("Label Studio stopped" if stop(_project()) else "Label Studio was not running")
 
@@ -517,7 +517,7 @@ def labelstudio_stop() -> None:
 @labelstudio_app.command("status")
 def labelstudio_status(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
     """Is the project's Label Studio running, and where (the token is never shown)."""
-    from fieldguide.platform.labelstudio_server import status as ls_status
+    from fieldguide.platform.labelstudio import status as ls_status
 
     info = ls_status(_project())
     if as_json:
@@ -534,7 +534,7 @@ def labelstudio_listen(
     port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: labelstudio.webhook_port)."),
 ) -> None:
     """Receive Label Studio's annotation webhooks and pull each answered task (Ctrl-C stops)."""
-    from fieldguide.platform.relabel import listen
+    from fieldguide.platform.labelstudio import listen
 
     def show(task_ids, report):
         typer.echo(f"tasks {', '.join(map(str, task_ids))}: applied {report.applied} "
@@ -554,7 +554,7 @@ def relabel_push(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Send the samples of a saved view to Label Studio (a sample never gets two tasks)."""
-    from fieldguide.platform.relabel import push
+    from fieldguide.platform.labelstudio import push
 
     report = push(_project(), view=view, limit=limit)
     if as_json:
@@ -567,7 +567,7 @@ def relabel_push(
 @relabel_app.command("pull")
 def relabel_pull(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
     """Apply the curators' answers from Label Studio (re-running applies nothing twice)."""
-    from fieldguide.platform.relabel import pull
+    from fieldguide.platform.labelstudio import pull
 
     report = pull(_project())
     if as_json:

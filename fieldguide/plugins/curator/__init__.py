@@ -86,7 +86,7 @@ class PushToLabelStudio(_FieldguideOperator):
         return types.Property(inputs, view=types.View(label="Push to Label Studio"))
 
     def run(self, ctx):
-        from fieldguide.platform.relabel import push
+        from fieldguide.platform.labelstudio import push
 
         limit = ctx.params.get("limit")
         if limit is not None and int(limit) < 0:
@@ -112,7 +112,7 @@ class PullFromLabelStudio(_FieldguideOperator):
                                   description="apply the curators' answers (label history records them)")
 
     def run(self, ctx):
-        from fieldguide.platform.relabel import pull
+        from fieldguide.platform.labelstudio import pull
 
         report = pull(_project(ctx))
         if not ctx.delegated:
