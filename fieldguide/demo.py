@@ -103,12 +103,11 @@ def run_demo(directory: Path, data: Path, *, echo: Callable[[str], None] = print
 def _relabel(project, limit: int, echo: Callable[[str], None], summary: dict) -> None:
     """Start the project's Label Studio and push the top of the review queue (a failure is reported)."""
     from fieldguide.errors import FieldguideError
-    from fieldguide.platform import labelstudio_server
-    from fieldguide.platform.relabel import push
+    from fieldguide.platform.labelstudio import push, start
 
     t = time.perf_counter()
     try:
-        server = labelstudio_server.start(project)
+        server = start(project)
         rep = push(project, view="to_review", limit=limit)
     except FieldguideError as e:
         echo(f"relabel   Label Studio step skipped: {e}")

@@ -34,3 +34,7 @@ class ServiceError(FieldguideError):
 
 class ExportError(FieldguideError):
     """An export could not be written where it was asked to go (nothing was written)."""
+
+
+class DuplicateNameError(FieldguideError):
+    """A second signal, head, backbone, format, ... registered under a name already taken."""

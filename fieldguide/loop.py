@@ -58,11 +58,11 @@ def _last_run_id(project: Project, *kinds: str) -> str | None:
 
 
 def _labelstudio_available(project: Project) -> bool:
-    from fieldguide.platform import labelstudio_server
+    from fieldguide.platform import labelstudio
 
     if project.config.labelstudio.url:
         return True
-    return labelstudio_server.status(project).running
+    return labelstudio.status(project).running
 
 
 @writes('loop')
@@ -115,7 +115,7 @@ def run_loop(project: Project, *, echo: Callable[[str], None] = print, force: bo
 
     if _labelstudio_available(project):
         from fieldguide.errors import FieldguideError
-        from fieldguide.platform.relabel import pull, push
+        from fieldguide.platform.labelstudio import pull, push
 
         try:
             pushed = push(project, view="to_review", limit=push_limit)

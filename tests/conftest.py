@@ -89,13 +89,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_listener(project):
-    """``relabel.listen`` in a thread on a free port; yields (port, the pulls it reported)."""
-    from fieldguide.platform import relabel
+    """``labelstudio.listen`` in a thread on a free port; yields (port, the pulls it reported)."""
+    from fieldguide.platform import labelstudio as ls
 
     stop, ready, seen = threading.Event(), threading.Event(), []
     port = free_port()
     thread = threading.Thread(
-        target=relabel.listen, args=(project,),
+        target=ls.listen, args=(project,),
         kwargs={"port": port, "stop": stop, "ready": ready, "on_report": lambda t, r: seen.append((t, r))},
         daemon=True,
     )

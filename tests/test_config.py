@@ -10,6 +10,7 @@ from fieldguide.config import (
     CONFIG_NAME,
     PROJECT_ENV,
     Config,
+    dump_config,
     init_project,
     load_config,
     open_project,
@@ -71,6 +72,32 @@ def test_minimal_file_takes_defaults(tmp_path):
     assert ".jpg" in config.ingest.extensions
 
 
+
+def test_the_moved_constants_keep_their_values(tmp_path):
+    """The settings that were constants in the code default to the values the code had."""
+    config = load_config(_write(tmp_path, '[project]\nname = "moths"\n'))
+    pl = config.pseudolabel
+    assert (pl.threshold, pl.ema_decay, pl.mu, pl.lambda_u, pl.epochs, pl.balance, pl.mode) == (
+        0.7, 0.9999, 3, 1.0, 40, True, "head")
+    assert config.signals.weights == {"label_quality": 0.5, "knn_disagreement": 0.25, "consensus_quality": 0.25,
+                                      "entropy_aum": 0.1}
+    assert (config.app.port, config.dashboards.port) == (5151, 8501)
+    assert (config.dashboards.outlier_threshold, config.dashboards.matrix_max_classes) == (0.2, 40)
+
+
+def test_non_default_settings_read_back_from_the_file(tmp_path):
+    project = init_project(tmp_path, "moths")
+    text = project.config_path.read_text()
+    assert "weights = { label_quality = 0.5, knn_disagreement = 0.25" in text  # an inline table
+    text = (text.replace("weights = { label_quality = 0.5,", 'weights = { "odd key" = 2.0, label_quality = 0.75,')
+            .replace("mu = 3", "mu = 5").replace("port = 5151", "port = 6200"))
+    project.config_path.write_text(text)
+    config = open_project(tmp_path).config
+    assert config.signals.weights["label_quality"] == 0.75 and config.signals.weights["odd key"] == 2.0
+    assert (config.pseudolabel.mu, config.app.port) == (5, 6200)
+    assert load_config(_write(tmp_path, dump_config(config))) == config  # dict keys written back as TOML
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -81,6 +108,10 @@ def test_minimal_file_takes_defaults(tmp_path):
         ('[project]\nname = "x"\n[predict]\nfolds = "five"\n', "'predict.folds': Input should be a valid integer"),
         ('[project]\nname = "x"\n[labelstudio]\nport = 70000\n', "'labelstudio.port'"),
         ('[project]\nname = "has space"\n', "'project.name': Value error, use letters, digits"),
+        ('[project]\nname = "x"\n[signals]\nweights = { knn_disagreement = -1.0 }\n',
+         "'signals.weights.knn_disagreement': Input should be greater than or equal to 0 (got -1.0)"),
+        ('[project]\nname = "x"\n[pseudolabel]\nthreshold = 1.5\n', "'pseudolabel.threshold'"),
+        ('[project]\nname = "x"\n[dashboards]\nport = 0\n', "'dashboards.port'"),
     ],
 )
 def test_bad_keys_and_values_are_one_line_errors_naming_the_key(tmp_path, text, expected):

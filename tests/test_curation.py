@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fieldguide.cli import app
+from fieldguide.config.sections import SignalsSection
 from fieldguide.curation import signals as sig
 from fieldguide.curation.export import BASE_COLUMNS, export_signals
 from fieldguide.curation.flag import flag
@@ -112,7 +113,7 @@ def test_combined_score_beats_cleanlab_on_the_same_pred_probs(kind):
 def test_signals_registry_adds_a_signal_without_other_changes():
     name = "test_constant_signal"
 
-    @sig.register_signal(name, weights={"always_half": 0.0}, noisy_when={"always_half": "high"})
+    @sig.register_signal(name, noisy_when={"always_half": "high"})
     def _half(inp):
         return {"always_half": np.full(len(inp.labels), 0.5)}
 
@@ -247,8 +248,8 @@ def test_multiannotator_signal_with_one_voted_sample():
     assert np.isnan(values["consensus_quality"]).sum() == 5
     assert values["consensus_quality"][2] == pytest.approx(0.1)  # the model gives the vote's class 0.1
     assert values["consensus_disagrees"][2] == 1.0
-    weights, direction = sig.combine_weights()
-    assert np.isfinite(noise_score(values, weights, direction)).all()
+    weights = sig.check_weights(SignalsSection().weights)
+    assert np.isfinite(noise_score(values, weights, sig.directions())).all()
 
 # ---- the flag step on a real store ---------------------------------------------------------------------
 def test_flag_writes_scores_tags_views_and_warehouse(predicted):
@@ -286,6 +287,28 @@ def test_flag_writes_scores_tags_views_and_warehouse(predicted):
     assert counts["mistakenness"] == 24 and counts["uniqueness"] == 24  # FiftyOne Brain, from logits and embeddings
     snap = wh.query("SELECT count(*) FROM samples WHERE noise_score IS NOT NULL").iloc[0, 0]
     assert snap == 24
+
+
+def test_flag_weights_come_from_the_project_file(predicted):
+    from fieldguide.config import dump_config, open_project
+
+    p = predicted
+    p.config.signals.weights = {"knn_disagreement": 1.0}  # the noise score is then the kNN signal's rank alone
+    p.config_path.write_text(dump_config(p.config))
+    report = flag(open_project(p.root))
+    ds = store.dataset(p)
+    knn = store.warehouse(p).query("SELECT sample_id, value FROM signals WHERE run_id = ? AND signal = ?",
+                                   [report.run_id, "knn_disagreement"]).set_index("sample_id")["value"]
+    ids, scores = ds.select(knn.index.tolist(), ordered=True).values(["id", "noise_score"])
+    assert ids == knn.index.tolist() and len(ids) == report.assessed
+    assert np.allclose(scores, percentile_rank(knn.to_numpy(), "high"))
+
+    p.config.signals.weights = {"knn_disagreement": 1.0, "knn_disagremeent": 0.5}
+    p.config_path.write_text(dump_config(p.config))
+    res = CliRunner().invoke(app, ["--project", str(p.root), "flag"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1].startswith(
+        "error: signals.weights: 'knn_disagremeent' is not a signal output (known: ")
 
 
 def test_reflag_replaces_tags_and_keeps_old_signals(predicted):

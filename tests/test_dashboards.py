@@ -350,6 +350,22 @@ def test_models_page_leaderboard_curves_f1_confusions(full_project):
     assert (shown["Classes better"], shown["Classes worse"], shown["Mean F1 change"]) == ("1", "4", "-0.080")
 
 
+def test_thresholds_and_the_app_port_come_from_the_project_file(full_project):
+    from fieldguide.config import dump_config
+
+    config = full_project.config
+    config.dashboards.outlier_threshold = 0.1
+    config.dashboards.matrix_max_classes = 3
+    config.app.port = 6123
+    full_project.config_path.write_text(dump_config(config))
+    at = render()
+    assert metrics(at)["Outliers"] == str(sum(v <= 0.1 for v in OUTLIERS.values()))
+    at = render("sections/review.py")
+    assert "http://127.0.0.1:6123/datasets/" in texts(at)
+    at = render("sections/models.py")
+    assert "Showing the 3 classes in the most-confused pairs." in texts(at)
+
+
 def test_benchmark_page_shows_project_tables(full_project):
     folder = full_project.runs_dir / "benchmarks"
     folder.mkdir(parents=True)

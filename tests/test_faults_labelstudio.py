@@ -24,9 +24,10 @@ from conftest import CLASS_COLORS, free_port, make_image, running_listener
 from fieldguide.cli import app
 from fieldguide.config import dump_config, init_project, open_project
 from fieldguide.errors import ServiceError
-from fieldguide.platform import labelstudio_server as lss
-from fieldguide.platform import relabel, store
+from fieldguide.platform import labelstudio as ls
+from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
+from fieldguide.platform.labelstudio.pulling import Puller
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 CLASSES = sorted(CLASS_COLORS)
@@ -59,7 +60,7 @@ def _true_class(filepath: str) -> str:
 
 
 def _ls_project(sdk, project):
-    title = relabel.project_title(project)
+    title = ls.project_title(project)
     return next(p for p in sdk.projects.list(title=title) if p.title == title)
 
 
@@ -138,10 +139,10 @@ def birds(tmp_path_factory, tiny_weights):
     ]
     for source in sources:
         ingest(project, source, fmt="folder")
-    info = lss.start(project, port=free_port(), timeout_s=600)
+    info = ls.start(project, port=free_port(), timeout_s=600)
     assert info.running
     yield project
-    lss.stop(project)
+    ls.stop(project)
     store.release_database()
 
 
@@ -149,14 +150,14 @@ def birds(tmp_path_factory, tiny_weights):
 def sdk(birds):
     from label_studio_sdk import LabelStudio
 
-    conn = lss.connection(birds)
+    conn = ls.connection(birds)
     return LabelStudio(base_url=conn.url, api_key=conn.token)
 
 
 @pytest.fixture
 def listener(birds):
-    """``relabel.listen`` in a thread on a free port: (port, the pulls it made)."""
-    relabel.push(birds, sample_ids=_fresh(birds, 1, "photos"))  # the Label Studio project its webhook joins
+    """``labelstudio.listen`` in a thread on a free port: (port, the pulls it made)."""
+    ls.push(birds, sample_ids=_fresh(birds, 1, "photos"))  # the Label Studio project its webhook joins
     with running_listener(birds) as (port, seen):
         yield port, seen
 
@@ -165,7 +166,7 @@ def _hook_secret(sdk, birds, port: int) -> str:
     """The listener's secret as any Label Studio API user reads it (/api/webhooks)."""
     hooks = [h for h in sdk.webhooks.list(project=str(_ls_project(sdk, birds).id)) if f":{port}/" in h.url]
     assert len(hooks) == 1
-    return hooks[0].headers[relabel.WEBHOOK_HEADER]
+    return hooks[0].headers[ls.WEBHOOK_HEADER]
 
 
 _OMIT = object()
@@ -237,9 +238,9 @@ def test_label_studio_serves_the_images_and_not_the_project_files(birds, sdk):
     project = birds
     ds = store.dataset(project, create=False)
     ids = _fresh(project, 1, "photos") + _fresh(project, 1, "more") + _fresh(project, 1, "project/images")
-    out = relabel.push(project, sample_ids=ids)
+    out = ls.push(project, sample_ids=ids)
     assert out.pushed == 3
-    conn = lss.connection(project)
+    conn = ls.connection(project)
     area = project.root.parent
     storages = {Path(s.path) for s in sdk.import_storage.local.list(project=out.project_id)}
     assert storages == {area / "photos", area / "more" / "train", project.root / "images" / "train"}
@@ -256,7 +257,7 @@ def test_label_studio_serves_the_images_and_not_the_project_files(birds, sdk):
         r = httpx.get(conn.url + tasks[sid].data["image"], headers=auth)
         assert r.status_code == 200 and r.content == Path(ds[sid].filepath).read_bytes()
 
-    creds = lss.credentials(project)
+    creds = ls.credentials(project)
     secrets_ = [project.labelstudio_dir / "credentials.json", project.warehouse_path, project.config_path]
 
     def refused(path) -> bool:
@@ -272,29 +273,29 @@ def test_label_studio_serves_the_images_and_not_the_project_files(birds, sdk):
     assert leak.status_code == 200 and creds["token"] in leak.text
     assert get(secrets_[1]).content[:4] == project.warehouse_path.read_bytes()[:4]
     # ... and the next push removes it
-    assert relabel.push(project, sample_ids=ids).already_pushed == 3
+    assert ls.push(project, sample_ids=ids).already_pushed == 3
     left = {s.id: Path(s.path) for s in sdk.import_storage.local.list(project=out.project_id)}
     assert old.id not in left and set(left.values()) == storages
     assert all(refused(p) for p in secrets_) and refused(sneaky)
     # so does the next pull (or the listener's)
     old = sdk.import_storage.local.create(project=out.project_id, path=str(area), title="old", use_blob_urls=True)
     assert get(secrets_[0]).status_code == 200
-    relabel.pull(project)
+    ls.pull(project)
     assert old.id not in {s.id for s in sdk.import_storage.local.list(project=out.project_id)}
     assert all(refused(p) for p in secrets_)
 
 
 def test_images_in_the_project_folder_itself_are_refused_in_one_line(birds):
-    protected = lss.protected_paths(birds)
+    protected = ls.protected_paths(birds)
     root = birds.root.parent.parent
     with pytest.raises(ServiceError, match="share a folder with the project's own files"):
-        lss.served_folders([birds.root], document_root=root, protected=protected)
+        ls.served_folders([birds.root], document_root=root, protected=protected)
     # a folder that is only a string prefix of the project's folder counts as holding it
     prefix = Path(str(birds.root)[:-2])
     with pytest.raises(ServiceError, match="share a folder"):
-        lss.served_folders([prefix], document_root=root, protected=protected)
+        ls.served_folders([prefix], document_root=root, protected=protected)
     # image folders inside the project are served one by one (their parent holds more than them)
-    assert lss.served_folders([birds.root / "images" / "a", birds.root / "images" / "b"],
+    assert ls.served_folders([birds.root / "images" / "a", birds.root / "images" / "b"],
                               document_root=root, protected=protected) == [birds.root / "images" / "a",
                                                                            birds.root / "images" / "b"]
 
@@ -314,7 +315,7 @@ def test_a_forged_webhook_cannot_change_a_label(birds, sdk, listener):
     ds = store.dataset(project, create=False)
     (sid,) = _fresh(project, 1, "photos")
     other_sid = ds.match_tags("test").first().id  # never pushed: test samples are this test's own
-    relabel.push(project, sample_ids=[sid])
+    ls.push(project, sample_ids=[sid])
     given, other_given = ds[sid].ground_truth.label, ds[other_sid].ground_truth.label
     forged_label = _other(given)
     task = _ls_tasks(sdk, project)[sid]
@@ -340,7 +341,7 @@ def test_a_forged_webhook_cannot_change_a_label(birds, sdk, listener):
     assert all(r.applied == 0 for _, r in seen)
     assert any("did not push it" in line for _, r in seen for line in r.problems)
     # 3) a task of another Label Studio project
-    foreign = sdk.projects.create(title="not fieldguide", label_config=relabel.label_config(CLASSES))
+    foreign = sdk.projects.create(title="not fieldguide", label_config=ls.label_config(CLASSES))
     sdk.projects.import_tasks(foreign.id, request=[{"data": {"sample_id": sid, "image": "x", "info": "x"}}])
     (ftask,) = list(sdk.tasks.list(project=foreign.id))
     sdk.annotations.create(ftask.id, result=_choice(forged_label))
@@ -366,7 +367,7 @@ def test_a_webhook_while_another_step_writes_is_pulled_after_it(birds, sdk, list
 
     port, seen = listener
     (sid,) = _fresh(birds, 1, "photos")
-    relabel.push(birds, sample_ids=[sid])
+    ls.push(birds, sample_ids=[sid])
     ds = store.dataset(birds, create=False)
     given = ds[sid].ground_truth.label
     task = _ls_tasks(sdk, birds)[sid]
@@ -376,7 +377,7 @@ def test_a_webhook_while_another_step_writes_is_pulled_after_it(birds, sdk, list
     try:
         with project_lock(birds, "train"):
             sdk.annotations.create(task.id, result=_choice(_other(given)))
-            time.sleep(3 * relabel.BUSY_RETRY_S)
+            time.sleep(3 * ls.BUSY_RETRY_S)
             assert len(seen) == n  # nothing applied while the project was busy ...
     finally:
         birds.config.store.lock_timeout_s = patient
@@ -436,17 +437,17 @@ def test_the_listener_answers_malformed_requests_with_a_4xx(birds, sdk, listener
 
 # ---- 4. two pulls at once apply an answer once --------------------------------------------------
 def test_five_pulls_at_once_apply_an_answer_once(birds, sdk):
-    """Three ``relabel.pull`` threads and two ``fieldguide relabel pull`` processes, all at once."""
+    """Three ``labelstudio.pull`` threads and two ``fieldguide relabel pull`` processes, all at once."""
     project = birds
     (sid,) = _fresh(project, 1, "photos")
-    relabel.push(project, sample_ids=[sid])
+    ls.push(project, sample_ids=[sid])
     given = store.dataset(project, create=False)[sid].ground_truth.label
     sdk.annotations.create(_ls_tasks(sdk, project)[sid].id, result=_choice(_other(given)))
     exe = Path(sys.executable).parent / "fieldguide"
     procs = [subprocess.Popen([str(exe), "-p", str(project.root), "relabel", "pull", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     with ThreadPoolExecutor(3) as pool:
-        in_process = [f.result().applied for f in [pool.submit(relabel.pull, project) for _ in range(3)]]
+        in_process = [f.result().applied for f in [pool.submit(ls.pull, project) for _ in range(3)]]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     applied = sorted(in_process + [json.loads(out)["applied"] for out, _ in outs])
@@ -463,13 +464,13 @@ def test_a_pull_that_started_before_another_applied_does_not_apply_again(birds, 
     """
     project = birds
     (sid,) = _fresh(project, 1, "more")
-    relabel.push(project, sample_ids=[sid])
+    ls.push(project, sample_ids=[sid])
     given = store.dataset(project, create=False)[sid].ground_truth.label
     task_id = _ls_tasks(sdk, project)[sid].id
     sdk.annotations.create(task_id, result=_choice(_other(given)))
-    client = relabel._Client(lss.connection(project))
-    proj_id = client.find_project(relabel.project_title(project)).id
-    first, late = (relabel._Puller(project, client, proj_id, run) for run in ("pull-a", "pull-b"))
+    client = ls.Client(ls.connection(project))
+    proj_id = client.find_project(ls.project_title(project)).id
+    first, late = (Puller(project, client, proj_id, run) for run in ("pull-a", "pull-b"))
     task = client.task(task_id)
     first.apply(task)
     late.apply(task)  # built before the first applied: its cached rows say "pushed"
@@ -489,11 +490,11 @@ def test_image_folders_far_apart_are_served_apart_never_their_common_parent(tmp_
     project.mkdir(parents=True)
     images = [home / "Pictures" / "a", home / "Downloads" / "b", home / "Downloads" / "b" / "more"]
     protected = [project]
-    served = lss.served_folders(images, document_root=tmp_path, protected=protected)
+    served = ls.served_folders(images, document_root=tmp_path, protected=protected)
     assert served == [home / "Downloads" / "b", home / "Pictures" / "a"]
     # a folder that holds nothing but image folders is served whole (one storage, not one per class)
     (home / "Pictures" / "c").rmdir()
     (home / "Pictures" / "d").mkdir()
-    served = lss.served_folders([home / "Pictures" / "a", home / "Pictures" / "d"], document_root=tmp_path,
+    served = ls.served_folders([home / "Pictures" / "a", home / "Pictures" / "d"], document_root=tmp_path,
                                protected=protected)
     assert served == [home / "Pictures"]

@@ -6,7 +6,7 @@ the module graph is built and three rules are checked:
 
 1. no cycle among fieldguide modules;
 2. no import points up. The rooms, lowest first:
-   ``platform`` (with ``config``, ``errors`` and the package ``__init__``) < ``models`` <
+   ``platform`` (with ``config``, ``errors``, ``registry`` and the package ``__init__``) < ``models`` <
    ``curation`` < ``dashboards`` / ``plugins`` / ``loop`` / ``demo`` < ``cli``;
    a module may import its own room or a lower one, and nothing imports ``fieldguide.cli``;
 3. ``fiftyone`` is imported only under ``fieldguide/platform/`` and ``fieldguide/plugins/``;
@@ -38,6 +38,7 @@ ROOMS: dict[str, int] = {
     "platform": 0,
     "config": 0,
     "errors": 0,
+    "registry": 0,
     "models": 1,
     "curation": 2,
     "dashboards": 3,
@@ -183,8 +184,8 @@ def test_the_walk_sees_the_package():
     modules = _modules()
     assert "fieldguide.cli" in modules and "fieldguide.platform.store" in modules
     edges = _internal(_imports(modules), modules)
-    # imports inside functions count: cli imports its steps lazily
-    assert any(e.source == "fieldguide.cli" and e.target == "fieldguide.models.train" for e in edges)
+    # imports inside functions count: cli (its verb modules) imports its steps lazily
+    assert any(_room(e.source) == "cli" and e.target == "fieldguide.models.train" for e in edges)
     assert all(_room(m) in ROOMS for m in modules), sorted({_room(m) for m in modules} - set(ROOMS))
 
 

@@ -137,3 +137,23 @@ def dashboard_servers(port: int) -> list:
         if "streamlit" in cmd and "--server.port" in cmd and cmd[cmd.index("--server.port") + 1] == str(port):
             found.append(p)
     return found
+
+
+def test_form_defaults_come_from_the_project_file(project):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    from fieldguide.config import dump_config
+    from fieldguide.models.entropy import METHODS
+
+    project.config.train.method = "ce"
+    project.config.train.flagged = "exclude"
+    project.config.dashboards.port = 8600
+    project.config_path.write_text(dump_config(project.config))
+    ds = store.dataset(project)
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}})
+    retrain = foo.get_operator(f"{PLUGIN}/retrain").resolve_input(ctx).type.properties
+    assert (retrain["method"].default, retrain["flagged"].default) == ("ce", "exclude")
+    assert retrain["method"].type.values == list(METHODS)  # every registered method
+    dashboard = foo.get_operator(f"{PLUGIN}/open_dashboard").resolve_input(ctx).type.properties
+    assert dashboard["port"].default == 8600

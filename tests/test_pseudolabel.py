@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from typer.testing import CliRunner
 from fieldguide.cli import app
 from fieldguide.curation.pseudolabel import (PSEUDO_TAG, accept_pseudo_labels, fit_semi_supervised,
                                               pseudo_mixup, pseudolabel, select_pseudo_labels)
-from fieldguide.errors import FieldguideError, NotReadyError
+from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.embed import embed
 from fieldguide.models.train import predict_head
 from fieldguide.platform import store
@@ -106,8 +108,59 @@ def test_finetune_mode_pseudo_labels_from_weak_and_strong_views(ingested, tiny_w
     assert report.unlabeled == 6 and report.selected > 0
     ds.reload()
     assert set(ds.match_tags(PSEUDO_TAG).values("ground_truth")) == {None}
-    with pytest.raises(FieldguideError, match="pseudo-labeling mode 'sideways': use head or finetune"):
+    with pytest.raises(ConfigError, match="pseudo-labeling mode 'sideways': use one of head, finetune"):
         pseudolabel(p, mode="sideways")
+
+
+def test_pseudolabel_settings_come_from_the_project_file_and_flags_override_them(ingested, tiny_weights, tmp_path):
+    from fieldguide.config import dump_config
+
+    p = use_tiny_backbone(ingested, tiny_weights)
+    add_unlabeled(p, tmp_path / "extra", "w", per_class=2, seed=900)
+    settings = {"threshold": 0.0, "ema_decay": 0.99, "mu": 1, "lambda_u": 0.5, "epochs": 2, "balance": False}
+    for key, value in settings.items():
+        setattr(p.config.pseudolabel, key, value)
+    p.config_path.write_text(dump_config(p.config))
+    runner, wh = CliRunner(), store.warehouse(p)
+
+    res = runner.invoke(app, ["--project", str(p.root), "pseudolabel", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    # threshold 0 without balancing keeps every unlabeled sample
+    assert report["threshold"] == 0.0 and report["selected"] == report["unlabeled"] == 6
+    used = json.loads(wh.query("SELECT config FROM runs WHERE run_id = ?", [report["run_id"]]).iloc[0, 0])
+    assert {k: used[k] for k in settings} == settings and used["mode"] == "head"
+
+    res = runner.invoke(app, ["--project", str(p.root), "pseudolabel", "--epochs", "3", "--balance", "--json"])
+    assert res.exit_code == 0, res.output
+    used = json.loads(wh.query("SELECT config FROM runs WHERE run_id = ?",
+                               [json.loads(res.stdout)["run_id"]]).iloc[0, 0])
+    assert (used["epochs"], used["balance"], used["mu"], used["threshold"]) == (3, True, 1, 0.0)
+
+    p.config.pseudolabel.mode = "sideways"
+    p.config_path.write_text(dump_config(p.config))
+    res = runner.invoke(app, ["--project", str(p.root), "pseudolabel"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == ("error: pseudo-labeling mode 'sideways': use one of head, finetune "
+                                                   "(--mode, or pseudolabel.mode in fieldguide.toml)")
+
+
+def test_fill_takes_its_default_from_scarce_class_count(ingested):
+    from fieldguide.config import dump_config
+
+    p = ingested
+    counts = store.dataset(p).match_tags("train").count_values("ground_truth.label")
+    runner = CliRunner()
+    for n in (min(counts.values()), max(counts.values()) + 1):
+        p.config.curation.scarce_class_count = n
+        p.config_path.write_text(dump_config(p.config))
+        res = runner.invoke(app, ["--project", str(p.root), "fill"])
+        assert res.exit_code == 0, res.output
+        scarce = sum(1 for c in counts.values() if c < n)
+        assert res.stdout.splitlines()[0] == f"{scarce} classes with fewer than {n} labeled training samples"
+    assert scarce == len(counts)  # the larger count makes every class scarce
+    res = runner.invoke(app, ["--project", str(p.root), "fill", "--min-per-class", "1"])  # the flag wins
+    assert res.stdout.splitlines()[0] == "0 classes with fewer than 1 labeled training samples"
 
 
 def add_unlabeled(p, folder, prefix: str, *, per_class: int, seed: int):

@@ -7,9 +7,12 @@ the same server as "your own server" (url and token from the environment).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -20,8 +23,8 @@ from conftest import CLASS_COLORS, free_port, make_image, running_listener
 from fieldguide.cli import app
 from fieldguide.config import dump_config, init_project, open_project
 from fieldguide.errors import ServiceError
-from fieldguide.platform import labelstudio_server as lss
-from fieldguide.platform import relabel, store
+from fieldguide.platform import labelstudio as ls
+from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
 
 TOKEN_ENV = "FIELDGUIDE_TEST_LS_TOKEN"
@@ -30,31 +33,82 @@ TIMINGS: dict[str, float] = {}
 
 # ---- pure parts (no server) -----------------------------------------------------------------
 def test_decide_rules():
-    assert relabel.decide(["a"]) == "a"
-    assert relabel.decide(["a", "a", "b"]) == "a"
-    assert relabel.decide(["a", "b"]) is None  # no majority
-    assert relabel.decide(["a", "b", "c"]) is None
-    assert relabel.decide(["a", "a", "b", "c"], "plurality") == "a"
-    assert relabel.decide(["a", "a", "b", "b"], "plurality") is None
-    assert relabel.decide(["a", "a", "b"], "unanimous") is None
-    assert relabel.decide(["a", "a"], "unanimous") == "a"
-    assert relabel.decide([relabel.UNSURE, relabel.UNSURE, "a"]) == relabel.UNSURE
-    assert relabel.decide([]) is None
+    assert ls.decide(["a"]) == "a"
+    assert ls.decide(["a", "a", "b"]) == "a"
+    assert ls.decide(["a", "b"]) is None  # no majority
+    assert ls.decide(["a", "b", "c"]) is None
+    assert ls.decide(["a", "a", "b", "c"], "plurality") == "a"
+    assert ls.decide(["a", "a", "b", "b"], "plurality") is None
+    assert ls.decide(["a", "a", "b"], "unanimous") is None
+    assert ls.decide(["a", "a"], "unanimous") == "a"
+    assert ls.decide([ls.UNSURE, ls.UNSURE, "a"]) == ls.UNSURE
+    assert ls.decide([]) is None
     with pytest.raises(ValueError, match="majority rule"):
-        relabel.decide(["a"], "loudest")
+        ls.decide(["a"], "loudest")
 
 
 def test_label_config_has_every_class_and_unsure():
     import xml.etree.ElementTree as ET
 
-    root = ET.fromstring(relabel.label_config(["red_bird", 'odd "name" & <co>']))
+    root = ET.fromstring(ls.label_config(["red_bird", 'odd "name" & <co>']))
     choices = root.find("Choices")
     assert choices.get("choice") == "single" and choices.get("toName") == "image"
-    assert [c.get("value") for c in choices] == ["red_bird", 'odd "name" & <co>', relabel.UNSURE]
+    assert [c.get("value") for c in choices] == ["red_bird", 'odd "name" & <co>', ls.UNSURE]
     assert root.find("Image").get("value") == "$image"
 
 
 # ---- fixtures -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _answering(status: int):
+    """A tiny HTTP server on 127.0.0.1 answering every request with ``status``; yields (url, hits)."""
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            hits.append(self.path)
+            body = json.dumps({"detail": f"status {status}"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _client(url: str, retries: int) -> ls.Client:
+    return ls.Client(ls.Connection(url=url, token="t", document_root="/", local=False, timeout_s=5,
+                                   retries=retries))
+
+
+def test_client_retries_5xx_through_the_sdk_within_its_budget():
+    with _answering(503) as (url, hits):
+        with pytest.raises(ServiceError, match=r"answered 503 \(trying to check the API token, 2 tries\)"):
+            _client(url, retries=1).check()
+    assert len(hits) == 2  # one try and the SDK's one retry
+
+
+def test_client_does_not_retry_4xx():
+    with _answering(404) as (url, hits):
+        with pytest.raises(ls.NotFound):
+            _client(url, retries=3).check()
+    assert len(hits) == 1
+    with _answering(400) as (url, hits):
+        with pytest.raises(ServiceError, match=r"could not check the API token \(400: \"status 400\"\)"):
+            _client(url, retries=3).check()
+    assert len(hits) == 1
 
 
 def _make_project(area: Path, name: str):
@@ -106,19 +160,19 @@ def server(area):
     """The ``main`` project and its own Label Studio on a free port (stopped at the end)."""
     project = _make_project(area, "main")
     t0 = time.monotonic()
-    info = lss.start(project, port=free_port(), timeout_s=600)
+    info = ls.start(project, port=free_port(), timeout_s=600)
     TIMINGS["first_start_s"] = time.monotonic() - t0
     assert info.running and info.url.startswith("http://127.0.0.1:")
     yield project
-    lss.stop(project)
-    assert not lss.status(project).running
+    ls.stop(project)
+    assert not ls.status(project).running
 
 
 @pytest.fixture
 def sdk(server):
     from label_studio_sdk import LabelStudio
 
-    conn = lss.connection(server)
+    conn = ls.connection(server)
     return LabelStudio(base_url=conn.url, api_key=conn.token)
 
 
@@ -126,7 +180,7 @@ def sdk(server):
 def remote(area, server):
     """A second project that uses the same server as "your own server" (url + token env)."""
     project = _make_project(area, "remote")
-    project.config.labelstudio.url = lss.connection(server).url
+    project.config.labelstudio.url = ls.connection(server).url
     project.config.labelstudio.token_env = TOKEN_ENV
     project.config.labelstudio.files_root = str(area / "images")  # the server's document root
     project.config_path.write_text(dump_config(project.config))
@@ -135,7 +189,7 @@ def remote(area, server):
 
 @pytest.fixture
 def token_env(server, monkeypatch):
-    monkeypatch.setenv(TOKEN_ENV, lss.connection(server).token)
+    monkeypatch.setenv(TOKEN_ENV, ls.connection(server).token)
 
 
 def _cli(project, *args):
@@ -154,8 +208,8 @@ def _choice(label: str) -> list[dict]:
 
 
 def _ls_tasks(sdk, project) -> dict[str, object]:
-    proj = [p for p in sdk.projects.list(title=relabel.project_title(project)) if
-            p.title == relabel.project_title(project)][0]
+    proj = [p for p in sdk.projects.list(title=ls.project_title(project)) if
+            p.title == ls.project_title(project)][0]
     return {t.data["sample_id"]: t for t in sdk.tasks.list(project=proj.id, fields="all")}
 
 
@@ -194,8 +248,8 @@ def test_round_trip_push_annotate_pull(server, sdk):
     proj = sdk.projects.get(out["project_id"])
     for cls in CLASS_COLORS:
         assert f'value="{cls}"' in proj.label_config
-    assert relabel.UNSURE in proj.label_config
-    conn = lss.connection(project)
+    assert ls.UNSURE in proj.label_config
+    conn = ls.connection(project)
     for sid, task in tasks.items():
         data = task.data
         assert data["image"].startswith("/data/local-files/?d=")
@@ -226,7 +280,7 @@ def test_round_trip_push_annotate_pull(server, sdk):
             sdk.annotations.create(tid, result=_choice(given[sid]))
             expect[sid] = given[sid]
         elif k == 8:
-            sdk.annotations.create(tid, result=_choice(relabel.UNSURE))
+            sdk.annotations.create(tid, result=_choice(ls.UNSURE))
             expect[sid] = given[sid]
         else:
             sdk.annotations.create(tid, result=[], was_cancelled=True)
@@ -282,7 +336,7 @@ def test_webhook_listener_pulls_the_annotated_task(server, sdk):
     ds = store.dataset(project, create=False)
     ids = ds.match_tags("test").values("id")[:2]
     _flag(project, ids, "hooked")
-    assert relabel.push(project, view="hooked").pushed == 2
+    assert ls.push(project, view="hooked").pushed == 2
     tasks = _ls_tasks(sdk, project)
     sid = ids[0]
     old = ds[sid].ground_truth.label
@@ -301,7 +355,7 @@ def test_webhook_listener_pulls_the_annotated_task(server, sdk):
     ds.reload()
     assert ds[sid].ground_truth.label == new
     assert [(e.old, e.new, e.source) for e in ds[sid].label_history] == [(old, new, "labelstudio")]
-    assert relabel.pull(project).applied == 0  # the webhook's pull is not applied again
+    assert ls.pull(project).applied == 0  # the webhook's pull is not applied again
     hooks = sdk.webhooks.list()
     assert not [h for h in hooks if str(port) in h.url]  # removed on the way out
 
@@ -311,7 +365,7 @@ def test_webhook_listener_pulls_the_annotated_task(server, sdk):
 def test_server_stopped_push_and_pull_fail_in_one_line_then_restart(server):
     project = server
     before = _state(project)
-    assert lss.stop(project) is True
+    assert ls.stop(project) is True
     status = _cli(project, "labelstudio", "status")
     assert status.exit_code != 0 and "stopped" in status.output
     for verb in ("push", "pull"):
@@ -321,7 +375,7 @@ def test_server_stopped_push_and_pull_fail_in_one_line_then_restart(server):
         assert len(lines) == 1 and "not running" in lines[0] and "labelstudio start" in lines[0], lines
     assert _state(project) == before
     t0 = time.monotonic()
-    info = lss.start(project, port=free_port(), timeout_s=600)
+    info = ls.start(project, port=free_port(), timeout_s=600)
     TIMINGS["later_start_s"] = time.monotonic() - t0
     assert info.running
     out = _cli_json(project, "relabel", "pull")  # the same tasks, nothing applied twice
@@ -403,7 +457,7 @@ def test_deleted_task_and_vanished_sample_are_report_lines(remote, sdk, token_en
     ds = store.dataset(project, create=False)
     ids = ds.match_tags("test").values("id")[2:5]
     _flag(project, ids, "faults")
-    assert relabel.push(project, view="faults").pushed == 3
+    assert ls.push(project, view="faults").pushed == 3
     tasks = _ls_tasks(sdk, project)
     gone_task, gone_sample, fine = ids
     sdk.tasks.delete(str(tasks[gone_task].id))
@@ -420,10 +474,10 @@ def test_deleted_task_and_vanished_sample_are_report_lines(remote, sdk, token_en
     assert [e.new for e in ds[gone_task].label_history or []] == []
     rows = store.warehouse(project).query("SELECT sample_id, status FROM relabel_tasks").set_index("sample_id")
     assert rows.loc[gone_task, "status"] == "deleted" and rows.loc[gone_sample, "status"] == "orphaned"
-    again = relabel.pull(project)
+    again = ls.pull(project)
     assert again.applied == 0 and again.problems == []  # reported once
     # the deleted task is made again by the next push
-    assert relabel.push(project, view="faults").pushed == 1
+    assert ls.push(project, view="faults").pushed == 1
 
 
 @pytest.mark.server
@@ -459,7 +513,7 @@ def test_wrong_token_down_server_and_timeout_fail_in_one_line(remote, monkeypatc
     try:
         t0 = time.monotonic()
         line = fails("relabel", "push", "--view", "never", match="is not reachable (connection refused)")
-        assert "3 tries" in line and time.monotonic() - t0 >= 1.4  # 0.5 s + 1 s of backoff
+        assert "3 tries" in line and time.monotonic() - t0 >= 2.7  # the SDK's backoff: 1 s + 2 s, ±10 %
         fails("relabel", "pull", match="is not reachable")
 
         # a server that accepts but never answers: a timeout
@@ -470,7 +524,8 @@ def test_wrong_token_down_server_and_timeout_fail_in_one_line(remote, monkeypatc
         down.labelstudio.timeout_s = 1.0
         down.labelstudio.retries = 1
         project.config_path.write_text(dump_config(down))
-        fails("relabel", "pull", match="did not answer within 1 s")
+        line = fails("relabel", "pull", match="did not answer within 1 s")
+        assert "2 tries" in line  # timeouts are retried by the client, not the SDK
         silent.close()
     finally:
         project.config_path.write_text(dump_config(project.config))
@@ -480,9 +535,9 @@ def test_wrong_token_down_server_and_timeout_fail_in_one_line(remote, monkeypatc
 
 def test_connection_needs_a_running_local_server(project):
     with pytest.raises(ServiceError, match="not running"):
-        lss.connection(project)
-    assert lss.stop(project) is False
-    assert not lss.status(project).running
+        ls.connection(project)
+    assert ls.stop(project) is False
+    assert not ls.status(project).running
 
 
 @pytest.mark.server
@@ -493,7 +548,7 @@ def test_app_plugin_pushes_a_selection_and_pulls_answers(area, server, sdk, toke
     from tests.test_plugin import run_op
 
     project = _make_project(area, "plugin")
-    project.config.labelstudio.url = lss.connection(server).url
+    project.config.labelstudio.url = ls.connection(server).url
     project.config.labelstudio.token_env = TOKEN_ENV
     project.config.labelstudio.files_root = str(area / "images")
     project.config_path.write_text(dump_config(project.config))
@@ -502,7 +557,7 @@ def test_app_plugin_pushes_a_selection_and_pulls_answers(area, server, sdk, toke
     selected = ds.match_tags("train").values("id")[:3]
     given = dict(zip(*ds.select(selected).values(["id", "ground_truth.label"])))
     out = run_op("push_to_label_studio", ds, params={"limit": 10}, selected=selected)
-    assert (out["pushed"], out["already_pushed"]) == (3, 0) and out["url"] == lss.connection(server).url
+    assert (out["pushed"], out["already_pushed"]) == (3, 0) and out["url"] == ls.connection(server).url
     tasks = _ls_tasks(sdk, project)
     assert set(tasks) == set(selected)
     out = run_op("push_to_label_studio", ds, params={"limit": 10}, selected=selected)

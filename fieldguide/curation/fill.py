@@ -9,13 +9,17 @@ from fieldguide.platform.lock import writes
 
 
 @writes('fill')
-def fill(project: Project, *, min_per_class: int = 10, threshold: float = 0.7) -> list[str]:
+def fill(project: Project, *, min_per_class: int | None = None, threshold: float | None = None) -> list[str]:
     """Run both fillers for the scarce classes; returns report lines (per class: synthetic images
-    added, pseudo-labels pending a curator's review, candidates rejected by the filters)."""
+    added, pseudo-labels pending a curator's review, candidates rejected by the filters).
+
+    ``min_per_class`` defaults to ``curation.scarce_class_count``, ``threshold`` to
+    ``pseudolabel.threshold``."""
     from fieldguide.curation.augment import augment, scarce_classes
     from fieldguide.curation.pseudolabel import pseudolabel
     from fieldguide.models.embed import embed
 
+    min_per_class = min_per_class or project.config.curation.scarce_class_count
     ds = store.dataset(project, create=False)
     scarce = scarce_classes(project, ds, min_per_class)
     lines = [f"{len(scarce)} classes with fewer than {min_per_class} labeled training samples"]

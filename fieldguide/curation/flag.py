@@ -72,6 +72,7 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
     from fieldguide.models.embed import load_embeddings
     from fieldguide.models.predict import load_pred_probs
 
+    weights = sig.check_weights(project.config.signals.weights)
     ds = store.dataset(project, create=False)
     pp = load_pred_probs(project)
     table = store.samples_table(ds, ["votes"]).set_index("id")
@@ -130,8 +131,7 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
             values = sig.compute_signals(inputs)
             used_names = [classes[i] for i in used]
             stats = inputs.extra.get("annotator_stats")
-            weights, direction = sig.combine_weights()
-            score = noise_score(values, weights, direction)
+            score = noise_score(values, weights, sig.directions())
             n_issues = int(values.get("cl_issue", np.zeros(len(assess))).sum())
             flagged = flag_top(score, n_issues)
             values["noise_score"] = score

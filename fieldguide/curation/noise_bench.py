@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from fieldguide.config.sections import DEFAULT_SIGNAL_WEIGHTS
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score, percentile_rank
 from fieldguide.models.heads import l2_normalize, make_head
@@ -71,7 +72,7 @@ def detection_table(noisy: np.ndarray, clean: np.ndarray, values: dict[str, np.n
                     pred_probs: np.ndarray) -> pd.DataFrame:
     """Detection scores of every signal and of the combined score (rows), given the true flips."""
     truth = noisy != clean
-    _, direction = sig.combine_weights()
+    direction = sig.directions()
     n_issues = int(values["cl_issue"].sum())
     rows = []
     pred_differs = (pred_probs.argmax(axis=1) != noisy).astype(float)
@@ -106,14 +107,18 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
                         rates=(0.1, 0.2, 0.4), kinds=KINDS, seed: int = 0, head: str = "logreg",
                         folds: int = 5, signals: list[str] | None = None, entropy: bool = True,
                         train_settings: dict | None = None, entropy_weights: tuple[float, ...] = (),
-                        progress: bool = True) -> pd.DataFrame:
+                        weights: dict[str, float] | None = None, progress: bool = True) -> pd.DataFrame:
     """The full table over ``kinds`` x ``rates`` (one row per signal and setting).
 
     With ``entropy`` a two-stage entropy head is trained on the noisy labels and its
     trajectories feed the ``entropy`` signal; the row ``noise_score_without_entropy`` is then the
     combined score without it, so the table shows what the signal adds; each weight ``w`` in
     ``entropy_weights`` adds a row ``noise_score@entropy=w`` (the combined score with that weight).
+    ``weights``: each signal output's share in the combined score (default: ``signals.weights``'
+    defaults).
     """
+    weights = sig.check_weights(DEFAULT_SIGNAL_WEIGHTS if weights is None else weights)
+    direction = sig.directions()
     frames = []
     for kind in kinds:
         for rate in rates:
@@ -125,7 +130,6 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
                      if entropy else {})
             inputs = sig.SignalInputs(labels=noisy, pred_probs=probs, features=features, extra=extra)
             values = sig.compute_signals(inputs, signals)
-            weights, direction = sig.combine_weights()
             values["noise_score"] = noise_score(values, weights, direction)
             if entropy and "entropy_aum" in values:
                 without = {k: v for k, v in weights.items() if not k.startswith("entropy_")}
@@ -179,7 +183,8 @@ def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed
               "backbone": backbone or project.config.models.backbone, "samples": int(keep.sum())}
     with wh.run("bench_noise", config) as run_id:
         result = run_noise_benchmark(X[keep], clean, len(classes), rates=rates, kinds=kinds, seed=seed,
-                                     head=head, folds=folds, entropy_weights=entropy_weights, progress=progress)
+                                     head=head, folds=folds, entropy_weights=entropy_weights,
+                                     weights=project.config.signals.weights, progress=progress)
         folder = project.runs_dir / "benchmarks"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"noise-{run_id}.csv"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,20 +26,23 @@ import torch
 import torch.nn.functional as F
 
 from fieldguide.config import Project
-from fieldguide.errors import FieldguideError, NotReadyError
+from fieldguide.config.sections import PseudolabelSection
+from fieldguide.errors import ConfigError, FieldguideError, NotReadyError
 from fieldguide.platform import store
 from fieldguide.platform.fields import declare_fields, save_view, set_classifications
 from fieldguide.platform.lock import writes
+from fieldguide.registry import Registry
 
 log = logging.getLogger(__name__)
 
 PSEUDO_FIELD = "pseudo_label"
 PSEUDO_TAG = "pseudo_labeled"
+DEFAULTS = PseudolabelSection()  # the functions of arrays default to the [pseudolabel] defaults
 
 
 # ---- functions of arrays ------------------------------------------------------------------------------
-def select_pseudo_labels(probs: np.ndarray, threshold: float = 0.7, *,
-                         balance: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_pseudo_labels(probs: np.ndarray, threshold: float = DEFAULTS.threshold, *,
+                         balance: bool = DEFAULTS.balance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(indices, labels, confidences)`` of the rows of ``probs`` (n, K) kept as pseudo-labels.
 
     A row is kept when its top probability is ≥ ``threshold``. With ``balance`` no class keeps
@@ -109,8 +113,9 @@ class SemiResult:
 
 
 def fit_semi_supervised(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_classes: int, *,
-                        threshold: float = 0.7, ema_decay: float = 0.9999, mu: int = 3, lambda_u: float = 1.0,
-                        mixup: bool = True, epochs: int = 40, lr: float = 3e-3, batch_size: int = 64,
+                        threshold: float = DEFAULTS.threshold, ema_decay: float = DEFAULTS.ema_decay,
+                        mu: int = DEFAULTS.mu, lambda_u: float = DEFAULTS.lambda_u, mixup: bool = True,
+                        epochs: int = DEFAULTS.epochs, lr: float = 3e-3, batch_size: int = 64,
                         weight_decay: float = 1e-4, seed: int = 0) -> SemiResult:
     """Train a student head on labeled + unlabeled embeddings; returns the EMA teacher."""
     from fieldguide.models.train import EmbeddingHead
@@ -169,7 +174,8 @@ class _WeakStrong:
 
 
 def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u: list[str], n_classes: int, *,
-                               threshold: float = 0.7, ema_decay: float = 0.9999, mu: int = 3, lambda_u: float = 1.0,
+                               threshold: float = DEFAULTS.threshold, ema_decay: float = DEFAULTS.ema_decay,
+                               mu: int = DEFAULTS.mu, lambda_u: float = DEFAULTS.lambda_u,
                                mixup: bool = True, epochs: int = 5, lr: float = 1e-4, batch_size: int = 16,
                                num_workers: int = 0, device: str = "auto", seed: int = 0) -> SemiResult:
     """Fine-tuning mode: the backbone and a linear head trained end to end; the EMA teacher labels
@@ -253,19 +259,79 @@ class PseudoReport:
     unlabeled: int
     selected: int
     per_class: dict[str, int]
+    threshold: float  # the confidence threshold used
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-@writes('pseudolabel')
-def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 0.9999, mu: int = 3,
-                lambda_u: float = 1.0, epochs: int = 40, balance: bool = True, mode: str = "head",
-                backbone: str | None = None) -> PseudoReport:
-    """Pseudo-labels for the ``unlabeled`` split; see the module docstring. Re-running replaces them."""
-    from fieldguide.models.embed import load_embeddings
+@dataclass
+class PseudoInputs:
+    """What a mode trains on: every sample with an embedding, and which are labeled / unlabeled."""
+
+    X: np.ndarray  # (n, d) cached embeddings
+    paths: np.ndarray  # (n,) image paths
+    labeled: np.ndarray  # (n,) bool: labeled train/val samples
+    unlabeled: np.ndarray  # (n,) bool: the unlabeled split
+    y: np.ndarray  # class indices of the labeled rows
+    n_classes: int
+
+
+# (project, inputs, hyper-parameters, backbone) -> the teacher's probabilities on the unlabeled rows
+PseudoMode = Callable[[Project, PseudoInputs, dict, str | None], np.ndarray]
+MODES: Registry[PseudoMode] = Registry("pseudo-labeling mode")
+
+
+def register_mode(name: str) -> Callable[[PseudoMode], PseudoMode]:
+    """Register a pseudo-labeling mode (``pseudolabel.mode``, ``--mode``); a name taken raises."""
+    return lambda fn: MODES.add(name, fn)
+
+
+def _semi_options(hp: dict) -> dict:
+    return {k: hp[k] for k in ("threshold", "ema_decay", "mu", "lambda_u", "epochs")}
+
+
+@register_mode("head")
+def head_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str | None) -> np.ndarray:
+    """A head on the cached embeddings."""
     from fieldguide.models.train import predict_head
 
+    lab, unl = data.labeled, data.unlabeled
+    result = fit_semi_supervised(data.X[lab], data.y, data.X[unl], data.n_classes, **_semi_options(hp),
+                                 seed=project.config.train.seed)
+    return predict_head(result.teacher, data.X[unl])
+
+
+@register_mode("finetune")
+def finetune_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str | None) -> np.ndarray:
+    """The backbone end to end, weak / strong views of the images."""
+    from fieldguide.models.backbones import load_backbone
+
+    mcfg, tcfg = project.config.models, project.config.train
+    bb = load_backbone(backbone or mcfg.backbone, mcfg.weights or None)
+    lab, unl = list(data.paths[data.labeled]), list(data.paths[data.unlabeled])
+    result = fit_semi_supervised_images(
+        bb, lab, data.y, unl, data.n_classes, **_semi_options(hp), lr=tcfg.finetune_lr,
+        batch_size=tcfg.finetune_batch_size, num_workers=mcfg.num_workers, device=mcfg.device, seed=tcfg.seed)
+    return _predict_images(result.teacher, bb, unl, device=mcfg.device)
+
+
+@writes('pseudolabel')
+def pseudolabel(project: Project, *, threshold: float | None = None, ema_decay: float | None = None,
+                mu: int | None = None, lambda_u: float | None = None, epochs: int | None = None,
+                balance: bool | None = None, mode: str | None = None, backbone: str | None = None) -> PseudoReport:
+    """Pseudo-labels for the ``unlabeled`` split; see the module docstring. Re-running replaces them.
+
+    Each hyper-parameter left None comes from the ``[pseudolabel]`` section of fieldguide.toml.
+    """
+    from fieldguide.models.embed import load_embeddings
+
+    given = {"threshold": threshold, "ema_decay": ema_decay, "mu": mu, "lambda_u": lambda_u, "epochs": epochs,
+             "balance": balance, "mode": mode}
+    hp = {k: getattr(project.config.pseudolabel, k) if v is None else v for k, v in given.items()}
+    if hp["mode"] not in MODES:
+        raise ConfigError(f"pseudo-labeling mode {hp['mode']!r}: use one of {', '.join(MODES)} "
+                          "(--mode, or pseudolabel.mode in fieldguide.toml)")
     ds = store.dataset(project, create=False)
     ids, X = load_embeddings(project, backbone, ds)
     table = store.samples_table(ds).set_index("id").loc[ids]
@@ -279,27 +345,11 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
         raise NotReadyError("no unlabeled samples with embeddings (ingest images without labels, then embed)")
     y = np.array([index[v] for v in table["label"][lab]])
     wh = store.warehouse(project)
-    config = {"threshold": threshold, "ema_decay": ema_decay, "mu": mu, "lambda_u": lambda_u, "epochs": epochs,
-              "balance": balance, "mode": mode, "backbone": backbone or project.config.models.backbone}
+    config = {**hp, "backbone": backbone or project.config.models.backbone}
+    threshold, balance = hp["threshold"], hp["balance"]
     with wh.run("pseudolabel", config) as run_id:
-        if mode == "finetune":
-            from fieldguide.models.backbones import load_backbone
-
-            mcfg = project.config.models
-            bb = load_backbone(backbone or mcfg.backbone, mcfg.weights or None)
-            paths = table["filepath"].to_numpy()
-            result = fit_semi_supervised_images(
-                bb, list(paths[lab]), y, list(paths[unl]), len(classes), threshold=threshold, ema_decay=ema_decay,
-                mu=mu, lambda_u=lambda_u, epochs=epochs, lr=project.config.train.finetune_lr,
-                batch_size=project.config.train.finetune_batch_size, num_workers=mcfg.num_workers,
-                device=mcfg.device, seed=project.config.train.seed)
-            probs = _predict_images(result.teacher, bb, list(paths[unl]), device=mcfg.device)
-        elif mode == "head":
-            result = fit_semi_supervised(X[lab], y, X[unl], len(classes), threshold=threshold, ema_decay=ema_decay,
-                                         mu=mu, lambda_u=lambda_u, epochs=epochs, seed=project.config.train.seed)
-            probs = predict_head(result.teacher, X[unl])
-        else:
-            raise FieldguideError(f"pseudo-labeling mode {mode!r}: use head or finetune")
+        data = PseudoInputs(X, table["filepath"].to_numpy(), lab, unl, y, len(classes))
+        probs = MODES[hp["mode"]](project, data, hp, backbone)
         rows, labels, conf = select_pseudo_labels(probs, threshold, balance=balance)
         unl_ids = [s for s, m in zip(ids, unl) if m]
         # cleared on every unlabeled sample; accepted ones (now train) keep where their label came from
@@ -317,7 +367,7 @@ def pseudolabel(project: Project, *, threshold: float = 0.7, ema_decay: float = 
         wh.write("metrics", [{"run_id": run_id, "split": "unlabeled", "name": "pseudo_labels", "value": float(len(rows))},
                              {"run_id": run_id, "split": "unlabeled", "name": "candidates", "value": float(unl.sum())}])
     return PseudoReport(run_id=run_id, labeled=int(lab.sum()), unlabeled=int(unl.sum()), selected=len(rows),
-                        per_class=per_class)
+                        per_class=per_class, threshold=threshold)
 
 
 @writes('pseudolabel --accept')

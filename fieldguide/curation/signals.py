@@ -1,11 +1,13 @@
 """Label-issue signals as functions of arrays, looked up in a registry.
 
-A signal is registered with ``@register_signal(name, weight=..., noisy_when="high"|"low")`` and is
+A signal is registered with ``@register_signal(name, noisy_when={output: "high"|"low"})`` and is
 a function ``fn(inputs: SignalInputs) -> dict[str, np.ndarray]`` returning one or more
-per-sample arrays aligned with ``inputs`` (NaN where it cannot say anything). ``weight`` is its
-share in the combined noise score (0: reported, not combined); ``noisy_when`` says which end of
-the array means "probably mislabeled". A later signal (the entropy trajectories of noise-tolerant
-training) plugs in by registering itself; nothing else changes.
+per-sample arrays aligned with ``inputs`` (NaN where it cannot say anything); ``noisy_when`` says
+which end of each array means "probably mislabeled". A name registered twice raises. Each
+output's share in the combined noise score is configuration (``signals.weights`` in
+fieldguide.toml; an output without a weight is reported, not combined), checked against the
+registered outputs by :func:`check_weights`. A later signal (the entropy trajectories of
+noise-tolerant training) plugs in by registering itself; nothing else changes.
 
 Every signal uses the libraries' own APIs: cleanlab's ``filter.find_label_issues`` and
 ``rank.get_label_quality_scores``, ``Datalab``, ``multiannotator.get_label_quality_multiannotator``,
@@ -21,6 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from fieldguide.errors import ConfigError
+from fieldguide.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +51,17 @@ class SignalInputs:
 class SignalSpec:
     name: str
     fn: Callable[[SignalInputs], dict[str, np.ndarray]]
-    weights: dict[str, float]
     noisy_when: dict[str, str]
 
 
-_SIGNALS: dict[str, SignalSpec] = {}
+_SIGNALS: Registry[SignalSpec] = Registry("signal")
 
 
-def register_signal(name: str, *, weights: dict[str, float] | None = None,
-                    noisy_when: dict[str, str] | None = None):
-    """Register a signal function; ``weights``/``noisy_when`` are per output array name."""
+def register_signal(name: str, *, noisy_when: dict[str, str] | None = None):
+    """Register a signal function; ``noisy_when`` is per output array name."""
 
     def deco(fn):
-        _SIGNALS[name] = SignalSpec(name, fn, weights or {}, noisy_when or {})
+        _SIGNALS.add(name, SignalSpec(name, fn, noisy_when or {}))
         return fn
 
     return deco
@@ -87,12 +90,22 @@ def compute_signals(inputs: SignalInputs, names: list[str] | None = None) -> dic
     return out
 
 
-def combine_weights() -> tuple[dict[str, float], dict[str, str]]:
-    weights, direction = {}, {}
+def directions() -> dict[str, str]:
+    """Output name -> which end means "probably mislabeled", over every registered signal."""
+    direction: dict[str, str] = {}
     for spec in _SIGNALS.values():
-        weights.update(spec.weights)
         direction.update(spec.noisy_when)
-    return weights, direction
+    return direction
+
+
+def check_weights(weights: dict[str, float]) -> dict[str, float]:
+    """``weights`` (output name -> share in the noise score), each name an output of a registered signal."""
+    known = directions()
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise ConfigError(f"signals.weights: {', '.join(map(repr, unknown))} is not a signal output "
+                          f"(known: {', '.join(sorted(known))}); fix it in fieldguide.toml")
+    return dict(weights)
 
 
 class SignalUnavailable(Exception):
@@ -100,7 +113,7 @@ class SignalUnavailable(Exception):
 
 
 # ---- cleanlab ---------------------------------------------------------------------------------------
-@register_signal("cleanlab", weights={"label_quality": 0.5}, noisy_when={"label_quality": "low", "cl_issue": "high"})
+@register_signal("cleanlab", noisy_when={"label_quality": "low", "cl_issue": "high"})
 def cleanlab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Confident learning: self-confidence label quality and the confident-joint issue set."""
     from cleanlab.filter import find_label_issues
@@ -114,7 +127,7 @@ def cleanlab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
 
 
 # ---- kNN label disagreement -----------------------------------------------------------------------------
-@register_signal("knn", weights={"knn_disagreement": 0.25}, noisy_when={"knn_disagreement": "high"})
+@register_signal("knn", noisy_when={"knn_disagreement": "high"})
 def knn_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Share of a sample's k nearest neighbours (cosine, itself excluded) whose label differs."""
     from sklearn.neighbors import NearestNeighbors
@@ -173,8 +186,7 @@ def datalab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
 
 
 # ---- crowd votes -------------------------------------------------------------------------------------
-@register_signal("multiannotator", weights={"consensus_quality": 0.25},
-                 noisy_when={"consensus_quality": "low", "consensus_disagrees": "high"})
+@register_signal("multiannotator", noisy_when={"consensus_quality": "low", "consensus_disagrees": "high"})
 def multiannotator_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Consensus of the crowd votes on the samples that have any (NaN elsewhere), from one annotator up.
 
@@ -263,12 +275,8 @@ def _spread(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 # ---- training trajectories (noise-tolerant training) ----------------------------------------------------------
-# Weight 0.1, a second opinion: the trajectories are in-sample (the run trained on the sample it
-# judges), the cleanlab signals out-of-sample. On cub100 (benchmarks/noise_bench.py
-# --entropy-weights) a larger weight buys more on confusable-pair noise and costs more on
-# symmetric noise; 0.1 keeps the symmetric cost near zero.
-@register_signal("entropy", weights={"entropy_aum": 0.1},
-                 noisy_when={"entropy_aum": "low", "entropy_agreement": "low", "entropy_mean": "high"})
+# its weight (signals.weights.entropy_aum, 0.1 by default) is a second opinion's: see config/sections.py
+@register_signal("entropy", noisy_when={"entropy_aum": "low", "entropy_agreement": "low", "entropy_mean": "high"})
 def entropy_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Per-sample trajectories of a two-stage entropy (or CE / GRPO) training run, summarised:
     the area under the margin of the given label (``entropy_aum``; low = the model kept

@@ -8,7 +8,6 @@ A project without a warehouse yet gives empty frames, never an error.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -388,32 +387,3 @@ def confusions(wh: Warehouse, run_id: str, split: str) -> pd.DataFrame:
         "ORDER BY true_label, predicted_label",
         [run_id, split],
     )
-
-
-def most_confused(matrix: pd.DataFrame, limit: int = 15) -> pd.DataFrame:
-    """Off-diagonal cells of ``matrix`` (from :func:`confusions`), most frequent first.
-
-    Columns: true_label, predicted_label, count, share (of the true class's samples).
-    """
-    if matrix.empty:
-        return pd.DataFrame(columns=["true_label", "predicted_label", "count", "share"])
-    totals = matrix.groupby("true_label")["count"].sum()
-    off = matrix[matrix["true_label"] != matrix["predicted_label"]].copy()
-    off = off[off["count"] > 0]
-    off["share"] = off["count"] / off["true_label"].map(totals)
-    off = off.sort_values(["count", "true_label", "predicted_label"], ascending=[False, True, True])
-    return off.head(limit).reset_index(drop=True)
-
-
-# ---- benchmarks (files, not the warehouse) --------------------------------------------
-def benchmark_tables(folders: list[Path]) -> list[tuple[Path, pd.DataFrame]]:
-    """Every ``*.csv`` in ``folders`` (those that exist), read as a table, sorted by name."""
-    tables = []
-    for folder in folders:
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.csv")):
-                try:
-                    tables.append((path, pd.read_csv(path)))
-                except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-                    tables.append((path, pd.DataFrame()))
-    return tables

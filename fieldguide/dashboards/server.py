@@ -42,12 +42,13 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
-def serve(project: Project, port: int = 8501) -> None:
+def serve(project: Project, port: int | None = None) -> None:
     """Replace this process with the Streamlit server for ``project`` (returns only on failure).
 
-    The app finds the project through ``FIELDGUIDE_PROJECT`` and reads only its warehouse
+    ``port`` defaults to ``dashboards.port``. The app finds the project through ``FIELDGUIDE_PROJECT`` and reads only its warehouse
     (read-only, one short connection per query) and the images by path.
     """
+    port = project.config.dashboards.port if port is None else port
     if not 1 <= port <= 65535:
         raise FieldguideError(f"port {port} is not a TCP port (pass --port between 1 and 65535)")
     _check_port_free(port)
@@ -81,11 +82,13 @@ def served_project(port: int) -> str | None:
     return None
 
 
-def ensure_running(project: Project, port: int = 8501, timeout_s: float = 60.0) -> str:
-    """The dashboards' URL, starting ``fieldguide dashboard`` in the background when none answers."""
+def ensure_running(project: Project, port: int | None = None, timeout_s: float = 60.0) -> str:
+    """The dashboards' URL, starting ``fieldguide dashboard`` in the background when none answers
+    (``port`` defaults to ``dashboards.port``)."""
     import subprocess
     import time
 
+    port = project.config.dashboards.port if port is None else port
     if healthy(port):
         serving = served_project(port)
         if serving is not None and Path(serving).resolve() != project.root.resolve():

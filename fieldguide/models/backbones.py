@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fieldguide.errors import ModelError
+from fieldguide.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,12 @@ class Backbone:
 
 
 BackboneFactory = Callable[[str | None], Backbone]
-_REGISTRY: dict[str, BackboneFactory] = {}
+_REGISTRY: Registry[BackboneFactory] = Registry("backbone")
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     def deco(fn: BackboneFactory) -> BackboneFactory:
-        _REGISTRY[name] = fn
-        return fn
+        return _REGISTRY.add(name, fn)
 
     return deco
 

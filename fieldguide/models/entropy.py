@@ -17,12 +17,14 @@ Everything here is a function of tensors; :mod:`fieldguide.models.train` runs th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-METHODS = ("ce", "two-stage-entropy", "grpo")
+from fieldguide.registry import Registry
+
 SWITCH_RULES = ("fraction", "saturation")
 
 
@@ -48,17 +50,18 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 def grpo_loss(logits: torch.Tensor, target: torch.Tensor, k: int = 8,
               generator: torch.Generator | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """GRPO's policy loss for a classifier: K labels sampled per row, reward = (sample == target);
-    ``weight`` (n,) weighs the rows' losses."""
+    ``weight`` (n,) weighs the rows' losses (each row's: the mean over its K samples)."""
     logp = F.log_softmax(logits, dim=-1)
     with torch.no_grad():
         samples = torch.multinomial(logp.exp().float(), k, replacement=True, generator=generator)
         rewards = (samples == target[:, None]).float()
         adv = grpo_advantages(rewards)
     chosen = logp.gather(1, samples)
-    return _weighted_mean(-(adv * chosen).mean(dim=1), weight)
+    return weighted_mean(-(adv * chosen).mean(dim=1), weight)
 
 
-def _weighted_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def weighted_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``per_sample`` (n,), weighted by ``weight`` (n,) when given."""
     if weight is None:
         return per_sample.mean()
     return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
@@ -126,21 +129,57 @@ class EntropySchedule:
         self.history = list(state.get("history", []))
 
 
+# ---- the training methods, by name ------------------------------------------------------------------------
+TaskLoss = Callable[..., torch.Tensor]  # (logits, target, *, k, weight, generator) -> scalar task loss
+
+
+@dataclass(frozen=True)
+class LossMethod:
+    task: TaskLoss
+    entropy_term: bool  # add λ·(−mean entropy) to the task loss
+
+
+METHODS: Registry[LossMethod] = Registry("training method")
+
+
+def register_method(name: str, *, entropy_term: bool) -> Callable[[TaskLoss], TaskLoss]:
+    """Register ``task`` as the training method ``name`` (train.method); a name taken raises."""
+
+    def deco(task: TaskLoss) -> TaskLoss:
+        METHODS.add(name, LossMethod(task, entropy_term))
+        return task
+
+    return deco
+
+
+@register_method("ce", entropy_term=False)
+def cross_entropy_task(logits: torch.Tensor, target: torch.Tensor, *, k: int = 8,
+                       weight: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cross-entropy, ``weight`` (n,) down-weighting samples."""
+    return weighted_mean(F.cross_entropy(logits, target, reduction="none"), weight)
+
+
+register_method("two-stage-entropy", entropy_term=True)(cross_entropy_task)
+
+
+@register_method("grpo", entropy_term=True)
+def grpo_task(logits: torch.Tensor, target: torch.Tensor, *, k: int = 8, weight: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """GRPO's policy loss, ``weight`` (n,) down-weighting samples (their rows' policy losses)."""
+    return grpo_loss(logits, target, k, generator, weight)
+
+
 def training_loss(method: str, logits: torch.Tensor, target: torch.Tensor, lam: float, *,
                   k: int = 8, weight: torch.Tensor | None = None,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, per-sample entropy)`` for ``method``: task loss + λ·(−mean entropy).
+    """``(loss, per-sample entropy)`` for ``method`` (a name of :data:`METHODS`): task loss + λ·(−mean entropy).
 
     ``ce`` ignores λ; ``two-stage-entropy`` is cross-entropy plus the entropy term; ``grpo`` is the
     GRPO policy loss plus the entropy term. ``weight`` (n,) down-weights samples in the task loss.
     """
     if method not in METHODS:
         raise ValueError(f"training method {method!r}: use one of {', '.join(METHODS)}")
+    spec = METHODS[method]
     ent = entropy(logits)
-    if method == "grpo":
-        task = grpo_loss(logits, target, k, generator, weight)
-    else:
-        task = _weighted_mean(F.cross_entropy(logits, target, reduction="none"), weight)
-    if method == "ce":
-        return task, ent
-    return task + lam * (-ent.mean()), ent
+    task = spec.task(logits, target, k=k, weight=weight, generator=generator)
+    return (task + lam * (-ent.mean()) if spec.entropy_term else task), ent

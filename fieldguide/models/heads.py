@@ -23,14 +23,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.class_weight import compute_class_weight
 
 from fieldguide.models.crossval import cross_val_pred_probs
+from fieldguide.registry import Registry
 
-_HEADS: dict[str, Callable[..., BaseEstimator]] = {}
+_HEADS: Registry[Callable[..., BaseEstimator]] = Registry("head")
 
 
 def register_head(name: str):
     def deco(factory):
-        _HEADS[name] = factory
-        return factory
+        return _HEADS.add(name, factory)
 
     return deco
 

@@ -36,9 +36,9 @@ def start_orchestrator(project: Project, log_path: Path | None = None) -> subpro
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def launch_app(project: Project, *, port: int = 5151, address: str = "127.0.0.1",
+def launch_app(project: Project, *, port: int | None = None, address: str = "127.0.0.1",
                view: str | None = None, wait: bool = True, orchestrator: bool = False):
-    """Serve the App on ``address:port`` showing the dataset or the saved ``view``.
+    """Serve the App on ``address:port`` (default: ``app.port``) showing the dataset or the saved ``view``.
 
     The App finds the ``@fieldguide/curator`` plugin (FiftyOne's plugins dir is set to the
     package's ``plugins`` folder for this process; nothing is copied to the home directory).
@@ -55,6 +55,7 @@ def launch_app(project: Project, *, port: int = 5151, address: str = "127.0.0.1"
             names = ", ".join(ds.list_saved_views()) or "none yet (run 'fieldguide flag')"
             raise StoreError(f"no saved view {view!r} (saved views: {names})")
         target = ds.load_saved_view(view)
+    port = project.config.app.port if port is None else port
     session = fo.launch_app(target, port=port, address=address, remote=True, auto=False)
     worker = start_orchestrator(project) if orchestrator else None
     if not wait:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as dt
 import logging
 import sys
 from collections.abc import Iterable, Sequence
@@ -47,7 +46,7 @@ from fieldguide.platform import store
 from fieldguide.platform.lock import writes
 from fieldguide.platform.sources import FORMATS, Notice, Record, Reject, SourceOptions, is_utf8, printable
 from fieldguide.platform.sources.images import check_records
-from fieldguide.platform.sources.tables import clean
+from fieldguide.platform.sources.tables import check_field_types, clean
 from fieldguide.platform.sources.taxonomy import class_tree
 from fieldguide.platform.sources.votes import ingest_votes, read_votes
 
@@ -169,35 +168,6 @@ def _label_updates(good: list[tuple[Record, dict]], stored: dict, update_labels:
         if update_labels:
             updates[sid] = record
     return updates
-
-
-_TYPE_NAMES = {int: "whole numbers", float: "numbers", str: "text", dt.datetime: "dates", dict: "ranks"}
-
-
-def _check_field_types(ds, records: list[Record], source: Path) -> None:
-    """Each field the records set must fit the store's field of that name (a mismatch would
-    fail in the middle of ``add_samples``)."""
-    import fiftyone as fo
-
-    if ds is None:
-        return
-    accepts = {fo.IntField: int, fo.FloatField: (int, float), fo.StringField: str, fo.DateTimeField: dt.datetime,
-               fo.DictField: dict}
-    holds = {fo.IntField: int, fo.FloatField: float, fo.StringField: str, fo.DateTimeField: dt.datetime,
-             fo.DictField: dict}
-    schema = ds.get_field_schema()
-    for record in records:
-        for name, value in {**record.fields, "taxonomy": record.taxonomy or None}.items():
-            value = clean(value)
-            if value is None or name == "location" or name not in schema:
-                continue
-            kind = type(schema[name])
-            if not isinstance(value, accepts.get(kind, ())):
-                raise IngestError(
-                    f"{source}: field {name!r} would get {_TYPE_NAMES.get(type(value), type(value).__name__)} "
-                    f"({value!r} for {printable(str(record.filepath))}), but the store's {name!r} holds "
-                    f"{_TYPE_NAMES.get(holds.get(kind), kind.__name__)} (rename the column or fix its values)"
-                )
 
 
 # ---- writing to the store ------------------------------------------------------------------
@@ -363,7 +333,7 @@ def _plan(project: Project, source: Path, fmt: str, options: SourceOptions, *, v
     stored = _stored(ds)
     new = [(r, m) for r, m in good if str(r.filepath) not in stored]
     updates = _label_updates(good, stored, update_labels, report)
-    _check_field_types(ds, [r for r, _ in new], source)
+    check_field_types(ds, [r for r, _ in new], source)
     # the class tree of the labels the store holds after this ingest: new, kept as they are, or updated
     labeled = [r for r, _ in good if str(r.filepath) not in stored or stored[str(r.filepath)][1] == r.label]
     taxa, conflicts = class_tree(labeled + list(updates.values()))

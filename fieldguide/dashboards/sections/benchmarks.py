@@ -5,11 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
-from fieldguide.dashboards import context, queries
+from fieldguide.dashboards import context
 
 REPO_RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+
+
+def benchmark_tables(folders: list[Path]) -> list[tuple[Path, pd.DataFrame]]:
+    """Every ``*.csv`` in ``folders`` (those that exist), read as a table, sorted by name."""
+    tables = []
+    for folder in folders:
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.csv")):
+                try:
+                    tables.append((path, pd.read_csv(path)))
+                except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+                    tables.append((path, pd.DataFrame()))
+    return tables
 
 
 def show_tables(tables, key: str) -> None:
@@ -26,14 +40,14 @@ def main() -> None:
     ctx = context.current()
     st.title("Noise benchmark")
     folder = ctx.project.runs_dir / "benchmarks"
-    tables = queries.benchmark_tables([folder])
+    tables = benchmark_tables([folder])
     if tables:
         st.caption(f"{len(tables)} tables from {folder}")
         show_tables(tables, "project_benchmark")
     else:
         st.info(f"No benchmark tables in this project yet: a benchmark writes its tables to {folder}/*.csv.")
         st.code(ctx.command("bench --help"), language="bash")
-    shipped = queries.benchmark_tables([REPO_RESULTS])
+    shipped = benchmark_tables([REPO_RESULTS])
     if shipped:
         st.header("Reference results")
         st.caption(f"{len(shipped)} tables from {REPO_RESULTS}")

@@ -123,9 +123,9 @@ def main() -> None:
                    help=f"fewer than {scarce_below} training samples (curation.scarce_class_count)")
     cols[3].metric("Rejects (last ingest)", len(last_rejects))
     cols[4].metric("Near-duplicates", len(dups))
-    threshold = 0.2
+    threshold = ctx.project.config.dashboards.outlier_threshold
     outliers = outlier_scores[outlier_scores["value"] <= threshold] if not outlier_scores.empty else outlier_scores
-    cols[5].metric("Outliers", len(outliers), help=f"outlier_score at most {threshold} (lower: more atypical)")
+    cols[5].metric("Outliers", len(outliers), help=f"outlier_score at most {threshold} (lower: more atypical; dashboards.outlier_threshold)")
 
     if not per_class.empty:
         st.subheader("Samples per class")

@@ -9,7 +9,20 @@ import streamlit as st
 
 from fieldguide.dashboards import context, queries
 
-MATRIX_MAX_CLASSES = 40  # a bigger matrix shows the classes with the most confusions
+
+def most_confused(matrix: pd.DataFrame, limit: int = 15) -> pd.DataFrame:
+    """Off-diagonal cells of ``matrix`` (from :func:`queries.confusions`), most frequent first.
+
+    Columns: true_label, predicted_label, count, share (of the true class's samples).
+    """
+    if matrix.empty:
+        return pd.DataFrame(columns=["true_label", "predicted_label", "count", "share"])
+    totals = matrix.groupby("true_label")["count"].sum()
+    off = matrix[matrix["true_label"] != matrix["predicted_label"]].copy()
+    off = off[off["count"] > 0]
+    off["share"] = off["count"] / off["true_label"].map(totals)
+    off = off.sort_values(["count", "true_label", "predicted_label"], ascending=[False, True, True])
+    return off.head(limit).reset_index(drop=True)
 
 
 def lambda_switch(curve: pd.DataFrame) -> int | None:
@@ -109,7 +122,9 @@ def class_f1_section(wh) -> None:
     st.dataframe(change, hide_index=True, alt="class f1 change")
 
 
-def confusion_section(wh) -> None:
+def confusion_section(wh, max_classes: int) -> None:
+    """A bigger matrix than ``max_classes`` (dashboards.matrix_max_classes) shows the classes with the most
+    confusions."""
     st.subheader("Confusion matrix")
     runs = queries.confusion_runs(wh)
     if runs.empty:
@@ -119,11 +134,11 @@ def confusion_section(wh) -> None:
     picked = st.selectbox("Run", options, key="confusion_run") if len(options) > 1 else options[0]
     row = runs.iloc[options.index(picked)]
     matrix = queries.confusions(wh, row["run_id"], row["split"])
-    pairs = queries.most_confused(matrix)
+    pairs = most_confused(matrix)
     classes = sorted(set(matrix["true_label"]) | set(matrix["predicted_label"]))
-    if len(classes) > MATRIX_MAX_CLASSES:
+    if len(classes) > max_classes:
         involved = pd.concat([pairs["true_label"], pairs["predicted_label"]]).unique().tolist()
-        classes = sorted(involved)[:MATRIX_MAX_CLASSES]
+        classes = sorted(involved)[:max_classes]
         st.caption(f"Showing the {len(classes)} classes in the most-confused pairs.")
     shown = matrix[matrix["true_label"].isin(classes) & matrix["predicted_label"].isin(classes)]
     heat = alt.Chart(shown).mark_rect().encode(
@@ -150,7 +165,7 @@ def main() -> None:
         leaderboard_section(wh)
     curves_section(wh)
     class_f1_section(wh)
-    confusion_section(wh)
+    confusion_section(wh, ctx.project.config.dashboards.matrix_max_classes)
 
 
 main()

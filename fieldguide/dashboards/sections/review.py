@@ -12,7 +12,6 @@ import streamlit as st
 
 from fieldguide.dashboards import context, queries
 
-APP_PORT = 5151  # `fieldguide app`'s default port
 GRID_COLUMNS = 4
 
 
@@ -61,7 +60,7 @@ def main() -> None:
 
     st.subheader("Open it in the FiftyOne App")
     st.code(ctx.command("app --view to_review"), language="bash")
-    app_url = f"http://127.0.0.1:{APP_PORT}/datasets/{quote(ctx.project.dataset_name)}?view=to_review"
+    app_url = f"http://127.0.0.1:{ctx.project.config.app.port}/datasets/{quote(ctx.project.dataset_name)}?view=to_review"
     st.markdown(f"Then: [{app_url}]({app_url})")
 
     limit = st.slider("Samples shown", min_value=4, max_value=96, value=12, step=4)

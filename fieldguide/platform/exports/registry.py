@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fieldguide.registry import Registry
+
 if TYPE_CHECKING:
     import fiftyone as fo
     import pandas as pd
@@ -42,14 +44,15 @@ class ExportFormat:
     summary: str
 
 
-FORMATS: dict[str, ExportFormat] = {}
+FORMATS: Registry[ExportFormat] = Registry("export format")
 
 
 def register_format(name: str, *, media: bool, labeled_only: bool, summary: str):
-    """Decorator: register ``write(job) -> int`` as the export format ``name``."""
+    """Decorator: register ``write(job) -> int`` as the export format ``name`` (a name taken raises
+    :class:`~fieldguide.errors.DuplicateNameError`)."""
 
     def wrap(write: Callable[[ExportJob], int]) -> Callable[[ExportJob], int]:
-        FORMATS[name] = ExportFormat(name, write, media, labeled_only, summary)
+        FORMATS.add(name, ExportFormat(name, write, media, labeled_only, summary))
         return write
 
     return wrap

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fieldguide.platform.sources.records import Record, Reject, SourceOptions
+from fieldguide.registry import Registry
 
 Reader = Callable[[Path, SourceOptions, list[Reject]], list[Record]]
 
@@ -33,16 +34,17 @@ class SourceFormat:
         return _TAKES[self.takes][1]
 
 
-FORMATS: dict[str, SourceFormat] = {}
+FORMATS: Registry[SourceFormat] = Registry("source format")
 
 
 def register(name: str, *, takes: str, options: tuple[str, ...] = ()) -> Callable[[Reader], Reader]:
-    """Register a reader as format ``name`` (``fieldguide ingest --format NAME``)."""
+    """Register a reader as format ``name`` (``fieldguide ingest --format NAME``); a name taken raises
+    :class:`~fieldguide.errors.DuplicateNameError`."""
     if takes not in _TAKES:
         raise ValueError(f"takes must be one of {', '.join(_TAKES)}, not {takes!r}")
 
     def add(read: Reader) -> Reader:
-        FORMATS[name] = SourceFormat(name, read, takes, frozenset(options))
+        FORMATS.add(name, SourceFormat(name, read, takes, frozenset(options)))
         return read
 
     return add

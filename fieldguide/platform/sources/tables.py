@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 import warnings
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from fieldguide.errors import IngestError
+from fieldguide.platform.sources.records import Record, printable
 
 # sample fields that a free column never writes (a column of that name becomes ``csv_<name>``)
 RESERVED_FIELDS = {"id", "filepath", "tags", "metadata", "media_type", "ground_truth", "votes",
@@ -109,3 +111,32 @@ def clean(value):
     if hasattr(value, "item"):  # numpy scalar
         return value.item()
     return value
+
+
+_TYPE_NAMES = {int: "whole numbers", float: "numbers", str: "text", dt.datetime: "dates", dict: "ranks"}
+
+
+def check_field_types(ds, records: list[Record], source: Path) -> None:
+    """Each field the records set must fit the store's field of that name (a mismatch would
+    fail in the middle of ``add_samples``)."""
+    import fiftyone as fo
+
+    if ds is None:
+        return
+    accepts = {fo.IntField: int, fo.FloatField: (int, float), fo.StringField: str, fo.DateTimeField: dt.datetime,
+               fo.DictField: dict}
+    holds = {fo.IntField: int, fo.FloatField: float, fo.StringField: str, fo.DateTimeField: dt.datetime,
+             fo.DictField: dict}
+    schema = ds.get_field_schema()
+    for record in records:
+        for name, value in {**record.fields, "taxonomy": record.taxonomy or None}.items():
+            value = clean(value)
+            if value is None or name == "location" or name not in schema:
+                continue
+            kind = type(schema[name])
+            if not isinstance(value, accepts.get(kind, ())):
+                raise IngestError(
+                    f"{source}: field {name!r} would get {_TYPE_NAMES.get(type(value), type(value).__name__)} "
+                    f"({value!r} for {printable(str(record.filepath))}), but the store's {name!r} holds "
+                    f"{_TYPE_NAMES.get(holds.get(kind), kind.__name__)} (rename the column or fix its values)"
+                )

@@ -22,6 +22,17 @@ def _project(ctx):
     return open_project(root or os.environ.get(PROJECT_ENV))
 
 
+def _settings(ctx):
+    """The project's configuration, for the forms' defaults (the sections' defaults when no project opens)."""
+    from fieldguide.config.sections import Config, ProjectSection
+    from fieldguide.errors import FieldguideError
+
+    try:
+        return _project(ctx).config
+    except FieldguideError:
+        return Config(project=ProjectSection(name="unknown"))
+
+
 def _target_ids(ctx) -> list[str]:
     """The selected samples, else the current view's."""
     if ctx.selected:
@@ -86,7 +97,7 @@ class PushToLabelStudio(_FieldguideOperator):
         return types.Property(inputs, view=types.View(label="Push to Label Studio"))
 
     def run(self, ctx):
-        from fieldguide.platform.relabel import push
+        from fieldguide.platform.labelstudio import push
 
         limit = ctx.params.get("limit")
         if limit is not None and int(limit) < 0:
@@ -112,7 +123,7 @@ class PullFromLabelStudio(_FieldguideOperator):
                                   description="apply the curators' answers (label history records them)")
 
     def run(self, ctx):
-        from fieldguide.platform.relabel import pull
+        from fieldguide.platform.labelstudio import pull
 
         report = pull(_project(ctx))
         if not ctx.delegated:
@@ -179,9 +190,12 @@ class Retrain(_FieldguideOperator):
                                   allow_immediate_execution=True, default_choice_to_delegated=True)
 
     def resolve_input(self, ctx):
+        from fieldguide.models.entropy import METHODS
+
+        train = _settings(ctx).train
         inputs = types.Object()
-        inputs.enum("method", ["two-stage-entropy", "ce", "grpo"], default="two-stage-entropy", label="Method")
-        inputs.enum("flagged", ["downweight", "exclude", "keep"], default="downweight",
+        inputs.enum("method", list(METHODS), default=train.method, label="Method")
+        inputs.enum("flagged", ["downweight", "exclude", "keep"], default=train.flagged,
                     label="Unresolved flagged samples")
         return types.Property(inputs, view=types.View(label="Retrain"))
 
@@ -214,13 +228,14 @@ class OpenDashboard(_FieldguideOperator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.int("port", default=8501, label="Port", required=True)
+        inputs.int("port", default=_settings(ctx).dashboards.port, label="Port", required=True)
         return types.Property(inputs)
 
     def run(self, ctx):
         from fieldguide.dashboards.server import ensure_running
 
-        url = ensure_running(_project(ctx), int(ctx.params.get("port") or 8501))
+        port = ctx.params.get("port")
+        url = ensure_running(_project(ctx), int(port) if port else None)
         return {"url": url}
 
     def resolve_output(self, ctx):

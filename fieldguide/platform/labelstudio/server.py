@@ -1,4 +1,4 @@
-"""The project's own Label Studio server: start, stop, status, and how to reach a server.
+"""The project's own Label Studio server: start, stop, status.
 
 The local server is a real ``label-studio`` (1.23.x) process bound to 127.0.0.1, its data
 dir (SQLite database, media, a private ``HOME``) under ``PROJECT/labelstudio``; nothing goes
@@ -6,18 +6,10 @@ to the user's home dir. A user and an API token are created non-interactively on
 and kept in ``labelstudio/credentials.json`` (mode 0600); the token is never printed or
 logged.
 
-Images are served in place through Label Studio's local-files storages. The document root
-(the parent of the folder holding the images, or ``labelstudio.files_root``) only says how
-``/data/local-files/?d=...`` paths are spelled: Label Studio serves a file only when it lies
-under one of its local storages. :func:`served_folders` picks those storages: the folders
-holding the images, collapsed to a few common folders, none of which holds the project
-folder (its credentials, database, warehouse and config). Older Label Studio versions match
-a storage by string prefix (storage ``/data/pro`` also serves ``/data/project``), so a
-storage that is a string prefix of a project path counts as holding it.
+Label Studio serves the images in place from local-files storages under a document root
+picked at start (see :mod:`.storages`).
 
-A team can instead point at its own server: ``labelstudio.url`` in fieldguide.toml and the
-token in the environment variable named by ``labelstudio.token_env`` (or ``labelstudio.token``).
-:func:`connection` resolves either into a :class:`Connection`.
+How fieldguide reaches this server, or a team's own, is :func:`.client.connection`.
 """
 
 from __future__ import annotations
@@ -34,11 +26,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from fieldguide.config import Project
 from fieldguide.errors import ServiceError
+from fieldguide.platform.labelstudio.storages import DEFAULT_DOCUMENT_ROOT, images_root
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +38,11 @@ HOST = "127.0.0.1"
 STATE_FILE = "server.json"
 CREDENTIALS_FILE = "credentials.json"
 LOG_FILE = "server.log"
-# Label Studio refuses a local storage equal to its document root; "/" is its own default.
-DEFAULT_DOCUMENT_ROOT = "/"
 
 _LAUNCH = (
     "import sys; from label_studio.server import main; "
     "sys.argv[0] = 'label-studio'; sys.exit(main())"
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Connection:
-    """Where a Label Studio server is and how to authenticate; ``repr`` hides the token."""
-
-    url: str
-    token: str = dataclasses.field(repr=False)
-    document_root: str
-    local: bool
-    timeout_s: float = 30.0
-    retries: int = 3
 
 
 @dataclasses.dataclass
@@ -89,7 +67,8 @@ def _state_path(project: Project) -> Path:
     return project.labelstudio_dir / STATE_FILE
 
 
-def _read_state(project: Project) -> dict | None:
+def read_state(project: Project) -> dict | None:
+    """What :func:`start` recorded in ``server.json`` (pid, url, document root), or None."""
     try:
         return json.loads(_state_path(project).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -111,7 +90,7 @@ def credentials(project: Project) -> dict:
     """The local server's user, password and API token (made on first use).
 
     A ``webhook_secret`` left by older versions is kept but no longer used: each
-    ``relabel.listen`` makes its own (see :mod:`fieldguide.platform.relabel`).
+    :func:`.webhook.listen` makes its own (see :mod:`fieldguide.platform.labelstudio.webhook`).
     """
     path = project.labelstudio_dir / CREDENTIALS_FILE
     try:
@@ -199,100 +178,6 @@ def health(url: str, timeout: float = 3.0) -> bool:
             return r.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
-
-
-def images_root(project: Project) -> Path:
-    """The folder holding all of the project's images (with no dataset yet, the project folder)."""
-    from fieldguide.platform import store
-
-    store.configure_fiftyone(project)
-    import fiftyone as fo
-
-    if not fo.dataset_exists(project.dataset_name):
-        return project.root
-    paths = store.dataset(project, create=False).values("filepath")
-    if not paths:
-        return project.root
-    return Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
-
-
-def protected_paths(project: Project) -> list[Path]:
-    """What Label Studio must never serve: the project folder and what holds its secrets."""
-    own = [project.root, project.labelstudio_dir, project.database_dir, project.warehouse_path,
-           project.config_path]
-    return sorted({q for p in own for q in (Path(os.path.abspath(p)), Path(p).resolve())})
-
-
-def serves(folder: Path | str, path: Path | str) -> bool:
-    """Would a local storage at ``folder`` serve ``path``? (a string prefix, as older Label Studio)"""
-    return str(path).startswith(str(folder).rstrip(os.sep))
-
-
-def storage_problem(folder: Path | str, *, document_root: Path | str, protected: Sequence[Path]) -> str | None:
-    """Why a local storage at ``folder`` must not be made (one line), or None when it may."""
-    folder, root = Path(os.path.abspath(folder)), Path(os.path.abspath(document_root))
-    leaks = [p for p in protected if serves(folder, p)]
-    if leaks:
-        return (f"images in {folder} share a folder with the project's own files ({leaks[0]}): Label "
-                "Studio would serve those too; move the images into a folder of their own")
-    if root not in folder.parents:
-        return (f"images in {folder} are not below the Label Studio server's file root {root}: restart "
-                "the project's server ('fieldguide labelstudio stop', then 'start') or set labelstudio.files_root")
-    return None
-
-
-def holds_only(folder: Path, image_dirs: set[Path], on_the_way: set[Path]) -> bool:
-    """Whether everything under ``folder`` is an image folder or a folder on the way to one.
-
-    A file, or a folder that leads to no image folder (``.ssh``, someone's documents), means
-    ``folder`` would serve more than the images.
-    """
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return False
-    for entry in entries:
-        path = Path(entry.path)
-        if not entry.is_dir(follow_symlinks=False):
-            return False
-        if path in image_dirs:
-            continue
-        if path not in on_the_way or not holds_only(path, image_dirs, on_the_way):
-            return False
-    return True
-
-
-def served_folders(image_dirs: Iterable[Path | str], *, document_root: Path | str,
-                   protected: Sequence[Path]) -> list[Path]:
-    """The local storages that serve ``image_dirs``: few folders, none serving a ``protected`` path.
-
-    The common folder of the images when it may be a storage (:func:`storage_problem`) and holds
-    nothing but the image folders (:func:`holds_only`), else the common folder of each of its
-    subfolders that hold images, and so on down to the image folders themselves: images in
-    ``~/Pictures/a`` and ``~/Downloads/b`` are two storages, never ``~``. Raises
-    :class:`ServiceError` when a folder holding images may not itself be a storage.
-    """
-    dirs = sorted({Path(os.path.abspath(d)) for d in image_dirs})
-    for d in dirs:
-        problem = storage_problem(d, document_root=document_root, protected=protected)
-        if problem:
-            raise ServiceError(problem)
-    image_set = set(dirs)
-    on_the_way = {a for d in dirs for a in d.parents}
-
-    def split(group: list[Path]) -> list[Path]:
-        top = Path(os.path.commonpath(group))
-        if top in image_set or (
-            not storage_problem(top, document_root=document_root, protected=protected)
-            and holds_only(top, image_set, on_the_way)
-        ):
-            return [top]
-        groups: dict[str, list[Path]] = {}
-        for d in group:
-            groups.setdefault(d.relative_to(top).parts[0], []).append(d)
-        return [f for sub in groups.values() for f in split(sub)]
-
-    return sorted(split(dirs)) if dirs else []
 
 
 def start(project: Project, *, port: int | None = None, timeout_s: float = 300.0) -> ServerStatus:
@@ -421,7 +306,7 @@ def _stop_group(pgid: int, grace_s: float = 15.0) -> None:
 
 def stop(project: Project) -> bool:
     """Stop the project's server and its whole process group; False when none was running."""
-    state = _read_state(project)
+    state = read_state(project)
     if not state:
         return False
     pgid = int(state.get("pgid") or state.get("pid") or 0)
@@ -441,7 +326,7 @@ def status(project: Project) -> ServerStatus:
             running=up, url=ls.url, document_root=ls.files_root or DEFAULT_DOCUMENT_ROOT,
             message="your own server" + ("" if up else " (not answering /health)"),
         )
-    state = _read_state(project)
+    state = read_state(project)
     data_dir = str(project.labelstudio_dir)
     creds_user = ls.username
     if not state:
@@ -454,34 +339,4 @@ def status(project: Project) -> ServerStatus:
         document_root=state.get("document_root"), images_root=state.get("images_root"),
         username=creds_user, log=str(project.labelstudio_dir / LOG_FILE), started=state.get("started"),
         message="running" if running else "not answering (run 'fieldguide labelstudio stop' then 'start')",
-    )
-
-
-def connection(project: Project) -> Connection:
-    """How to reach this project's Label Studio: the configured one, else the local server.
-
-    Raises :class:`ServiceError` (one line) when there is no token or no local server.
-    """
-    ls = project.config.labelstudio
-    if ls.url:
-        token = ls.token or os.environ.get(ls.token_env, "")
-        if not token:
-            raise ServiceError(
-                f"no API token for Label Studio at {ls.url}: set the environment variable "
-                f"{ls.token_env} (labelstudio.token_env) to your token"
-            )
-        return Connection(
-            url=ls.url.rstrip("/"), token=token,
-            document_root=str(Path(ls.files_root or DEFAULT_DOCUMENT_ROOT).expanduser()),
-            local=False, timeout_s=ls.timeout_s, retries=ls.retries,
-        )
-    state = _read_state(project)
-    if not state:
-        raise ServiceError(
-            "the project's Label Studio server is not running (start it with 'fieldguide labelstudio start')"
-        )
-    token = credentials(project)["token"]
-    return Connection(
-        url=state["url"], token=token, document_root=state["document_root"], local=True,
-        timeout_s=ls.timeout_s, retries=ls.retries,
     )

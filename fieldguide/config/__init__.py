@@ -1,7 +1,8 @@
 """The project file ``fieldguide.toml``: read once into a validated pydantic model.
 
 Code takes the values it needs as arguments; only this module reads the file, and only
-:func:`project_dir_from` reads the environment (``FIELDGUIDE_PROJECT``).
+:func:`project_dir_from` reads the environment (``FIELDGUIDE_PROJECT``). The sections and their
+keys (defaults, bounds, descriptions) are in :mod:`fieldguide.config.sections`.
 """
 
 from __future__ import annotations
@@ -14,155 +15,13 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
+from fieldguide.config.sections import Config, ProjectSection
 from fieldguide.errors import ConfigError
 
 CONFIG_NAME = "fieldguide.toml"
 PROJECT_ENV = "FIELDGUIDE_PROJECT"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ProjectSection(_Section):
-    name: str = Field(min_length=1, description="a human name for the project")
-    curator: str = Field(default="curator", min_length=1,
-                         description="who label changes made in the App are recorded as (label_history actor)")
-    id: str = Field(default="", pattern="^[0-9a-f]{0,32}$",
-                    description="the project's stable identity (set by init; moving or copying the folder keeps it)")
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError("use letters, digits, '_', '.', '-' (and start with a letter or digit)")
-        return v
-
-
-class StoreSection(_Section):
-    dataset_name: str = Field(default="", description="FiftyOne dataset name; empty: derived")
-    database_uri: str = Field(
-        default="", description="an external MongoDB (team set-up); empty: embedded, under the project"
-    )
-    lock_timeout_s: float = Field(
-        default=10.0, ge=0, description="seconds a command waits while another one writes the project"
-    )
-
-
-class IngestSection(_Section):
-    extensions: list[str] = Field(
-        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"]
-    )
-    workers: int = Field(default=4, ge=1, le=64)
-
-
-class ModelsSection(_Section):
-    backbone: str = "efficientnet_lite0"
-    weights: str = Field(default="", description="weights file or folder overriding the backbone's own")
-    batch_size: int = Field(default=64, ge=1)
-    num_workers: int = Field(default=2, ge=0)
-    device: str = "auto"
-
-
-class PredictSection(_Section):
-    head: str = "logreg"
-    folds: int = Field(default=5, ge=2)
-    seed: int = 0
-
-
-class TrainSection(_Section):
-    method: str = Field(default="two-stage-entropy", pattern="^(ce|two-stage-entropy|grpo)$",
-                        description="ce | two-stage-entropy | grpo")
-    mode: str = Field(default="head", pattern="^(head|finetune)$",
-                      description="head: on the cached embeddings; finetune: the backbone end to end")
-    epochs: int = Field(default=40, ge=1, description="epochs in head mode")
-    lr: float = Field(default=3e-3, gt=0, description="learning rate in head mode (AdamW)")
-    weight_decay: float = Field(default=1e-4, ge=0)
-    batch_size: int = Field(default=128, ge=1)
-    hidden: int = Field(default=0, ge=0, description="hidden units of the head; 0: linear")
-    lam_max: float = Field(default=0.5, ge=0, description="entropy bonus while exploring (λ = +lam_max)")
-    lam_min: float = Field(default=0.1, ge=0, description="entropy penalty while exploiting (λ = -lam_min)")
-    switch_at: float = Field(default=0.8, ge=0, le=1, description="fraction of training where λ switches")
-    switch_rule: str = Field(default="fraction", pattern="^(fraction|saturation)$",
-                             description="fraction, or saturation: also switch when mean entropy stops rising")
-    reverse_schedule: bool = Field(default=False, description="ablation: min→max instead of max→min")
-    grpo_k: int = Field(default=8, ge=2, description="labels sampled per image for GRPO")
-    finetune_epochs: int = Field(default=5, ge=1)
-    finetune_lr: float = Field(default=1e-4, gt=0)
-    finetune_batch_size: int = Field(default=32, ge=1)
-    flagged: str = Field(default="downweight", pattern="^(keep|downweight|exclude)$",
-                         description="retrain: unresolved flagged samples are kept, down-weighted or excluded")
-    flagged_weight: float = Field(default=0.3, ge=0, le=1, description="weight of a down-weighted sample")
-    seed: int = 0
-
-
-class AugmentSection(_Section):
-    model_dir: str = Field(default="", description="local diffusers ControlNet pipeline folder (StableDiffusionControlNetPipeline); empty: augment is off")
-    method: str = Field(default="controlnet", pattern="^(controlnet|img2img)$",
-                        description="controlnet: Canny edges + prompt (SaSPA); img2img: SDEdit baseline")
-    semantic_model_dir: str = Field(default="", description="local CLIP folder for the semantic filter; empty: skipped")
-    super_category: str = Field(default="", description="e.g. bird, fungus: goes into the prompt")
-    per_image: int = Field(default=2, ge=1, description="at most M kept augmentations per real image")
-    candidates_per_image: int = Field(default=4, ge=1, description="generated per real image before filtering")
-    top_k: int = Field(default=10, ge=1, description="classifier filter: keep when the true class is in its top-k")
-    alpha: float = Field(default=0.4, ge=0, le=1, description="training replaces a real sample by an augmentation with this probability")
-    steps: int = Field(default=20, ge=1, description="diffusion steps")
-    guidance_scale: float = Field(default=7.5, ge=1)
-    strength: float = Field(default=0.6, gt=0, le=1, description="img2img strength")
-    image_size: int = Field(default=512, ge=8)
-    canny_low: int = Field(default=100, ge=0)
-    canny_high: int = Field(default=200, ge=0)
-    seed: int = 0
-
-
-class EvaluateSection(_Section):
-    cost_matrix: str = Field(
-        default="",
-        description="CSV with columns true,predicted,cost (class names); missing pairs cost 1, diagonal 0",
-    )
-
-
-class CurationSection(_Section):
-    scarce_class_count: int = Field(default=10, ge=1)
-    knn_k: int = Field(default=10, ge=1)
-
-
-class LabelStudioSection(_Section):
-    url: str = Field(default="", description="your own server; empty: the project's local one")
-    port: int = Field(default=8089, ge=1, le=65535)
-    username: str = "curator@fieldguide.local"
-    token_env: str = Field(
-        default="LABEL_STUDIO_API_KEY", description="environment variable holding your own server's API token"
-    )
-    token: str = Field(
-        default="", repr=False, description="your own server's API token (prefer token_env); never printed"
-    )
-    files_root: str = Field(
-        default="",
-        description="the server's local-files document root; empty: the parent of the folder holding the images",
-    )
-    majority_rule: str = Field(
-        default="majority", pattern="^(majority|plurality|unanimous)$",
-        description="several annotators on a task: majority | plurality | unanimous",
-    )
-    timeout_s: float = Field(default=30.0, gt=0, description="seconds per Label Studio request")
-    retries: int = Field(default=3, ge=0, le=10, description="retries (with backoff) on transient errors")
-    webhook_port: int = Field(default=8091, ge=1, le=65535, description="port of 'fieldguide labelstudio listen'")
-
-
-class Config(_Section):
-    project: ProjectSection
-    store: StoreSection = Field(default_factory=StoreSection)
-    ingest: IngestSection = Field(default_factory=IngestSection)
-    models: ModelsSection = Field(default_factory=ModelsSection)
-    predict: PredictSection = Field(default_factory=PredictSection)
-    train: TrainSection = Field(default_factory=TrainSection)
-    augment: AugmentSection = Field(default_factory=AugmentSection)
-    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
-    curation: CurationSection = Field(default_factory=CurationSection)
-    labelstudio: LabelStudioSection = Field(default_factory=LabelStudioSection)
 
 
 class Project:
@@ -242,6 +101,9 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        keys = [k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_value(k) for k in value]
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in zip(keys, value.values())) + " }"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 

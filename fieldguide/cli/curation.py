@@ -1,0 +1,140 @@
+"""``fieldguide`` verbs of curation: pseudolabel, augment, fill, flag, signals export, bench noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fieldguide.cli.common import echo_json as _echo_json, project as _project
+
+signals_app = typer.Typer(help="Export and inspect label-issue signals.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks you can run on your own data.", no_args_is_help=True)
+
+
+def pseudolabel_cmd(
+    threshold: Optional[float] = typer.Option(
+        None, help="Keep pseudo-labels with at least this confidence (default: pseudolabel.threshold)."),
+    ema_decay: Optional[float] = typer.Option(
+        None, help="EMA teacher decay per step, with warm-up (default: pseudolabel.ema_decay)."),
+    mu: Optional[int] = typer.Option(
+        None, help="Unlabeled samples per labeled sample in a batch (default: pseudolabel.mu)."),
+    lambda_u: Optional[float] = typer.Option(None, help="Weight of the unlabeled loss (default: pseudolabel.lambda_u)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: pseudolabel.epochs)."),
+    balance: Optional[bool] = typer.Option(
+        None, "--balance/--no-balance",
+        help="Cap every class at the median count of pseudo-labels per class (default: pseudolabel.balance)."),
+    mode: Optional[str] = typer.Option(
+        None, help="head: on cached embeddings; finetune: the backbone, weak/strong views (default: pseudolabel.mode)."),
+    accept: bool = typer.Option(False, help="Accept the current pseudo-labels as labels (a curator's decision)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Pseudo-labels for the unlabeled split (EMA teacher, threshold, pseudo mixup), kept apart from labels."""
+    from fieldguide.curation.pseudolabel import accept_pseudo_labels, pseudolabel
+
+    project = _project()
+    if accept:
+        n = accept_pseudo_labels(project)
+        _echo_json({"accepted": n}) if as_json else typer.echo(f"accepted {n} pseudo-labels (label_history: source pseudo)")
+        return
+    report = pseudolabel(project, threshold=threshold, ema_decay=ema_decay, mu=mu, lambda_u=lambda_u,
+                         epochs=epochs, balance=balance, mode=mode)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"{report.selected} pseudo-labels for {report.unlabeled} unlabeled samples "
+               f"(threshold {report.threshold}, {report.labeled} labeled); review: fieldguide app --view pseudo_labeled")
+
+
+def augment_cmd(
+    min_per_class: Optional[int] = typer.Option(None, help="Augment classes with fewer training samples (default: curation.scarce_class_count)."),
+    cls: Optional[list[str]] = typer.Option(None, "--class", help="Augment these classes (repeatable) instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Diffusion augmentation of scarce classes (ControlNet on Canny edges, filtered); needs augment.model_dir."""
+    from fieldguide.curation.augment import augment
+
+    report = augment(_project(), classes=cls or None, min_per_class=min_per_class)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    for name, f in report.classes.items():
+        typer.echo(f"{name}: generated {f.generated}, kept {f.kept}, rejected {f.rejected_semantic} (semantic) "
+                   f"+ {f.rejected_classifier} (classifier)")
+    typer.echo(f"kept {report.kept} synthetic images (view: synthetic); run 'fieldguide embed' to use them in training")
+
+
+def fill_cmd(
+    min_per_class: Optional[int] = typer.Option(
+        None, help="Fill classes with fewer labeled training samples than this (default: curation.scarce_class_count)."),
+    threshold: Optional[float] = typer.Option(
+        None, help="Pseudo-label confidence threshold (default: pseudolabel.threshold)."),
+) -> None:
+    """Fill scarce classes: pseudo-labels from the unlabeled split and diffusion augmentation, per class."""
+    from fieldguide.curation.fill import fill
+
+    for line in fill(_project(), min_per_class=min_per_class, threshold=threshold):
+        typer.echo(line)
+
+
+def flag_cmd(
+    backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Label-issue signals, one noise score and the review queue (saved views to_review, outliers, ...)."""
+    from fieldguide.curation.flag import flag
+
+    report = flag(_project(), backbone=backbone)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"assessed {report.assessed}, not assessable {report.not_assessable}, flagged {report.flagged}, "
+               f"outliers {report.outliers}, near-duplicates {report.near_duplicates}")
+    for reason, n in report.not_assessable_reasons.items():
+        typer.echo(f"  not assessable ({reason}): {n}")
+    typer.echo(f"signals: {', '.join(report.signals) or 'none'}")
+    for row in report.top:
+        typer.echo(f"  {row['noise_score']:.3f}  given {row['label']}  predicted {row['predicted']}  {row['filepath']}")
+    if report.flagged:
+        typer.echo("open the queue: fieldguide app --view to_review")
+
+
+@signals_app.command("export")
+def signals_export(
+    out: Path = typer.Argument(..., help="The CSV file to write."),
+    run: Optional[str] = typer.Option(None, help="A flag run id (default: the latest)."),
+) -> None:
+    """One row per sample: filepath, label, predicted_label, noise_score, label_issue, then each signal."""
+    from fieldguide.curation.export import export_signals
+
+    path, rows = export_signals(_project(), out, run_id=run)
+    typer.echo(f"wrote {rows} rows to {path}")
+
+
+@bench_app.command("noise")
+def bench_noise(
+    rates: str = typer.Option("0.1,0.2,0.4", help="Comma-separated noise rates."),
+    kinds: str = typer.Option("symmetric,pairs", help="symmetric and/or pairs (confusable classes)."),
+    seed: int = typer.Option(0, help="Seed of the injected noise."),
+    head: Optional[str] = typer.Option(None, help="Head for the out-of-sample pred_probs (default: predict.head)."),
+    folds: Optional[int] = typer.Option(None, help="K of the K-fold (default: predict.folds)."),
+    backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON records."),
+) -> None:
+    """Inject label noise into your (clean) labels and score how well each signal finds it."""
+    from fieldguide.curation.noise_bench import project_noise_benchmark
+
+    try:
+        rate_list = tuple(float(r) for r in rates.split(",") if r.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--rates {rates!r}: use numbers like 0.1,0.2") from None
+    table, path = project_noise_benchmark(
+        _project(), rates=rate_list, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        seed=seed, head=head, folds=folds, backbone=backbone,
+    )
+    if as_json:
+        _echo_json(table.to_dict("records"))
+        return
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"table: {path}")

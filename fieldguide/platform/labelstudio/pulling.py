@@ -1,0 +1,318 @@
+"""Pull the curators' answers back from Label Studio into the store, each task on its own.
+
+:func:`pull` reads the answers, decides per task (several annotators: ``votes`` and the
+configured majority rule, :func:`decide`), and applies each task on its own through
+:func:`store.set_labels` (``label_history``: old, new, source ``labelstudio``, annotator, time,
+run id). A task's answer is fingerprinted (annotation ids and update times), so re-running
+pull applies nothing twice, while an edited answer is applied once more. Only tasks that
+fieldguide pushed (recorded in ``relabel_tasks``, :mod:`.records`) are applied. Each task is
+applied under the project's write lock after re-reading what the store and the warehouse
+hold, so two pulls at once apply an answer once. A task's row goes ``pushed`` → ``applying``
+(the label is being written) → ``answered`` / ``skipped``; a pull that stopped in between is
+finished by the next one without a second history entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+from fieldguide.config import Project
+from fieldguide.errors import FieldguideError, NotReadyError
+from fieldguide.platform import store
+from fieldguide.platform.labelstudio.client import Client, connection
+from fieldguide.platform.labelstudio.records import (
+    ANSWERED, APPLYING, DELETED, ORPHANED, PUSHED, SETTLED, SKIPPED, py_time, task_records,
+)
+from fieldguide.platform.labelstudio.storages import protected_paths
+from fieldguide.platform.labelstudio.tasks import UNSURE, choice, project_title
+from fieldguide.platform.lock import project_lock, writes
+from fieldguide.platform.warehouse import now
+
+log = logging.getLogger(__name__)
+
+MAJORITY_RULES = ("majority", "plurality", "unanimous")
+
+
+def decide(votes: Sequence[str], rule: str = "majority") -> str | None:
+    """The label that ``votes`` (one choice per annotator, ``UNSURE`` allowed) decide on.
+
+    ``majority``: a choice with more than half of the votes; ``plurality``: the most voted
+    choice, a tie decides nothing; ``unanimous``: every vote the same. Returns the winning
+    choice (possibly ``UNSURE``) or None when the rule decides nothing.
+    """
+    if rule not in MAJORITY_RULES:
+        raise ValueError(f"majority rule {rule!r} is not one of {', '.join(MAJORITY_RULES)}")
+    if not votes:
+        return None
+    counts = Counter(votes).most_common()
+    top, n = counts[0]
+    if rule == "unanimous":
+        return top if n == len(votes) else None
+    if rule == "majority":
+        return top if n * 2 > len(votes) else None
+    return top if len(counts) == 1 or counts[1][1] < n else None
+
+
+@dataclasses.dataclass
+class PullReport:
+    accepted: int = 0
+    changed: int = 0
+    unsure: int = 0
+    skipped: int = 0
+    pending: int = 0
+    unchanged: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)
+    project_id: int | None = None
+    run_id: str = ""
+
+    @property
+    def applied(self) -> int:
+        """Answers taken in by this pull (accepted + changed + unsure + skipped)."""
+        return self.accepted + self.changed + self.unsure + self.skipped
+
+    def as_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), applied=self.applied)
+
+
+@dataclasses.dataclass
+class _Answer:
+    annotation_id: int
+    annotator: str
+    choice: str | None
+    cancelled: bool
+    updated: str
+
+
+def _answers(task, emails: dict[int, str]) -> list[_Answer]:
+    out = []
+    for a in getattr(task, "annotations", None) or []:
+        a = a if isinstance(a, dict) else a.model_dump()
+        who = a.get("completed_by")
+        if isinstance(who, dict):
+            who_id, who_mail = who.get("id"), who.get("email")
+        else:
+            who_id, who_mail = who, None
+        out.append(_Answer(
+            annotation_id=int(a["id"]),
+            annotator=who_mail or emails.get(who_id) or f"user-{who_id}",
+            choice=choice(a.get("result")),
+            cancelled=bool(a.get("was_cancelled")),
+            updated=str(a.get("updated_at") or a.get("created_at") or ""),
+        ))
+    return out
+
+
+def _fingerprint(answers: list[_Answer]) -> list:
+    return sorted([a.annotation_id, a.updated, a.choice, a.cancelled] for a in answers)
+
+
+class Puller:
+    """Applies tasks one at a time; each task's writes stand or fall together."""
+
+    def __init__(self, project: Project, client: Client, project_id: int, run_id: str):
+        self.project = project
+        self.client = client
+        self.project_id = project_id
+        self.run_id = run_id
+        self.name = project.config.project.name
+        self.rule = project.config.labelstudio.majority_rule
+        self.wh = store.warehouse(project)
+        self.ds = store.dataset(project, create=False)
+        self.rows = task_records(project)
+        self.emails = client.user_emails()
+        ids, labels, votes = self.ds.values(["id", "ground_truth.label", "votes"])
+        self.labels = dict(zip(ids, labels))
+        self.votes = dict(zip(ids, votes))
+        self.classes = set(store.classes(self.ds))
+        self.report = PullReport(project_id=project_id, run_id=run_id)
+
+    def _row(self, sid: str, task_id: int, status: str, answer: dict | None, pushed=None) -> None:
+        old = self.rows.get(sid) or {}
+        row = {
+            "project": self.name, "sample_id": sid, "task_id": task_id, "status": status,
+            "pushed": py_time(old.get("pushed")) or pushed or now(),
+            "answered": now() if status != PUSHED else None,
+            "answer": json.dumps(answer, sort_keys=True, default=str) if answer else None,
+        }
+        self.wh.write("relabel_tasks", [row])
+        self.rows[sid] = row
+
+    def deleted(self, sid: str, task_id: int) -> None:
+        self.report.problems.append(
+            f"task {task_id} (sample {sid}) was deleted in Label Studio: nothing applied "
+            "(run 'fieldguide relabel push' to make it again)"
+        )
+        self._row(sid, task_id, DELETED, None)
+
+    def apply(self, task) -> None:
+        """Apply one task's answers, unless it is not fieldguide's or they are applied already.
+
+        The check and the writes happen under the project's write lock, after re-reading the
+        sample's ``relabel_tasks`` row and label: another pull (a second ``relabel pull``, the
+        webhook listener) may have applied this very answer since this pull started.
+        """
+        data = task.data or {}
+        sid, task_id = data.get("sample_id"), int(task.id)
+        if not sid:
+            self.report.problems.append(f"task {task_id} has no sample_id: not a fieldguide task, ignored")
+            return
+        answers = _answers(task, self.emails)
+        if not answers:
+            self.report.pending += 1
+            return
+        with project_lock(self.project, "relabel pull"):
+            self._refresh(sid)
+            rec = self.rows.get(sid)
+            if rec is None or rec.get("task_id") is None or int(rec["task_id"]) != task_id:
+                self.report.problems.append(
+                    f"task {task_id} names sample {sid}, but fieldguide did not push it: ignored"
+                )
+                return
+            self._apply(task, sid, task_id, answers)
+
+    def _refresh(self, sid: str) -> None:
+        """Re-read the sample's ``relabel_tasks`` row, label and votes."""
+        self.rows.pop(sid, None)
+        self.rows.update(task_records(self.project, sid))
+        found = self.ds.select([sid]).values(["id", "ground_truth.label", "votes"])
+        if found[0]:
+            self.labels[sid], self.votes[sid] = found[1][0], found[2][0]
+        else:
+            self.labels.pop(sid, None)
+            self.votes.pop(sid, None)
+
+    def _apply(self, task, sid: str, task_id: int, answers: list[_Answer]) -> None:
+        fingerprint = _fingerprint(answers)
+        rec = self.rows.get(sid)
+        stored = json.loads(rec["answer"]) if rec and rec.get("answer") else {}
+        same = stored.get("fingerprint") == json.loads(json.dumps(fingerprint, default=str))
+        if rec and rec["status"] in SETTLED and same and rec["task_id"] == task_id:
+            self.report.unchanged += 1
+            return
+        if sid not in self.labels:
+            self.report.problems.append(
+                f"task {task_id}: sample {sid} is no longer in the store: answer not applied"
+            )
+            self._row(sid, task_id, ORPHANED, {"fingerprint": fingerprint, "outcome": "orphaned"},
+                      pushed=py_time(getattr(task, "created_at", None)))
+            return
+        given = self.labels[sid]
+        votes = [(a.annotator, a.choice) for a in answers if not a.cancelled and a.choice]
+        answer = {"fingerprint": fingerprint, "run_id": self.run_id, "given": given,
+                  "votes": [list(v) for v in votes], "rule": self.rule}
+        if rec and rec["status"] == APPLYING and same and self._history_has(sid, stored.get("run_id")):
+            # an earlier pull changed the label and stopped before finishing: finish it only
+            self._write_votes(sid, task_id, votes)
+            self._row(sid, task_id, ANSWERED, stored)
+            outcome = stored.get("outcome", "changed")
+            setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+            return
+        if not votes:
+            self._row(sid, task_id, SKIPPED, dict(answer, outcome="skipped"))
+            self.report.skipped += 1
+            return
+        decision = decide([c for _, c in votes], self.rule)
+        if decision is None or decision == UNSURE:
+            self._write_votes(sid, task_id, votes)
+            self._row(sid, task_id, ANSWERED, dict(answer, outcome="unsure", decision=decision))
+            self.report.unsure += 1
+            return
+        if decision not in self.classes:
+            self.report.problems.append(
+                f"task {task_id}: answer {decision!r} is not a class of the project: not applied"
+            )
+            return
+        outcome = "accepted" if decision == given else "changed"
+        answer.update(outcome=outcome, decision=decision)
+        actor = ",".join(sorted({who for who, c in votes if c == decision}))
+        self._row(sid, task_id, APPLYING, answer)
+        try:
+            store.set_labels(self.project, self.ds, {sid: decision}, source="labelstudio",
+                             actor=actor, run_id=self.run_id)
+        except FieldguideError as e:
+            self._row(sid, task_id, rec["status"] if rec else PUSHED, stored or None)
+            self.report.problems.append(f"task {task_id}: {e}")
+            return
+        self.labels[sid] = decision
+        self._write_votes(sid, task_id, votes)
+        self._row(sid, task_id, ANSWERED, answer)
+        setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+
+    def _history_has(self, sid: str, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        self.ds.reload()
+        hist = self.ds[sid].label_history or []
+        return any(e.source == "labelstudio" and e.run_id == run_id for e in hist)
+
+    def _write_votes(self, sid: str, task_id: int, votes: list[tuple[str, str]]) -> None:
+        """Each annotator's class vote into ``votes`` (replacing that annotator's earlier vote)."""
+        import fiftyone as fo
+
+        class_votes = [(who, c) for who, c in votes if c != UNSURE]
+        if not class_votes:
+            return
+        old = self.votes.get(sid)
+        by_annotator = {c.annotator: c for c in (old.classifications if old else []) if c.annotator}
+        when = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        for who, label in class_votes:
+            prev = by_annotator.get(who)
+            if prev is not None and prev.label == label and getattr(prev, "ls_task_id", None) == task_id:
+                continue
+            by_annotator[who] = fo.Classification(
+                label=label, annotator=who, time=when, source="labelstudio", ls_task_id=task_id,
+            )
+        value = fo.Classifications(classifications=list(by_annotator.values()))
+        self.ds.set_values("votes", {sid: value}, key_field="id")
+        self.votes[sid] = value
+
+
+@writes("relabel pull")
+def pull(project: Project, *, task_ids: Sequence[int] | None = None) -> PullReport:
+    """Apply the curators' answers from Label Studio (all tasks, or just ``task_ids``).
+
+    Each task is applied on its own (one :func:`store.set_labels` call, its votes, its
+    ``relabel_tasks`` row); a problem with one task is a report line, not a failure.
+    """
+    conn = connection(project)
+    client = Client(conn)
+    client.check()
+    proj = client.find_project(project_title(project))
+    if proj is None:
+        raise NotReadyError(
+            f"Label Studio at {conn.url} has no project {project_title(project)!r} "
+            "(run 'fieldguide relabel push' first)"
+        )
+    client.drop_leaking_storages(proj.id, protected_paths(project))
+    if task_ids is None:
+        tasks = client.tasks(proj.id, with_annotations=True)
+        missing_ids: list[int] = []
+    else:
+        fetched = {int(t): client.task(int(t)) for t in task_ids}
+        tasks = [t for t in fetched.values() if t is not None and t.project == proj.id]
+        missing_ids = [t for t, v in fetched.items() if v is None]
+    store.dataset(project, create=False)  # a clear error before the run starts
+    wh = store.warehouse(project)
+    with wh.run("relabel_pull", {"url": conn.url, "project_id": proj.id,
+                                 "task_ids": list(task_ids) if task_ids else None}) as run_id:
+        puller = Puller(project, client, proj.id, run_id)
+        for task in sorted(tasks, key=lambda t: t.id):
+            puller.apply(task)
+        on_server = {t.id for t in tasks}
+        by_task = {int(r["task_id"]): sid for sid, r in puller.rows.items() if r.get("task_id") is not None}
+        gone = missing_ids if task_ids is not None else [
+            tid for tid, sid in by_task.items()
+            if tid not in on_server and puller.rows[sid]["status"] in (PUSHED, APPLYING, ANSWERED, SKIPPED)
+        ]
+        for tid in gone:
+            if tid in by_task and puller.rows[by_task[tid]]["status"] != DELETED:
+                puller.deleted(by_task[tid], tid)
+        store.snapshot_samples(project, puller.ds)
+    report = puller.report
+    log.info("pull: %s", report.as_dict())
+    return report
