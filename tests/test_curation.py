@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fieldguide.cli import app
-from fieldguide.config.sections import SignalsSection
+from fieldguide.config.sections import DEFAULT_SIGNAL_WEIGHTS, SignalsSection
 from fieldguide.curation import signals as sig
 from fieldguide.curation.export import BASE_COLUMNS, export_signals
 from fieldguide.curation.flag import flag
@@ -59,7 +59,8 @@ def test_inject_noise_flips_exactly_the_rate_to_other_classes():
 
 
 #: the signals the combined score weighs (Datalab's are reported, not weighed: left out to save time)
-_COMBINED = [name for name, spec in sig.registered_signals().items() if any(w > 0 for w in spec.weights.values())]
+_COMBINED = [name for name, spec in sig.registered_signals().items()
+             if any(DEFAULT_SIGNAL_WEIGHTS.get(output, 0) > 0 for output in spec.noisy_when)]
 
 
 def test_benchmark_combined_score_beats_both_cleanlab_rows():
@@ -97,8 +98,7 @@ def test_combined_score_beats_cleanlab_on_the_same_pred_probs(kind):
     probs = cross_val_predict(LogisticRegression(max_iter=1000), X, noisy, method="predict_proba",
                               cv=StratifiedKFold(5, shuffle=True, random_state=0))
     values = sig.compute_signals(sig.SignalInputs(labels=noisy, pred_probs=probs, features=X), _COMBINED)
-    weights, direction = sig.combine_weights()
-    score = noise_score(values, weights, direction)
+    score = noise_score(values, DEFAULT_SIGNAL_WEIGHTS, sig.directions())
     quality = get_label_quality_scores(noisy, probs)
     issues = find_label_issues(noisy, probs)
     n = int(issues.sum())
@@ -271,8 +271,8 @@ def test_flag_writes_scores_tags_views_and_warehouse(predicted):
     wh = store.warehouse(p)
     long = wh.query("SELECT sample_id, signal, value FROM signals WHERE run_id = ?", [report.run_id])
     wide = long.pivot(index="sample_id", columns="signal", values="value").loc[ids]
-    weights, direction = sig.combine_weights()
-    expected = noise_score({k: wide[k].to_numpy() for k in weights if k in wide}, weights, direction)
+    weights = p.config.signals.weights  # the project's [signals] weights
+    expected = noise_score({k: wide[k].to_numpy() for k in weights if k in wide}, weights, sig.directions())
     np.testing.assert_allclose(np.array(stored, dtype=float), expected, atol=1e-9)
     np.testing.assert_allclose(wide["noise_score"].to_numpy(), expected, atol=1e-9)
     assert set(ds.list_saved_views()) >= {"to_review", "outliers", "near_duplicates", "scarce_classes"}
