@@ -27,7 +27,7 @@ def labelstudio_start(
     if as_json:
         _echo_json(info.as_dict())
         return
-    typer.echo(f"Label Studio running at {info.url} (pid {info.pid})")
+    typer.echo(f"Label Studio {info.message} at {info.url} (pid {info.pid})")  # running | already running
     typer.echo(f"log in as {info.username}; password in {info.data_dir}/credentials.json")
 
 

@@ -183,8 +183,9 @@ def health(url: str, timeout: float = 3.0) -> bool:
 def start(project: Project, *, port: int | None = None, timeout_s: float = 300.0) -> ServerStatus:
     """Start the project's Label Studio on 127.0.0.1 and wait until ``/health`` answers.
 
-    Re-running while it runs returns its status. The first start runs the database
-    migrations (a minute or two on a small machine); later starts are faster.
+    Re-running while it runs returns its status, its message "already running" (it starts
+    nothing, whatever ``port`` says). The first start runs the database migrations (a minute
+    or two on a small machine); later starts are faster.
     """
     import importlib.util
 
@@ -195,7 +196,7 @@ def start(project: Project, *, port: int | None = None, timeout_s: float = 300.0
         )
     current = status(project)
     if current.running:
-        return current
+        return dataclasses.replace(current, message="already running")
     if importlib.util.find_spec("label_studio") is None:
         raise ServiceError("label-studio is not installed (pip install 'fieldguide[labelstudio]')")
     port = port or project.config.labelstudio.port
