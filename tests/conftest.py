@@ -30,6 +30,15 @@ def make_image(path: Path, color: tuple[int, int, int], size: int = 32, seed: in
     return path
 
 
+def blobs(n_classes: int = 8, per_class: int = 40, dim: int = 16, spread: float = 0.6, seed: int = 0):
+    """``(X, y)``: Gaussian blobs around random class centres, ``per_class`` rows per class."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_classes, dim)) * 2
+    y = np.repeat(np.arange(n_classes), per_class)
+    X = centers[y] + rng.normal(scale=spread, size=(len(y), dim))
+    return X, y
+
+
 CLASS_COLORS = {"red_bird": (200, 40, 40), "green_bird": (40, 180, 60), "blue_bird": (40, 60, 200)}
 
 

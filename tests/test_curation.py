@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fieldguide.cli import app
-from fieldguide.config.sections import SignalsSection
+from fieldguide.config.sections import DEFAULT_SIGNAL_WEIGHTS, SignalsSection
 from fieldguide.curation import signals as sig
 from fieldguide.curation.export import BASE_COLUMNS, export_signals
 from fieldguide.curation.flag import flag
@@ -22,7 +22,7 @@ from fieldguide.models.embed import embed
 from fieldguide.models.predict import predict
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
-from conftest import make_image
+from conftest import CLASS_COLORS, blobs, make_image, use_tiny_backbone
 
 
 # ---- functions of arrays -------------------------------------------------------------------------
@@ -36,9 +36,10 @@ def test_percentile_rank_orients_and_keeps_nan():
 def test_noise_score_renormalises_over_present_signals():
     signals = {"a": np.array([1.0, 2.0, 3.0]), "b": np.array([np.nan, 0.0, 1.0])}
     score = noise_score(signals, {"a": 1.0, "b": 1.0}, {"a": "high", "b": "high"})
-    assert score[0] == 0.0  # only a speaks for sample 0, and it is the lowest
-    assert score[2] == 1.0 and 0 < score[1] < 1
-    assert ((score >= 0) & (score <= 1)).all()
+    # ranks: a -> 0, 0.5, 1; b -> NaN, 0, 1. Sample 0 has only a's rank; sample 1 the mean of 0.5 and 0
+    assert score.tolist() == [0.0, 0.25, 1.0]
+    weighted = noise_score(signals, {"a": 3.0, "b": 1.0}, {"a": "high", "b": "low"})  # b: low means noisy
+    assert weighted.tolist() == pytest.approx([0.0, (3 * 0.5 + 1 * 1.0) / 4, (3 * 1.0 + 1 * 0.0) / 4])
     with pytest.raises(ValueError, match="none of the weighted signals"):
         noise_score({"c": np.ones(3)}, {"a": 1.0}, {})
 
@@ -49,35 +50,64 @@ def test_flag_top_never_flags_nan():
     assert flag_top(np.array([0.2, 0.1]), 0).sum() == 0
 
 
-def _blobs(n_classes=8, per_class=40, dim=16, spread=0.6, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_classes, dim)) * 2
-    y = np.repeat(np.arange(n_classes), per_class)
-    X = centers[y] + rng.normal(scale=spread, size=(len(y), dim))
-    return X, y
-
-
 def test_inject_noise_flips_exactly_the_rate_to_other_classes():
-    X, y = _blobs()
+    X, y = blobs()
     for kind in ("symmetric", "pairs"):
         noisy = inject_noise(y, 8, 0.2, kind, seed=0, features=X)
         assert (noisy != y).sum() == round(0.2 * len(y))
         assert np.array_equal(noisy, inject_noise(y, 8, 0.2, kind, seed=0, features=X))  # seeded
 
 
-def test_combined_score_finds_symmetric_noise_at_least_as_well_as_cleanlab():
-    X, y = _blobs()
+#: the signals the combined score weighs (Datalab's are reported, not weighed: left out to save time)
+_COMBINED = [name for name, spec in sig.registered_signals().items()
+             if any(DEFAULT_SIGNAL_WEIGHTS.get(output, 0) > 0 for output in spec.noisy_when)]
+
+
+def test_benchmark_combined_score_beats_both_cleanlab_rows():
+    """Overlapping blobs (spread 1.6: no signal is perfect), 20% symmetric noise, the benchmark as
+    ``bench noise`` runs it: its ``label_quality`` row is cleanlab's ``rank.get_label_quality_scores``,
+    its ``cl_issue`` row ``filter.find_label_issues``, all on the same pred_probs as the combined score."""
+    X, y = blobs(spread=1.6)
     table = run_noise_benchmark(X, y, 8, rates=(0.2,), kinds=("symmetric",), folds=5, progress=False,
-                                entropy_weights=(0.0, 0.5))
+                                signals=_COMBINED, entropy_weights=(0.0, 0.5))
     by = table.set_index("signal")
     assert {"noise_score", "cl_issue", "label_quality", "knn_disagreement", "prediction_differs"} <= set(by.index)
     # the weight sweep: weight 0 is the score without the entropy signal
     assert by.loc["noise_score@entropy=0", "auroc"] == pytest.approx(by.loc["noise_score_without_entropy", "auroc"])
     assert "noise_score@entropy=0.5" in by.index
-    assert by.loc["noise_score", "auroc"] >= 0.9
-    assert by.loc["noise_score", "auroc"] >= by.loc["cl_issue", "auroc"] - 1e-9
-    assert by.loc["noise_score", "f1"] >= by.loc["cl_issue", "f1"] - 0.02
-    assert by.loc["noise_score", "precision_top5"] > 0.8
+    assert by.loc["noise_score", "flagged"] == by.loc["cl_issue", "flagged"]  # judged on cleanlab's own budget
+    for cleanlab_row in ("label_quality", "cl_issue"):
+        assert by.loc["noise_score", "auroc"] > by.loc[cleanlab_row, "auroc"], cleanlab_row
+        assert by.loc["noise_score", "f1"] > by.loc[cleanlab_row, "f1"], cleanlab_row
+        assert by.loc["noise_score", "precision_top5"] >= by.loc[cleanlab_row, "precision_top5"], cleanlab_row
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "pairs"])
+def test_combined_score_beats_cleanlab_on_the_same_pred_probs(kind):
+    """The combined score as ``flag`` computes it (registered signals, their weights), against cleanlab's
+    two outputs called here, all on one set of out-of-fold pred_probs made with scikit-learn."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    X, y = blobs(spread=1.6)
+    noisy = inject_noise(y, 8, 0.2, kind, seed=0, features=X)
+    flipped = noisy != y
+    probs = cross_val_predict(LogisticRegression(max_iter=1000), X, noisy, method="predict_proba",
+                              cv=StratifiedKFold(5, shuffle=True, random_state=0))
+    values = sig.compute_signals(sig.SignalInputs(labels=noisy, pred_probs=probs, features=X), _COMBINED)
+    score = noise_score(values, DEFAULT_SIGNAL_WEIGHTS, sig.directions())
+    quality = get_label_quality_scores(noisy, probs)
+    issues = find_label_issues(noisy, probs)
+    n = int(issues.sum())
+    # the ranking: flipped labels above clean ones, better than cleanlab's label quality
+    assert roc_auc_score(flipped, score) > roc_auc_score(flipped, -quality)
+    # the flagged set (top-n by score, n = cleanlab's count): better than cleanlab's own set, and at least
+    # as good as label quality's top-n (on symmetric noise the two sets are equally good here)
+    assert f1_score(flipped, flag_top(score, n)) > f1_score(flipped, issues)
+    assert f1_score(flipped, flag_top(score, n)) >= f1_score(flipped, flag_top(-quality, n))
 
 
 def test_signals_registry_adds_a_signal_without_other_changes():
@@ -176,15 +206,20 @@ def test_multiannotator_signal_with_some_annotators_on_some_samples_uses_cleanla
 
 
 def test_multiannotator_signal_when_all_annotators_agree():
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+
     labels = np.array([0, 1, 2, 0])
     probs = _confident_probs(labels)
+    probs[3] = [0.4, 0.3, 0.3]  # the model is less sure of the last one
     votes = pd.DataFrame({"ann": labels, "bob": labels}, dtype=float)
     inp = sig.SignalInputs(labels=labels, pred_probs=probs, votes=votes)
     out = sig.multiannotator_signal(inp)
     assert out["consensus_label"].tolist() == [0, 1, 2, 0]
     assert out["annotator_agreement"].tolist() == [1.0] * 4
     assert out["consensus_disagrees"].tolist() == [0.0] * 4
-    assert ((out["consensus_quality"] > 0.5) & (out["consensus_quality"] <= 1)).all()
+    ref = get_label_quality_multiannotator(votes, probs, verbose=False)["label_quality"]
+    assert np.allclose(out["consensus_quality"], ref["consensus_quality_score"])
+    assert out["consensus_quality"][3] < out["consensus_quality"][0]  # the doubtful model lowers it
     stats = inp.extra["annotator_stats"]
     assert stats["agreement_with_consensus"].tolist() == [1.0, 1.0]
 
@@ -227,9 +262,19 @@ def test_flag_writes_scores_tags_views_and_warehouse(predicted):
     report = flag(p)
     ds.reload()
     assert report.assessed == 24 and report.not_assessable == 0
-    scores = np.array(ds.values("noise_score"), dtype=float)
-    assert np.isfinite(scores).all() and scores.min() >= 0 and scores.max() <= 1
-    assert ds[red.id].noise_score >= np.quantile(scores, 0.8)
+    ids, stored = ds.values(["id", "noise_score"])
+    scores = dict(zip(ids, stored))
+    # the wrong label on a red bird is the noisiest sample, flagged and the most "mistaken" for the Brain too
+    assert max(scores, key=scores.get) == red.id and ds[red.id].label_issue is True
+    assert max(zip(*ds.values(["mistakenness", "id"])))[1] == red.id
+    # the stored score is the weighted rank mean of the signals the run wrote to the warehouse
+    wh = store.warehouse(p)
+    long = wh.query("SELECT sample_id, signal, value FROM signals WHERE run_id = ?", [report.run_id])
+    wide = long.pivot(index="sample_id", columns="signal", values="value").loc[ids]
+    weights = p.config.signals.weights  # the project's [signals] weights
+    expected = noise_score({k: wide[k].to_numpy() for k in weights if k in wide}, weights, sig.directions())
+    np.testing.assert_allclose(np.array(stored, dtype=float), expected, atol=1e-9)
+    np.testing.assert_allclose(wide["noise_score"].to_numpy(), expected, atol=1e-9)
     assert set(ds.list_saved_views()) >= {"to_review", "outliers", "near_duplicates", "scarce_classes"}
     queue = ds.load_saved_view("to_review")
     assert len(queue) == report.flagged == ds.count_values("label_issue").get(True, 0)
@@ -237,12 +282,9 @@ def test_flag_writes_scores_tags_views_and_warehouse(predicted):
     assert q == sorted(q, reverse=True)
     # every class has fewer than 10 samples: all scarce
     assert len(ds.load_saved_view("scarce_classes")) == 24
-    wh = store.warehouse(p)
-    rows = wh.query("SELECT signal, count(*) AS n FROM signals WHERE run_id = ? GROUP BY signal", [report.run_id])
-    counts = dict(zip(rows["signal"], rows["n"]))
+    counts = long.groupby("signal").size()
     assert counts["noise_score"] == 24 and counts["label_quality"] == 24 and "knn_disagreement" in counts
     assert counts["mistakenness"] == 24 and counts["uniqueness"] == 24  # FiftyOne Brain, from logits and embeddings
-    assert ds.bounds("mistakenness")[0] >= 0
     snap = wh.query("SELECT count(*) FROM samples WHERE noise_score IS NOT NULL").iloc[0, 0]
     assert snap == 24
 
@@ -302,12 +344,15 @@ def test_tiny_class_and_missing_prediction_are_not_assessable(predicted, tmp_pat
 
 
 def test_flag_uses_crowd_votes(predicted, image_folder, tmp_path):
+    """ann votes every sample's label; bob votes another class on every third sample (in path order)."""
     p = predicted
     ds = store.dataset(p)
+    classes = sorted(CLASS_COLORS)
     rows = []
-    for path, label in zip(*ds.match_tags("train").values(["filepath", "ground_truth.label"])):
+    train = sorted(zip(*ds.match_tags("train").values(["filepath", "ground_truth.label"])))
+    for i, (path, label) in enumerate(train):
         rows.append((path, "ann", label))
-        rows.append((path, "bob", label if hash(path) % 4 else "green_bird"))
+        rows.append((path, "bob", classes[(classes.index(label) + 1) % 3] if i % 3 == 0 else label))
     votes = tmp_path / "votes.csv"
     with votes.open("w", newline="") as f:
         w = csv.writer(f)
@@ -316,10 +361,62 @@ def test_flag_uses_crowd_votes(predicted, image_folder, tmp_path):
     ingest(p, image_folder, fmt="folder", votes=votes)
     report = flag(p)
     assert "consensus_quality" in report.signals
-    ann = store.warehouse(p).query("SELECT annotator, quality FROM annotators WHERE run_id = ?", [report.run_id])
-    assert set(ann["annotator"]) == {"ann", "bob"}
+    ann = store.warehouse(p).query("SELECT annotator, quality, agreement, num_labels FROM annotators "
+                                   "WHERE run_id = ?", [report.run_id]).set_index("annotator")
+    assert ann["num_labels"].to_dict() == {"ann": 18, "bob": 18}
+    assert ann.loc["ann", "quality"] > ann.loc["bob", "quality"]
+    assert ann.loc["ann", "agreement"] > ann.loc["bob", "agreement"]
     ds.reload()
-    assert set(ds.match_tags("train").distinct("consensus_label")) <= {"red_bird", "green_bird", "blue_bird"}
+    # the model sides with ann where the two disagree: the consensus is the given label everywhere
+    labels, consensus, agreement = ds.match_tags("train").values(
+        ["ground_truth.label", "consensus_label", "annotator_agreement"])
+    assert consensus == labels
+    expected = {path: (0.5 if i % 3 == 0 else 1.0) for i, (path, _) in enumerate(train)}
+    assert dict(zip(ds.match_tags("train").values("filepath"), agreement)) == expected
+    assert set(ds.match_tags("test").values("consensus_label")) == {None}  # no votes, no consensus
+
+
+def test_datalab_outputs_after_flag(ingested, tiny_weights, image_folder, tmp_path):
+    """A byte-identical copy of a red bird and a yellow image among the green birds: Datalab's
+    near-duplicate points each at the other, the yellow one is the outlier; the saved views hold them."""
+    import shutil
+
+    p = use_tiny_backbone(ingested, tiny_weights)
+    p.config.curation.scarce_class_count = 9
+    extra = tmp_path / "extra" / "train"
+    original = image_folder / "train" / "red_bird" / "red_bird_train_2.jpg"
+    (extra / "red_bird").mkdir(parents=True)
+    copy = shutil.copy(original, extra / "red_bird" / "copy.jpg")
+    odd = make_image(extra / "green_bird" / "odd.jpg", (255, 255, 0), seed=99)
+    ingest(p, tmp_path / "extra", fmt="folder")
+    embed(p)
+    predict(p, head="logreg", folds=3)
+    report = flag(p)
+    ds = store.dataset(p)
+    by_path = dict(zip(*ds.values(["filepath", "id"])))
+    a, b = by_path[str(original)], by_path[str(copy)]
+    assert report.near_duplicates == 2
+    dup = dict(zip(*ds.values(["id", "near_duplicate_of"])))
+    assert (dup.pop(a), dup.pop(b)) == (b, a)
+    assert set(dup.values()) == {None}
+    assert sorted(ds.match_tags("near_duplicate").values("id")) == sorted([a, b])
+    assert sorted(ds.load_saved_view("near_duplicates").values("id")) == sorted([a, b])
+    # outliers: tagged, counted and listed alike, the most outlying (lowest score) first: the yellow one
+    outliers = ds.load_saved_view("outliers")
+    assert outliers.values("id") == ds.match_tags("outlier").sort_by("outlier_score").values("id")
+    assert len(outliers) == report.outliers >= 1
+    assert outliers.first().filepath == str(odd)
+    scores = dict(zip(*ds.values(["filepath", "outlier_score"])))
+    assert min(scores, key=scores.get) == str(odd)
+    wh = store.warehouse(p)
+    is_outlier = wh.query("SELECT sample_id FROM signals WHERE run_id = ? AND signal = 'is_outlier' AND value = 1",
+                          [report.run_id])["sample_id"]
+    assert sorted(is_outlier) == sorted(outliers.values("id"))
+    # scarce classes: fewer than 9 labeled samples (blue: 6 train + 2 test; red and green have 9)
+    scarce = ds.load_saved_view("scarce_classes")
+    assert set(scarce.values("ground_truth.label")) == {"blue_bird"} and len(scarce) == 8
+    queue = ds.load_saved_view("to_review")
+    assert sorted(queue.values("id")) == sorted(ds.match({"label_issue": True}).values("id"))
 
 
 def test_flag_before_predict_is_a_clear_error(ingested):
@@ -335,7 +432,8 @@ def test_signals_export_has_one_row_per_sample(predicted, tmp_path):
     assert rows == len(df) == 24
     assert list(df.columns[:5]) == BASE_COLUMNS
     assert {"label_quality", "knn_disagreement"} <= set(df.columns)
-    assert df["noise_score"].between(0, 1).all()
+    stored = dict(zip(*store.dataset(p).values(["filepath", "noise_score"])))
+    assert dict(zip(df["filepath"], df["noise_score"])) == pytest.approx(stored)
     assert set(df["label"]) == {"red_bird", "green_bird", "blue_bird"}
 
 

@@ -83,7 +83,15 @@ def test_embed_caches_and_embeds_only_new_or_changed(ingested, tiny_weights, tmp
     first = embed(p)
     assert (first.embedded, first.cached) == (24, 0)
     ids, X = load_embeddings(p)
-    assert X.shape == (24, 256) and np.isfinite(X).all()
+    assert X.shape == (24, 256)
+    # a cached row is the backbone's output on that image, recomputed here
+    from PIL import Image
+
+    bb = load_backbone("timm/test_efficientnet", tiny_weights)
+    path = store.dataset(p)[ids[5]].filepath
+    with Image.open(path) as im, torch.inference_mode():
+        direct = bb.model(bb.transform()(im.convert("RGB"))[None]).numpy()[0]
+    np.testing.assert_allclose(X[5], direct, rtol=1e-4, atol=1e-5)
     second = embed(p)
     assert (second.embedded, second.cached) == (0, 24)
     more = tmp_path / "more"
@@ -161,7 +169,9 @@ def test_cross_validation_never_predicts_a_sample_it_saw(rng):
     y = np.repeat(np.arange(3), 20)
     y[-1] = 3  # a class with a single sample: no crash, its column 0 where it was held out
     probs, fold = cross_val_pred_probs(RecordingHead, X, y, 4, folds=5)
-    assert probs.shape == (60, 4) and (fold >= 0).all() and len(set(fold)) == 5
+    assert probs.shape == (60, 4)
+    assert np.bincount(fold).tolist() == [12] * 5  # every sample held out once, stratified into equal folds
+    assert len(RecordingHead.fitted_rows) >= 5
     assert probs[-1, 3] == 0.0
 
 
@@ -175,11 +185,17 @@ def test_predict_writes_out_of_sample_predictions(ingested, tiny_weights):
     assert (pp.fold[train] >= 0).all() and (pp.fold[~train] == -1).all()
     assert len(set(pp.fold[train])) == 5
     np.testing.assert_allclose(pp.pred_probs.sum(axis=1), 1.0, atol=1e-6)
+    # the store's predictions are the saved pred_probs: argmax label, its probability, log-probabilities
     ds = store.dataset(p)
-    preds = ds.values("prediction")
-    assert all(pr is not None and len(pr.logits) == 3 and 0 < pr.confidence <= 1 for pr in preds)
-    # colours are easy: even random features separate them
-    assert report.oof_top1 > 0.8
+    row = {sid: i for i, sid in enumerate(pp.sample_ids)}
+    for sid, pr in zip(*ds.values(["id", "prediction"])):
+        probs = pp.pred_probs[row[sid]]
+        assert pr.label == pp.classes[probs.argmax()] and pr.confidence == pytest.approx(probs.max())
+        np.testing.assert_allclose(pr.logits, np.log(np.clip(probs, 1e-12, None)))
+    # the reported out-of-fold top-1 is the share of training samples whose stored prediction is their label
+    labels, predicted = ds.match_tags("train").values(["ground_truth.label", "prediction.label"])
+    assert report.oof_top1 == pytest.approx(np.mean(np.array(labels) == np.array(predicted)))
+    assert report.oof_top1 > 0.8  # colours are easy: even random features separate them
 
 
 def test_evaluate_writes_metrics_and_confusion_plot(ingested, tiny_weights):
@@ -187,7 +203,13 @@ def test_evaluate_writes_metrics_and_confusion_plot(ingested, tiny_weights):
     embed(p)
     predict(p, head="knn", folds=3)
     m = evaluate(p, split="test")
-    assert m["n"] == 6 and 0 <= m["top1"] <= 1 and m["top5"] == 1.0
+    # recomputed here with scikit-learn from the stored predictions of the test split
+    from sklearn.metrics import accuracy_score, f1_score
+
+    truth, predicted = store.dataset(p).match_tags("test").values(["ground_truth.label", "prediction.label"])
+    assert m["n"] == 6 and m["top1"] == pytest.approx(accuracy_score(truth, predicted))
+    assert m["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+    assert m["top5"] == 1.0  # 3 classes: the top 5 hold every class
     assert (p.root / "runs" / m["run_id"] / "confusion.png").stat().st_size > 1000
     wh = store.warehouse(p)
     names = set(wh.query("SELECT name FROM metrics WHERE run_id = ?", [m["run_id"]])["name"])
@@ -208,6 +230,39 @@ def test_metric_functions():
     assert m["cost_score"] == 10 / 4
     assert m["most_confused"] == [{"true": "c", "predicted": "a", "count": 1}]
     assert expected_calibration_error(np.array([0, 0]), np.array([[1.0, 0.0], [1.0, 0.0]])) == 0.0
+
+
+def test_cost_matrix_csv_gives_the_expected_cost_by_hand(tmp_path):
+    """FungiCLEF's dangerous confusions: calling the poisonous ``c`` an edible ``a`` costs 10."""
+    from fieldguide.errors import ConfigError
+    from fieldguide.models.evaluate import load_cost_matrix
+
+    path = tmp_path / "cost.csv"
+    path.write_text("true,predicted,cost\nc,a,10\na,b,0.5\n")
+    cost = load_cost_matrix(path, ["a", "b", "c"])
+    np.testing.assert_array_equal(cost, [[0, 0.5, 1], [1, 0, 1], [10, 1, 0]])
+    y = np.array([0, 0, 1, 2, 2])
+    probs = np.array([[0.8, 0.1, 0.1],   # a -> a: 0
+                      [0.2, 0.7, 0.1],   # a -> b: 0.5
+                      [0.1, 0.3, 0.6],   # b -> c: 1 (not in the CSV)
+                      [0.6, 0.1, 0.3],   # c -> a: 10
+                      [0.1, 0.1, 0.8]])  # c -> c: 0
+    assert classification_metrics(y, probs, ["a", "b", "c"], cost)["cost_score"] == pytest.approx(11.5 / 5)
+    assert classification_metrics(y, probs, ["a", "b", "c"])["cost_score"] == pytest.approx(3 / 5)  # 0/1: errors
+    np.testing.assert_array_equal(load_cost_matrix("", ["a", "b"]), [[0, 1], [1, 0]])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("true,predicted,cost\na,b,2\nd,a,3\n")
+    with pytest.raises(ConfigError) as e:
+        load_cost_matrix(bad, ["a", "b", "c"])
+    assert str(e.value) == f"{bad}:3: unknown class 'd'"
+    bad.write_text("true,guess,cost\na,b,2\n")
+    with pytest.raises(ConfigError, match=r"bad.csv:2: expected columns true,predicted,cost"):
+        load_cost_matrix(bad, ["a", "b", "c"])
+    bad.write_text("true,predicted,cost\na,b,lots\n")
+    with pytest.raises(ConfigError, match=r"bad.csv:2: expected columns true,predicted,cost"):
+        load_cost_matrix(bad, ["a", "b", "c"])
+    with pytest.raises(ConfigError, match="nope.csv does not exist"):
+        load_cost_matrix(tmp_path / "nope.csv", ["a"])
 
 
 def test_import_embeddings_from_another_project_by_file_hash(ingested, tiny_weights, image_folder, tmp_path):

@@ -3,6 +3,8 @@ project's own database (real embedded MongoDB), executed through FiftyOne's oper
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fieldguide.errors import FieldguideError
@@ -67,14 +69,22 @@ def test_flag_set_label_and_retrain_operators(predicted):
     assert (last.old, last.new, last.source, last.actor) == (old, new, "curator", p.config.project.curator)
     # confirming the same label is recorded too, and changes nothing
     assert run_op("set_label", ds, params={"label": new}, current_sample=sid)["confirmed"] == 1
-    with pytest.raises(Exception, match="Invalid enum value|unknown class"):
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError, match=r"Path: label\. Reason: Invalid enum value"):  # not a class
         run_op("set_label", ds, params={"label": "dodo"}, selected=[sid])
     assert store.dataset(p)[sid].ground_truth.label == new  # nothing changed by the bad request
 
     out = run_op("retrain", ds, params={"method": "ce", "flagged": "exclude"})
-    assert out["run_id"].startswith("retrain-") and out["top1"] is not None
-    runs = store.warehouse(p).query("SELECT kind, status FROM runs WHERE run_id = ?", [out["run_id"]])
-    assert runs.iloc[0].tolist() == ["retrain", "completed"]
+    assert out["run_id"].startswith("retrain-")
+    wh = store.warehouse(p)
+    runs = wh.query("SELECT kind, status, config FROM runs WHERE run_id = ?", [out["run_id"]])
+    assert runs.iloc[0, :2].tolist() == ["retrain", "completed"]
+    assert {k: v for k, v in json.loads(runs.iloc[0, 2]).items() if k in ("method", "flagged")} == {
+        "method": "ce", "flagged": "exclude"}
+    top1 = wh.query("SELECT value FROM metrics WHERE run_id = ? AND split = 'test' AND name = 'top1'",
+                    [out["run_id"]]).iloc[0, 0]
+    assert out["top1"] == pytest.approx(top1)
 
     card = sample_card(p, sid)
     assert [h["source"] for h in card["history"]][-2:] == ["curator", "curator"]

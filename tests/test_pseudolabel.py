@@ -17,8 +17,7 @@ from fieldguide.models.embed import embed
 from fieldguide.models.train import predict_head
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
-from conftest import CLASS_COLORS, make_image, use_tiny_backbone
-from tests.test_curation import _blobs
+from conftest import CLASS_COLORS, blobs, make_image, use_tiny_backbone
 
 
 def test_selection_thresholds_and_balances_classes():
@@ -45,7 +44,7 @@ def test_pseudo_mixup_weights_by_confidence():
 
 
 def test_teacher_learns_from_unlabeled_data():
-    X, y = _blobs(n_classes=5, per_class=60, spread=1.0)
+    X, y = blobs(n_classes=5, per_class=60, spread=1.0)
     rng = np.random.default_rng(0)
     lab = np.zeros(len(y), dtype=bool)
     for c in range(5):

@@ -18,8 +18,7 @@ from fieldguide.models.embed import embed
 from fieldguide.models.entropy import EntropySchedule, entropy, grpo_advantages, grpo_loss, training_loss
 from fieldguide.models.predict import predict
 from fieldguide.platform import store
-from conftest import use_tiny_backbone
-from tests.test_curation import _blobs
+from conftest import blobs, use_tiny_backbone
 
 
 # ---- the schedule and the losses ----------------------------------------------------------------------
@@ -38,11 +37,13 @@ def test_saturation_switches_when_entropy_stops_rising():
     rising = [1.0, 1.2, 1.4, 1.6, 1.8]
     for i, h in enumerate(rising):
         s.observe(h, (i + 1) / 20)
-    assert s.switched_at is None and s.lam(0.5) > 0
+    assert s.switched_at is None and s.lam(0.5) == 0.5
     for i, h in enumerate([1.8, 1.8, 1.8, 1.8], start=len(rising)):
         s.observe(h, (i + 1) / 20)
-    assert s.switched_at is not None and s.switched_at < 0.9
-    assert s.lam(s.switched_at) < 0 and s.lam(s.switched_at - 0.01) > 0
+    # moving averages (window 2) 1.1 1.3 1.5 1.7 1.8 1.8 1.8 1.8: the last 2 gains are both 0 first
+    # after the 8th epoch, at 8/20 of training
+    assert s.switched_at == pytest.approx(0.4)
+    assert s.lam(0.4) == -0.1 and s.lam(0.39) == 0.5
     # the fraction rule never moves the switch
     f = EntropySchedule(switch_at=0.8)
     for i in range(10):
@@ -83,9 +84,37 @@ def test_two_stage_loss_adds_the_signed_entropy_term():
         training_loss("sgd", logits, target, 0.0)
 
 
+def test_sample_weights_reach_the_task_loss_of_every_method():
+    import torch.nn.functional as F
+
+    from fieldguide.models.entropy import METHODS
+
+    logits = torch.tensor([[2.0, 0.5, 0.1], [0.3, 0.2, 1.5], [0.1, 1.0, 0.2]])
+    target = torch.tensor([0, 0, 1])
+    per = F.cross_entropy(logits, target, reduction="none")
+    w = torch.tensor([1.0, 0.3, 1.0])
+    ce, _ = training_loss("ce", logits, target, 0.0, weight=w)
+    assert torch.allclose(ce, (per[0] + 0.3 * per[1] + per[2]) / 2.3)
+    dropped, _ = training_loss("ce", logits, target, 0.0, weight=torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.allclose(dropped, F.cross_entropy(logits[[0, 2]], target[[0, 2]]))
+    two, _ = training_loss("two-stage-entropy", logits, target, 0.5, weight=w)
+    assert torch.allclose(two, ce - 0.5 * entropy(logits).mean())
+    # a sample of weight 0 gets no gradient from the task loss (λ = 0: no entropy term), in every method
+    for method in METHODS:
+        grads = []
+        for weight in (torch.ones(3), torch.tensor([1.0, 0.0, 1.0])):
+            x = torch.zeros(3, 3, requires_grad=True)  # uniform: GRPO's sampled rewards are mixed
+            loss, _ = training_loss(method, x, target, 0.0, k=64, weight=weight,
+                                    generator=torch.Generator().manual_seed(0))
+            loss.backward()
+            grads.append(x.grad)
+        assert grads[0][1].abs().sum() > 0, method
+        assert torch.count_nonzero(grads[1][1]) == 0 and grads[1][[0, 2]].abs().sum() > 0, method
+
+
 # ---- the loop on arrays -------------------------------------------------------------------------------
 def test_fit_head_learns_and_its_margins_expose_flipped_labels():
-    X, y = _blobs(n_classes=6, per_class=40, spread=1.2)
+    X, y = blobs(n_classes=6, per_class=40, spread=1.2)
     rng = np.random.default_rng(0)
     noisy = y.copy()
     flip = rng.choice(len(y), 48, replace=False)
@@ -106,7 +135,7 @@ def test_fit_head_learns_and_its_margins_expose_flipped_labels():
 
 
 def test_every_method_trains(rng):
-    X, y = _blobs(n_classes=4, per_class=30)
+    X, y = blobs(n_classes=4, per_class=30)
     for method in ("ce", "two-stage-entropy", "grpo"):
         model, state = tr.fit_head(X, y, 4, method=method, epochs=15, lr=1e-2, seed=0, progress=False)
         assert (tr.predict_head(model, X).argmax(axis=1) == y).mean() > 0.85, method
@@ -114,7 +143,7 @@ def test_every_method_trains(rng):
 
 
 def test_an_interrupted_fit_resumes_to_the_same_model():
-    X, y = _blobs(n_classes=4, per_class=20)
+    X, y = blobs(n_classes=4, per_class=20)
     full, _ = tr.fit_head(X, y, 4, method="ce", epochs=6, seed=0, progress=False)
     saved = {}
 
@@ -149,12 +178,17 @@ def embedded(ingested, tiny_weights):
 def test_train_records_metrics_curves_plot_and_trajectories(embedded):
     p = embedded
     report = tr.train(p, method="two-stage-entropy", progress=False)
-    assert report.n_train == 18 and report.top1 is not None and 0 <= report.macro_f1 <= 1
+    assert report.n_train == 18
     wh = store.warehouse(p)
     names = set(wh.query("SELECT DISTINCT name FROM curves WHERE run_id = ?", [report.run_id])["name"])
     assert {"loss", "train_acc", "mean_entropy", "lambda", "eval_acc"} <= names
     test = wh.query("SELECT name, value FROM metrics WHERE run_id = ? AND split = 'test'", [report.run_id])
     assert dict(zip(test["name"], test["value"]))["top1"] == pytest.approx(report.top1)
+    # two ways to the same number: the loop's held-out accuracy after the last epoch, and the metrics
+    assert report.top1 == pytest.approx(_last_curve(wh, report.run_id, "eval_acc"))
+    f1 = wh.query("SELECT f1 FROM class_metrics WHERE run_id = ? AND split = 'test'", [report.run_id])["f1"]
+    assert len(f1) == 3 and report.macro_f1 == pytest.approx(f1.mean())
+    assert _last_curve(wh, report.run_id, "lambda") == -p.config.train.lam_min  # exploiting at the end
     assert (p.runs_dir / report.run_id / "curves.png").stat().st_size > 5000
     run_id, ids, traj = tr.load_trajectories(p)
     assert run_id == report.run_id and len(ids) == 18 and traj["entropy"].shape == (18, 8)
@@ -191,8 +225,14 @@ def test_finetune_mode_runs_on_cpu(embedded):
     p = embedded
     p.config.train.finetune_batch_size = 8
     report = tr.train(p, method="grpo", mode="finetune", epochs=1, progress=False)
-    assert report.mode == "finetune" and report.n_train == 18 and report.top1 is not None
+    assert report.mode == "finetune" and report.n_train == 18
+    assert report.top1 == pytest.approx(_last_curve(store.warehouse(p), report.run_id, "eval_acc"))
     assert (p.checkpoints_dir / report.run_id / "last.pt").exists()
+
+
+def _last_curve(wh, run_id: str, name: str) -> float:
+    return wh.query("SELECT value FROM curves WHERE run_id = ? AND name = ? ORDER BY step DESC LIMIT 1",
+                    [run_id, name]).iloc[0, 0]
 
 
 def test_bad_method_is_a_config_error(embedded):
@@ -219,6 +259,44 @@ def test_entropy_signal_joins_flag_and_retrain_excludes_flagged(embedded):
     store.set_labels(p, ds, labels, source="curator", actor="test")
     third, _ = tr.retrain(p, progress=False)
     assert third.excluded == 0 and third.n_train == 18
+
+
+def _margins(project, run_id: str) -> dict[str, np.ndarray]:
+    """Per training sample, its given label's margin after each epoch (the run's trajectories.npz)."""
+    z = np.load(project.runs_dir / run_id / "trajectories.npz")
+    return dict(zip(z["sample_ids"].tolist(), z["margin"]))
+
+
+def test_downweight_policy_weighs_flagged_samples_in_the_loss(embedded):
+    """One red bird labeled blue, flagged. Full-batch CE (18 samples, batch 128): weight 0 trains the
+    very model that excluding the sample trains; weight 0.3 fits its wrong label less than keeping it."""
+    p = embedded
+    ds = store.dataset(p)
+    wrong = ds.match_tags("train").match({"ground_truth.label": "red_bird"}).first().id
+    store.set_labels(p, ds, {wrong: "blue_bird"}, source="curator", actor="test")
+    predict(p, head="logreg", folds=3)
+    assert flag(p).flagged >= 1
+    ds.reload()
+    flagged = set(ds.match_tags("train").match({"label_issue": True}).values("id"))
+    assert wrong in flagged
+    runs = {}
+    for policy, weight in (("keep", 1.0), ("downweight", 0.3), ("downweight", 0.0), ("exclude", 1.0)):
+        p.config.train.flagged_weight = weight
+        report, _ = tr.retrain(p, method="ce", flagged=policy, progress=False)
+        runs[policy, weight] = report, _margins(p, report.run_id)
+    (keep, m_keep), (down, m_down), (zero, m_zero), (excl, m_excl) = runs.values()
+    assert (keep.n_train, keep.downweighted, keep.excluded) == (18, 0, 0)
+    assert (down.n_train, down.downweighted, down.excluded) == (18, len(flagged), 0)
+    assert (excl.n_train, excl.downweighted, excl.excluded) == (18 - len(flagged), 0, len(flagged))
+    assert set(m_excl) == set(m_zero) - flagged
+    for sid, margin in m_excl.items():  # weight 0 = not there at all
+        np.testing.assert_allclose(m_zero[sid], margin, atol=1e-4)
+    assert zero.top1 == excl.top1
+    # the less a wrong label weighs, the less the model learns it
+    assert m_keep[wrong][-1] > m_down[wrong][-1] > m_zero[wrong][-1]
+    runs_table = store.warehouse(p).query("SELECT run_id, config FROM runs WHERE kind = 'retrain'")
+    assert sorted(json.loads(c)["flagged"] for c in runs_table["config"]) == sorted(
+        ["keep", "downweight", "downweight", "exclude"])
 
 
 def test_cli_train_json(embedded):

@@ -48,15 +48,23 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def grpo_loss(logits: torch.Tensor, target: torch.Tensor, k: int = 8,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """GRPO's policy loss for a classifier: K labels sampled per row, reward = (sample == target)."""
+              generator: torch.Generator | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """GRPO's policy loss for a classifier: K labels sampled per row, reward = (sample == target);
+    ``weight`` (n,) weighs the rows' losses (each row's: the mean over its K samples)."""
     logp = F.log_softmax(logits, dim=-1)
     with torch.no_grad():
         samples = torch.multinomial(logp.exp().float(), k, replacement=True, generator=generator)
         rewards = (samples == target[:, None]).float()
         adv = grpo_advantages(rewards)
     chosen = logp.gather(1, samples)
-    return -(adv * chosen).mean()
+    return weighted_mean(-(adv * chosen).mean(dim=1), weight)
+
+
+def weighted_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``per_sample`` (n,), weighted by ``weight`` (n,) when given."""
+    if weight is None:
+        return per_sample.mean()
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
 @dataclass
@@ -148,8 +156,7 @@ def register_method(name: str, *, entropy_term: bool) -> Callable[[TaskLoss], Ta
 def cross_entropy_task(logits: torch.Tensor, target: torch.Tensor, *, k: int = 8,
                        weight: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cross-entropy, ``weight`` (n,) down-weighting samples."""
-    per = F.cross_entropy(logits, target, reduction="none")
-    return (per * weight).sum() / weight.sum().clamp_min(1e-8) if weight is not None else per.mean()
+    return weighted_mean(F.cross_entropy(logits, target, reduction="none"), weight)
 
 
 register_method("two-stage-entropy", entropy_term=True)(cross_entropy_task)
@@ -158,8 +165,8 @@ register_method("two-stage-entropy", entropy_term=True)(cross_entropy_task)
 @register_method("grpo", entropy_term=True)
 def grpo_task(logits: torch.Tensor, target: torch.Tensor, *, k: int = 8, weight: torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """GRPO's policy loss (``weight`` does not apply: the reward is per sampled label)."""
-    return grpo_loss(logits, target, k, generator)
+    """GRPO's policy loss, ``weight`` (n,) down-weighting samples (their rows' policy losses)."""
+    return grpo_loss(logits, target, k, generator, weight)
 
 
 def training_loss(method: str, logits: torch.Tensor, target: torch.Tensor, lam: float, *,

