@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fieldguide.config import Project
-from fieldguide.platform import store
+from fieldguide.platform import samples, store
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,10 @@ def _write_state(project: Project, state: dict) -> None:
 
 def labels_fingerprint(ds) -> str:
     """A hash of every sample's id, file hash, label and split (what predictions depend on)."""
-    ids, hashes, labels, tags = ds.values(["id", "filehash", "ground_truth.label", "tags"])
+    t = samples.arrays(ds, ["filehash", "ground_truth.label", "tags"])
     h = hashlib.sha1()
-    for row in sorted(zip(ids, hashes, labels, (store.split_of(t) for t in tags)), key=lambda r: r[0]):
+    rows = zip(t["id"], t["filehash"], t["ground_truth.label"], (store.split_of(tags) for tags in t["tags"]))
+    for row in sorted(rows, key=lambda r: r[0]):
         h.update(repr(row).encode())
     return h.hexdigest()
 
@@ -102,7 +103,7 @@ def run_loop(project: Project, *, echo: Callable[[str], None] = print, force: bo
     if should_run("predict", inputs):
         p = predict(project)
         ran("predict", inputs, f"{p.head}: {p.n_cross_validated} out of fold (top-1 {p.oof_top1:.3f})")
-        if "test" in ds.distinct("tags"):
+        if not samples.arrays(ds, tags="test", limit=1).empty:
             m = evaluate(project, split="test")
             echo(f"{'evaluate':<9} test top-1 {m['top1']:.3f}, macro-F1 {m['macro_f1']:.3f}")
 
@@ -130,8 +131,11 @@ def run_loop(project: Project, *, echo: Callable[[str], None] = print, force: bo
         done["relabel"] = "skipped (no Label Studio)"
         echo(f"{'relabel':<9} skipped: no Label Studio configured or running ('fieldguide labelstudio start')")
 
-    ds.reload()
-    flagged = sorted(ds.match({"label_issue": True}).values("id")) if ds.has_sample_field("label_issue") else []
+    samples.reload(ds)
+    flagged = []
+    if samples.has_field(ds, "label_issue"):
+        issues = samples.arrays(ds, ["label_issue"])
+        flagged = sorted(issues["id"][issues["label_issue"] == True])  # noqa: E712 - elementwise
     inputs = {"labels": labels_fingerprint(ds), "flagged": hashlib.sha1(repr(flagged).encode()).hexdigest(),
               "method": project.config.train.method, "policy": project.config.train.flagged}
     if should_run("retrain", inputs):

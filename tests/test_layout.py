@@ -2,7 +2,7 @@
 
 Every module of ``fieldguide/`` is read with ``ast`` (not imported): every ``import`` and
 ``from ... import`` counts, at module level or inside a function, relative ones resolved. From them
-the module graph is built and three rules are checked:
+the module graph is built and these rules are checked:
 
 1. no cycle among fieldguide modules;
 2. no import points up. The rooms, lowest first:
@@ -13,7 +13,9 @@ the module graph is built and three rules are checked:
 4. ``dashboards`` reads the warehouse only: of fieldguide it imports ``config``, ``errors``,
    ``platform.warehouse`` and itself;
 5. no module imports another module's private (``_name``) names: what two modules share is public
-   and lives in a module named for it.
+   and lives in a module named for it;
+6. ``models``, ``curation``, ``loop`` and ``demo`` call no FiftyOne dataset method: they read the
+   store with ``platform.samples.arrays`` and write it through ``platform.fields``.
 
 Process boundaries are not imports: the FiftyOne plugin imports ``dashboards.server`` (same room,
 allowed), and ``dashboards/server.py`` starts ``python -m fieldguide.cli dashboard`` in a
@@ -253,4 +255,71 @@ def test_no_private_names_across_modules():
     ]
     assert not private, "private names imported from another module:\n" + "\n".join(
         f"  {i} ({i.name})" for i in private
+    )
+
+
+# ---- 6. models/, curation/, the loop and the demo read and write the store through platform/ --------
+#: FiftyOne dataset / view methods; ``values`` and ``exists`` count only with an argument (a
+#: dict's ``values()``, a path's ``exists()`` take none)
+DATASET_METHODS = {
+    "values", "exists", "match", "match_tags", "select", "select_by", "exclude", "limit", "sort_by",
+    "tag_samples", "untag_samples", "count_sample_tags", "set_values", "set_field", "add_sample_field",
+    "has_sample_field", "get_field_schema", "delete_sample_field", "add_samples", "delete_samples",
+    "compute_metadata", "load_saved_view", "save_view", "has_saved_view", "list_saved_views",
+    "count_values", "distinct", "aggregate", "iter_samples", "reload",
+}
+NEEDS_ARGUMENT = {"values", "exists"}
+THROUGH_PLATFORM_ROOMS = {"models", "curation", "loop", "demo"}
+
+
+def _dataset_method_calls(path: Path, rel: str) -> list[str]:
+    """``file:line: receiver.method(...)`` for each call of a :data:`DATASET_METHODS` name on
+    something other than an imported module (``re.match``, ``np.select`` and the like)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    modules = {(a.asname or a.name).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for a in node.names}
+    modules |= {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names}
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        name, receiver = node.func.attr, node.func.value
+        if name not in DATASET_METHODS or (isinstance(receiver, ast.Name) and receiver.id in modules):
+            continue
+        if name in NEEDS_ARGUMENT and not (node.args or node.keywords):
+            continue
+        found.append(f"{rel}:{node.lineno}: {ast.unparse(node.func)}(...)")
+    return sorted(found)
+
+
+def test_the_dataset_method_check_finds_calls_and_leaves_other_objects(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text(
+        "import re\nimport numpy as np\nfrom fieldguide.platform import samples\n"
+        "def f(ds, counts, p, df):\n"
+        "    ids = ds.values('id')\n"
+        "    ds.match_tags('train').select(ids).tag_samples('x')\n"
+        "    store.dataset(p).set_values('f', {})\n"
+        "    sum(counts.values()), p.exists(), df.values, re.match('a', 'b'), np.select([], [])\n"
+        "    samples.arrays(ds, ['filepath'], tags='train')\n"
+    )
+    assert set(_dataset_method_calls(path, "m.py")) == {
+        "m.py:5: ds.values(...)",
+        "m.py:6: ds.match_tags('train').select(ids).tag_samples(...)",
+        "m.py:6: ds.match_tags('train').select(...)",
+        "m.py:6: ds.match_tags(...)",
+        "m.py:7: store.dataset(p).set_values(...)",
+    }
+
+
+def test_models_and_curation_call_no_dataset_method():
+    calls = [
+        call
+        for name, path in _modules().items()
+        if _room(name) in THROUGH_PLATFORM_ROOMS
+        for call in _dataset_method_calls(path, str(path.relative_to(ROOT.parent)))
+    ]
+    assert not calls, (
+        "FiftyOne dataset methods called outside platform/ (read with platform.samples.arrays, write with "
+        "platform.fields):\n" + "\n".join(f"  {c}" for c in calls)
     )

@@ -92,3 +92,46 @@ def test_a_projects_database_does_not_preallocate_journal_files(ingested):
     journal = ingested.database_dir / "journal"
     size = sum(f.stat().st_size for f in journal.iterdir() if f.is_file())
     assert journal.is_dir() and size < 64 * 2**20, f"journal is {size / 2**20:.0f} MB"
+
+
+def test_the_database_patches_are_tied_to_the_pinned_fiftyone():
+    """The patches of FiftyOne's internals name the version they were written for: the pin of
+    pyproject.toml, the installed one; any other version is refused in one line."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from fieldguide.errors import StoreError
+    from fieldguide.platform import database
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pins = [m.group(1) for d in pyproject["project"]["dependencies"] if (m := re.fullmatch(r"fiftyone==(\S+)", d))]
+    assert pins == [database.FIFTYONE_VERSION] == [version("fiftyone")]
+    database.check_fiftyone_version()  # the installed one passes
+    with pytest.raises(StoreError, match=r"fiftyone 1\.99\.0 is installed.*written for fiftyone "
+                                         + re.escape(database.FIFTYONE_VERSION)):
+        database.check_fiftyone_version("1.99.0")
+
+
+def test_written_fields_take_their_declared_type(ingested):
+    """A field of the schema gets its declared type even when its first write is all None;
+    Classification fields are written from dicts; a free field takes its type from its values."""
+    import fiftyone as fo
+
+    from fieldguide.platform import samples
+    from fieldguide.platform.fields import SCHEMA, declare_fields, write_values
+
+    ds = store.dataset(ingested, create=False)
+    first, second = samples.arrays(ds, tags="train", limit=2)["id"]
+    write_values(ds, {"noise_score": {first: None},
+                      "synthetic_label": {second: {"label": "red_bird", "origin": "synthetic"}},
+                      "observation_id": {first: "obs-1"}})
+    schema = ds.get_field_schema()
+    assert isinstance(schema["noise_score"], fo.FloatField)
+    assert schema["synthetic_label"].document_type is fo.Classification
+    assert isinstance(schema["observation_id"], fo.StringField) and "observation_id" not in SCHEMA
+    table = samples.arrays(ds, ["noise_score", "synthetic_label.label", "observation_id"], ids=[second, first])
+    assert table.values.tolist() == [[second, None, "red_bird", None], [first, None, None, "obs-1"]]
+    with pytest.raises(ValueError, match="not in the sample schema"):
+        declare_fields(ds, ["noise_scor"])

@@ -25,7 +25,7 @@ import numpy as np
 
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, ModelError, NotReadyError
-from fieldguide.platform import store
+from fieldguide.platform import samples, store
 from fieldguide.platform.fields import add_samples, save_view
 from fieldguide.platform.lock import writes
 
@@ -160,8 +160,7 @@ class AugmentReport:
 
 
 def scarce_classes(project: Project, ds, min_per_class: int) -> list[str]:
-    counts = ds.match_tags("train").count_values("ground_truth.label")
-    counts.pop(None, None)
+    counts = samples.arrays(ds, ["ground_truth.label"], tags="train")["ground_truth.label"].value_counts()
     return sorted(c for c in store.classes(ds) if counts.get(c, 0) < min_per_class)
 
 
@@ -202,12 +201,13 @@ def augment(project: Project, *, classes: list[str] | None = None, min_per_class
                   "per_image": cfg.per_image, "semantic": bool(semantic)}
     with wh.run("augment", run_config) as run_id:
         report = AugmentReport(run_id=run_id)
-        existing = set(ds.match_tags(SYNTHETIC_TAG).values("parent_id"))
+        existing = set(samples.arrays(ds, ["parent_id"], tags=SYNTHETIC_TAG)["parent_id"])
+        training = samples.arrays(ds, ["filepath", "ground_truth.label", "origin"], tags="train")
         new_samples = []
         for cls in targets:
             fill = report.classes.setdefault(cls, ClassFill())
-            parents = ds.match_tags("train").match({"ground_truth.label": cls, "origin": {"$ne": "synthetic"}})
-            for pid, path in zip(*parents.values(["id", "filepath"])):
+            parents = training[(training["ground_truth.label"] == cls) & (training["origin"] != "synthetic")]
+            for pid, path in zip(parents["id"], parents["filepath"]):
                 if pid in existing:  # re-running never piles augmentations onto one image
                     continue
                 from PIL import Image
@@ -245,7 +245,7 @@ def augment(project: Project, *, classes: list[str] | None = None, min_per_class
                                         "tags": [SYNTHETIC_TAG],
                                         "synthetic_label": {"label": cls, "origin": "synthetic"}})
                 fill.kept += len(keep)
-        add_samples(ds, new_samples, classifications=["synthetic_label"])
+        add_samples(ds, new_samples)
         save_view(ds, "synthetic", tag=SYNTHETIC_TAG)
         wh.write("metrics", [{"run_id": run_id, "split": f"class:{c}", "name": name, "value": float(getattr(f, name))}
                              for c, f in report.classes.items()

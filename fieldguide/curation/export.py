@@ -16,7 +16,7 @@ import pandas as pd
 
 from fieldguide.config import Project
 from fieldguide.errors import ExportError, NotReadyError
-from fieldguide.platform import store
+from fieldguide.platform import samples, store
 from fieldguide.platform.spreadsheet import neutralise_formula_cells
 
 BASE_COLUMNS = ["filepath", "label", "predicted_label", "noise_score", "label_issue"]
@@ -49,8 +49,7 @@ def signals_table(project: Project, run_id: str | None = None) -> pd.DataFrame:
             raise NotReadyError("no flag run yet (run 'fieldguide flag')")
         run_id = last["run_id"]
     ds = store.dataset(project, create=False)
-    schema = ds.get_field_schema()
-    wanted = [f for f in ("prediction.label",) if "prediction" in schema]
+    wanted = ["prediction.label"] if samples.has_field(ds, "prediction") else []
     df = store.samples_table(ds, wanted).rename(columns={"prediction.label": "predicted_label"})
     if "predicted_label" not in df:
         df["predicted_label"] = None

@@ -23,9 +23,9 @@ import pandas as pd
 from fieldguide.config import Project
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score
-from fieldguide.platform import store
+from fieldguide.platform import samples, store
 from fieldguide.platform.brain import brain_signals
-from fieldguide.platform.fields import declare_fields, save_view
+from fieldguide.platform.fields import declare_fields, save_view, set_tags, write_values
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,9 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
 
         top = []
         if len(assess):
-            view = ds.load_saved_view("to_review").limit(10)
-            for sid, path, label, pred, score in zip(*view.values(["id", "filepath", "ground_truth.label",
-                                                                    "prediction.label", "noise_score"])):
+            queue = samples.arrays(ds, ["filepath", "ground_truth.label", "prediction.label", "noise_score"],
+                                   saved_view="to_review", limit=10)
+            for sid, path, label, pred, score in queue.itertuples(index=False):
                 top.append({"id": sid, "filepath": path, "label": label, "predicted": pred, "noise_score": score})
         report = FlagReport(
             run_id=run_id, assessed=len(assess), not_assessable=len(table) - len(assess),
@@ -198,24 +198,23 @@ def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names
 
     n = len(assess)
     # declared up front: a first run where every value is None cannot infer a field's type
-    declare_fields(ds, {"noise_score": "float", "label_issue": "bool", "near_duplicate_of": "string",
-                        "consensus_label": "string", **{f: "float" for f in STORE_FIELDS.values()}})
-    ds.untag_samples(list(REVIEW_TAGS))
-    ds.set_values("noise_score", column(values.get("noise_score", np.full(n, np.nan))), key_field="id")
-    ds.set_values("label_issue", column(values.get("label_issue", np.full(n, np.nan)), bool), key_field="id")
-    for key, fld in STORE_FIELDS.items():
-        if key in values or ds.has_sample_field(fld):
-            ds.set_values(fld, column(values.get(key, np.full(n, np.nan))), key_field="id")
-    ds.set_values("near_duplicate_of", {sid: near_dup_of.get(sid) for sid in all_ids}, key_field="id")
+    declare_fields(ds, ["noise_score", "label_issue", "near_duplicate_of", "consensus_label", *STORE_FIELDS.values()])
+    set_tags(ds, remove=REVIEW_TAGS)
+    columns = {"noise_score": column(values.get("noise_score", np.full(n, np.nan))),
+               "label_issue": column(values.get("label_issue", np.full(n, np.nan)), bool)}
+    for key, fld in STORE_FIELDS.items():  # every one declared above: written each run
+        columns[fld] = column(values.get(key, np.full(n, np.nan)))
+    columns["near_duplicate_of"] = {sid: near_dup_of.get(sid) for sid in all_ids}
     if consensus is not None and used_names is not None:
-        ds.set_values("consensus_label", {
+        columns["consensus_label"] = {
             sid: (used_names[int(consensus[pos[sid]])] if sid in pos and not np.isnan(consensus[pos[sid]]) else None)
-            for sid in all_ids}, key_field="id")
+            for sid in all_ids}
+    write_values(ds, columns)
     flagged = [assess[i] for i in np.where(values.get("label_issue", np.zeros(n)) > 0)[0]]
     outliers = [assess[i] for i in np.where(np.nan_to_num(values.get("is_outlier", np.zeros(n))) > 0)[0]]
-    ds.select(flagged).tag_samples("to_review")
-    ds.select(outliers).tag_samples("outlier")
-    ds.select(list(near_dup_of)).tag_samples("near_duplicate")
+    set_tags(ds, add=["to_review"], ids=flagged)
+    set_tags(ds, add=["outlier"], ids=outliers)
+    set_tags(ds, add=["near_duplicate"], ids=list(near_dup_of))
 
 
 def _write_warehouse(wh, run_id: str, assess: list[str], values: dict[str, np.ndarray], stats) -> None:

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from fieldguide.config import Project
 from fieldguide.config.sections import PseudolabelSection
 from fieldguide.errors import ConfigError, FieldguideError, NotReadyError
-from fieldguide.platform import store
-from fieldguide.platform.fields import declare_fields, save_view, set_classifications
+from fieldguide.platform import samples, store
+from fieldguide.platform.fields import save_view, set_tags, write_values
 from fieldguide.platform.lock import writes
 from fieldguide.registry import Registry
 
@@ -353,14 +353,12 @@ def pseudolabel(project: Project, *, threshold: float | None = None, ema_decay: 
         rows, labels, conf = select_pseudo_labels(probs, threshold, balance=balance)
         unl_ids = [s for s, m in zip(ids, unl) if m]
         # cleared on every unlabeled sample; accepted ones (now train) keep where their label came from
-        values = {sid: None for sid in ds.match_tags("unlabeled").values("id")}
+        values = {sid: None for sid in samples.arrays(ds, tags="unlabeled")["id"]}
         for r, c, p in zip(rows, labels, conf):
             values[unl_ids[r]] = {"label": classes[c], "confidence": float(p), "origin": "pseudo", "run_id": run_id}
-        declare_fields(ds, {PSEUDO_FIELD: "classification"})
-        ds.untag_samples(PSEUDO_TAG)
-        set_classifications(ds, PSEUDO_FIELD, values)
-        chosen = [unl_ids[r] for r in rows]
-        ds.select(chosen).tag_samples(PSEUDO_TAG)
+        set_tags(ds, remove=[PSEUDO_TAG])
+        write_values(ds, {PSEUDO_FIELD: values})
+        set_tags(ds, add=[PSEUDO_TAG], ids=[unl_ids[r] for r in rows])
         save_view(ds, "pseudo_labeled", tag=PSEUDO_TAG, sort_by=f"{PSEUDO_FIELD}.confidence", reverse=True)
         store.snapshot_samples(project, ds)
         per_class = {classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
@@ -376,10 +374,11 @@ def accept_pseudo_labels(project: Project, sample_ids: list[str] | None = None, 
     ``ground_truth`` through ``store.set_labels`` (source ``pseudo``, the curator as actor) and
     the sample moves from ``unlabeled`` to ``train``. Returns how many were accepted."""
     ds = store.dataset(project, create=False)
-    if not ds.has_sample_field(PSEUDO_FIELD):
+    if not samples.has_field(ds, PSEUDO_FIELD):
         raise NotReadyError("no pseudo-labels yet (run 'fieldguide pseudolabel')")
-    view = ds.match_tags(PSEUDO_TAG) if sample_ids is None else ds.select(sample_ids, ordered=True)
-    ids, labels, runs = view.values(["id", f"{PSEUDO_FIELD}.label", f"{PSEUDO_FIELD}.run_id"])
+    fields = [f"{PSEUDO_FIELD}.label", f"{PSEUDO_FIELD}.run_id"]
+    table = samples.arrays(ds, fields, tags=PSEUDO_TAG if sample_ids is None else None, ids=sample_ids)
+    ids, labels, runs = (table[c].tolist() for c in ["id", *fields])
     missing = [s for s, lab in zip(ids, labels) if lab is None]
     if missing:
         raise FieldguideError(f"{len(missing)} sample(s) have no pseudo-label (e.g. {missing[0]}); nothing accepted")
@@ -387,8 +386,6 @@ def accept_pseudo_labels(project: Project, sample_ids: list[str] | None = None, 
         return 0
     store.set_labels(project, ds, dict(zip(ids, labels)), source="pseudo",
                      actor=actor or project.config.project.curator, run_id=runs[0])
-    accepted = ds.select(ids)
-    accepted.untag_samples(["unlabeled", PSEUDO_TAG])
-    accepted.tag_samples("train")
+    set_tags(ds, remove=["unlabeled", PSEUDO_TAG], add=["train"], ids=ids)
     store.snapshot_samples(project, ds)
     return len(ids)

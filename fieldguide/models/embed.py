@@ -24,7 +24,7 @@ from fieldguide.config import Project
 from fieldguide.errors import NotReadyError
 from fieldguide.models.backbones import Backbone, count_macs, count_params, load_backbone
 from fieldguide.models.batches import ImageFiles, collate_images
-from fieldguide.platform import store
+from fieldguide.platform import samples, store
 from fieldguide.platform.warehouse import now
 from fieldguide.platform.lock import writes
 
@@ -117,6 +117,12 @@ def _current_file(project: Project, backbone: str) -> Path:
     return project.embeddings_dir / backbone.replace("/", "_") / "CURRENT"
 
 
+def _stored_files(project: Project, ds=None) -> tuple[list[str], list[str], list[str | None]]:
+    """``(sample ids, file paths, file hashes)`` of every sample in the store, in store order."""
+    table = samples.arrays(ds if ds is not None else store.dataset(project, create=False), ["filepath", "filehash"])
+    return table["id"].tolist(), table["filepath"].tolist(), table["filehash"].tolist()
+
+
 # ---- the step ---------------------------------------------------------------------------------------
 @writes('embed')
 def embed(project: Project, backbone: str | None = None, weights: str | None = None, *,
@@ -127,8 +133,7 @@ def embed(project: Project, backbone: str | None = None, weights: str | None = N
     name = backbone or cfg.backbone
     if bb is None:
         bb = load_backbone(name, weights if weights is not None else (cfg.weights or None))
-    ds = store.dataset(project, create=False)
-    ids, paths, hashes = ds.values(["id", "filepath", "filehash"])
+    ids, paths, hashes = _stored_files(project)
     directory = cache_dir(project, bb.name, bb.weights_id)
     cached_ids, cached_hashes, _ = read_cache(directory)
     have = dict(zip(cached_ids, cached_hashes))
@@ -198,8 +203,7 @@ def load_embeddings(project: Project, backbone: str | None = None, ds=None) -> t
         raise NotReadyError(f"no embeddings for backbone {name!r} yet (run 'fieldguide embed --backbone {name}')")
     directory = cache_dir(project, name, current.read_text().strip())
     cached_ids, cached_hashes, feats = read_cache(directory)
-    ds = ds if ds is not None else store.dataset(project, create=False)
-    ids, hashes = ds.values(["id", "filehash"])
+    ids, _, hashes = _stored_files(project, ds)
     row = {sid: (i, h) for i, (sid, h) in enumerate(zip(cached_ids, cached_hashes))}
     keep = [(sid, row[sid][0]) for sid, h in zip(ids, hashes) if sid in row and row[sid][1] == (h or "")]
     if not keep:
@@ -220,8 +224,7 @@ def import_embeddings(project: Project, source: Project, backbone: str | None = 
     weights_id = current.read_text().strip()
     src_ids, src_hashes, feats = read_cache(cache_dir(source, name, weights_id))
     by_hash = {h: i for i, h in enumerate(src_hashes) if h}
-    ds = store.dataset(project, create=False)
-    ids, hashes = ds.values(["id", "filehash"])
+    ids, _, hashes = _stored_files(project)
     directory = cache_dir(project, name, weights_id)
     have = dict(zip(*read_cache(directory)[:2]))
     rows = [(sid, h, by_hash[h]) for sid, h in zip(ids, hashes) if h in by_hash and have.get(sid) != h]

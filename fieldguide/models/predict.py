@@ -22,7 +22,7 @@ from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
 from fieldguide.models.embed import load_embeddings
 from fieldguide.models.heads import make_head
 from fieldguide.platform import store
-from fieldguide.platform.fields import set_classifications
+from fieldguide.platform.fields import write_values
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
             sid: {"label": classes[t], "confidence": float(probs[i, t]), "logits": logits[i].tolist()}
             for i, (sid, t) in enumerate(zip(ids, top))
         }
-        set_classifications(ds, "prediction", predictions)
+        write_values(ds, {"prediction": predictions})
         oof_top1 = float((oof.argmax(axis=1) == y).mean())
         wh.write("metrics", [
             {"run_id": run_id, "split": "train_oof", "name": "top1", "value": oof_top1},

@@ -37,7 +37,7 @@ from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.batches import ImageFiles, collate_train, head_batches
 from fieldguide.models.entropy import METHODS, EntropySchedule, training_loss
 from fieldguide.models.transforms import train_transform
-from fieldguide.platform import store
+from fieldguide.platform import samples, store
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def _training_table(project: Project, ds, ids: list[str], flagged_policy: str):
     """
     import pandas as pd
 
-    has_flags = ds.has_sample_field("label_issue")
+    has_flags = samples.has_field(ds, "label_issue")
     table = store.samples_table(ds, ["label_issue", "label_history"] if has_flags else []).set_index("id")
     table = table.loc[ids]
     fit_mask = table["split"].isin(("train", "val")).to_numpy() & table["label"].notna().to_numpy()
@@ -408,9 +408,11 @@ def _train_head(project, ds, run_id, config, classes, index, resumed, progress) 
 
 def _augmentation_pool(ds, ids: list[str], X: np.ndarray, train_ids: list[str]):
     """``(embeddings of synthetic samples, training row -> their rows)`` for the α-mix."""
-    if "parent_id" not in ds.get_field_schema():
+    if not samples.has_field(ds, "parent_id"):
         return None, {}
-    syn_ids, parents = ds.match({"origin": "synthetic"}).values(["id", "parent_id"])
+    syn = samples.arrays(ds, ["origin", "parent_id"])
+    syn = syn[syn["origin"] == "synthetic"]
+    syn_ids, parents = syn["id"].tolist(), syn["parent_id"].tolist()
     if not syn_ids:
         return None, {}
     row_of = {s: i for i, s in enumerate(ids)}
@@ -434,7 +436,7 @@ def _train_finetune(project, ds, run_id, config, classes, index, resumed, progre
     cfg = project.config.train
     mcfg = project.config.models
     bb = load_backbone(config["backbone"], mcfg.weights or None)
-    table = store.samples_table(ds, ["label_issue"] if ds.has_sample_field("label_issue") else []).set_index("id")
+    table = store.samples_table(ds, ["label_issue"] if samples.has_field(ds, "label_issue") else []).set_index("id")
     ids = table.index.tolist()
     _, fit_mask, flagged_mask = _training_table(project, ds, ids, config["flagged"])
     keep, w = _weights_for(flagged_mask, config["flagged"], cfg.flagged_weight)

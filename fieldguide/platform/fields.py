@@ -1,5 +1,5 @@
-"""Bulk writes of plain values into the store: declared field types, Classification fields
-built from dicts, new samples from records, and saved views.
+"""The sample schema, declared once, and the bulk writes of plain values into the store: field
+values by sample id, tags, new samples from records, and saved views.
 
 The rest of the package hands these functions Python and NumPy values (sample id -> value);
 only here do they become FiftyOne objects.
@@ -9,25 +9,72 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-KINDS = ("float", "bool", "string", "classification")
+#: Every sample field fieldguide's steps write, with its kind (see :func:`_field_type`). Fields a
+#: source brings along at ingest (``observation_id``, ``taxonomy``, a csv's extra columns) and
+#: the FiftyOne Brain's (``mistakenness``, ``uniqueness``) are not here: they take their type
+#: from their values.
+SCHEMA: dict[str, str] = {
+    # ingest and relabel
+    "ground_truth": "classification",
+    "votes": "classifications",
+    "origin": "string",
+    "parent_id": "string",
+    "filehash": "string",
+    "location": "geolocation",
+    "observed_at": "datetime",
+    "observer": "string",
+    "label_history": "history",
+    # predict
+    "prediction": "classification",
+    # flag
+    "noise_score": "float",
+    "label_issue": "bool",
+    "near_duplicate_of": "string",
+    "consensus_label": "string",
+    "label_quality": "float",
+    "outlier_score": "float",
+    "knn_disagreement": "float",
+    "annotator_agreement": "float",
+    "entropy_aum": "float",
+    # pseudolabel
+    "pseudo_label": "classification",
+    # augment
+    "synthetic_label": "classification",
+}
+
+#: the fields a new dataset is created with; the others are declared by their first write
+CREATED_WITH = ("ground_truth", "votes", "origin", "parent_id", "filehash", "location", "observed_at",
+                "observer", "label_history")
+
+#: kinds whose values are written as dicts of a label's attributes (see :func:`classification`)
+CLASSIFICATION_KINDS = ("classification",)
 
 
 def _field_type(kind: str):
     import fiftyone as fo
 
-    types = {"float": (fo.FloatField, {}), "bool": (fo.BooleanField, {}), "string": (fo.StringField, {}),
-             "classification": (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classification})}
-    if kind not in types:
-        raise ValueError(f"field kind {kind!r}: expected one of {', '.join(KINDS)}")
+    types = {
+        "float": (fo.FloatField, {}),
+        "bool": (fo.BooleanField, {}),
+        "string": (fo.StringField, {}),
+        "datetime": (fo.DateTimeField, {}),
+        "classification": (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classification}),
+        "classifications": (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classifications}),
+        "geolocation": (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.GeoLocation}),
+        "history": (fo.ListField, {"subfield": fo.EmbeddedDocumentField,
+                                   "embedded_doc_type": fo.DynamicEmbeddedDocument}),
+    }
     return types[kind]
 
 
-def declare_fields(ds, kinds: Mapping[str, str]) -> None:
-    """Add the sample fields of ``kinds`` (name -> one of :data:`KINDS`) that the dataset lacks.
+def declare_fields(ds, names: Iterable[str]) -> None:
+    """Add the fields ``names`` of :data:`SCHEMA` that the dataset lacks, in that order.
     Declared up front, a field gets its type even when every value of a first write is None."""
-    for name, kind in kinds.items():
+    for name in names:
+        if name not in SCHEMA:
+            raise ValueError(f"field {name!r} is not in the sample schema (fieldguide.platform.fields.SCHEMA)")
         if not ds.has_sample_field(name):
-            field_type, kwargs = _field_type(kind)
+            field_type, kwargs = _field_type(SCHEMA[name])
             ds.add_sample_field(name, field_type, **kwargs)
 
 
@@ -39,23 +86,42 @@ def classification(value: Mapping | None):
     return None if value is None else fo.Classification(**dict(value))
 
 
-def set_classifications(ds, field: str, values: Mapping[str, Mapping | None]) -> None:
-    """Bulk-write the Classification field ``field``: sample id -> dict of the label (see
-    :func:`classification`) or None to clear it."""
-    if values:
-        ds.set_values(field, {sid: classification(v) for sid, v in values.items()}, key_field="id")
+def _stored(field: str, value):
+    return classification(value) if SCHEMA.get(field) in CLASSIFICATION_KINDS else value
 
 
-def add_samples(ds, records: Sequence[Mapping], *, classifications: Iterable[str] = ()) -> int:
-    """Add one sample per record (field -> value; ``filepath`` required, ``tags`` a list); the
-    fields named in ``classifications`` hold dicts turned into Classifications. Image metadata is
-    computed for the new samples. Returns how many were added."""
+def write_values(ds, columns: Mapping[str, Mapping[str, object]]) -> None:
+    """Bulk-write sample fields: ``{field: {sample id: value}}``, one write per field (None
+    clears a value). A field of :data:`SCHEMA` is declared first when the dataset lacks it, and
+    its Classification values are given as dicts (see :func:`classification`); any other field
+    is a free field, typed by its values."""
+    declare_fields(ds, [f for f, values in columns.items() if values and f in SCHEMA])
+    for field, values in columns.items():
+        if values:
+            ds.set_values(field, {sid: _stored(field, v) for sid, v in values.items()}, key_field="id")
+
+
+def set_tags(ds, *, add: Iterable[str] = (), remove: Iterable[str] = (), ids: Iterable[str] | None = None) -> None:
+    """Remove the tags ``remove``, then add the tags ``add``, on the samples ``ids`` (default:
+    every sample of ``ds``)."""
+    samples = ds if ids is None else ds.select(list(ids))
+    remove, add = list(remove), list(add)
+    if remove:
+        samples.untag_samples(remove)
+    if add:
+        samples.tag_samples(add)
+
+
+def add_samples(ds, records: Sequence[Mapping]) -> int:
+    """Add one sample per record (field -> value; ``filepath`` required, ``tags`` a list);
+    Classification fields of :data:`SCHEMA` hold dicts (see :func:`classification`) and are
+    declared first. Image metadata is computed for the new samples. Returns how many were added."""
     import fiftyone as fo
 
     if not records:
         return 0
-    wrapped = set(classifications)
-    samples = [fo.Sample(**{k: (classification(v) if k in wrapped else v) for k, v in r.items()}) for r in records]
+    declare_fields(ds, sorted({k for r in records for k in r if k in SCHEMA}))
+    samples = [fo.Sample(**{k: _stored(k, v) for k, v in r.items()}) for r in records]
     ds.add_samples(samples, progress=False)
     ds.compute_metadata(progress=False)
     return len(samples)

@@ -1,27 +1,27 @@
 """The FiftyOne store: one persistent dataset per project, in the project's own database.
 
-Only this package talks to FiftyOne. It turns the store into arrays aligned with sample ids
-and writes arrays back in bulk (``set_values``), never one ``save()`` per sample.
-
-The embedded MongoDB lives under ``PROJECT/db``; FiftyOne reads its configuration when it is
-first imported, so :func:`configure_fiftyone` must run before anything imports ``fiftyone``
-(every function here calls it). One process talks to one project's database.
+Only this package talks to FiftyOne. :mod:`fieldguide.platform.samples` turns the store into
+arrays aligned with sample ids and :mod:`fieldguide.platform.fields` writes arrays back in bulk
+(``set_values``), never one ``save()`` per sample; this module holds the dataset itself, its
+labels (:func:`set_labels`, the one function that changes one) and their mirror in the
+warehouse. The project's database, and the patches of FiftyOne's internals that keep it to the
+project, live in :mod:`fieldguide.platform.database`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from fieldguide.config import CONFIG_NAME, Project
 from fieldguide.errors import FieldguideError, StoreError
-from fieldguide.platform.warehouse import Warehouse, now
+from fieldguide.platform import samples
+from fieldguide.platform.database import configure_fiftyone, release_database  # noqa: F401 - public here too
+from fieldguide.platform.fields import CREATED_WITH, declare_fields, write_values
 from fieldguide.platform.lock import writes
+from fieldguide.platform.warehouse import Warehouse, now
 
 if TYPE_CHECKING:
     import fiftyone as fo
@@ -31,170 +31,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test", "unlabeled")
 ORIGINS = ("real", "pseudo", "synthetic")
 LABEL_SOURCES = ("ingest", "crowd", "curator", "labelstudio", "pseudo", "model")
-
-_configured_for: str | None = None
-
-
-def configure_fiftyone(project: Project) -> None:
-    """Point FiftyOne at the project's database dir and keep it from writing to the home dir."""
-    global _configured_for
-    db_dir = str(project.database_dir)
-    uri = project.config.store.database_uri
-    key = uri or db_dir
-    if _configured_for == key:
-        return
-    settings = {
-        "FIFTYONE_DATABASE_DIR": db_dir,
-        "FIFTYONE_DO_NOT_TRACK": "true",
-        "FIFTYONE_DATABASE_VALIDATION": "false",
-        "FIFTYONE_SHOW_PROGRESS_BARS": os.environ.get("FIFTYONE_SHOW_PROGRESS_BARS", "true"),
-        "FIFTYONE_PLUGINS_DIR": str(Path(__file__).resolve().parent.parent / "plugins"),
-        "FIFTYONE_MODEL_ZOO_DIR": str(project.root / "models-zoo"),
-        "FIFTYONE_DATASET_ZOO_DIR": str(project.root / "datasets-zoo"),
-        "FIFTYONE_DEFAULT_DATASET_DIR": str(project.root / "fiftyone-datasets"),
-    }
-    if uri:
-        settings["FIFTYONE_DATABASE_URI"] = uri
-    else:
-        os.environ.pop("FIFTYONE_DATABASE_URI", None)
-    # FiftyOne passes the port of the mongod it started to child processes in this variable;
-    # a port inherited from another project's process would point at the wrong database.
-    os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
-    os.environ.update(settings)
-    import sys
-
-    if "fiftyone" in sys.modules:
-        import fiftyone as fo
-
-        fo.config.plugins_dir = settings["FIFTYONE_PLUGINS_DIR"]  # read at import: set it again
-        _reconnect(project, db_dir, uri)
-    _isolate_database_service()
-    _connect(project)
-    _configured_for = key
-
-
-def _connect(project: Project) -> None:
-    """Connect now, starting the project's mongod when it is down.
-
-    Under the project's service lock: two commands started together on a stopped project start
-    one mongod (the second attaches to it). A database that cannot start (a read-only project,
-    no mongod, a port or lock held elsewhere) is one clear error, not a traceback.
-    """
-    import fiftyone.core.odm.database as fod
-    import fiftyone.core.service as fos
-
-    from fieldguide.platform.lock import service_lock
-
-    if project.config.store.database_uri:
-        try:
-            fod._connect()
-        except Exception as e:  # noqa: BLE001 - pymongo's many connection errors: one line
-            raise StoreError(f"cannot reach the database at store.database_uri ({type(e).__name__}: {e})") from None
-        return
-    try:
-        project.database_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StoreError(f"cannot create the project's database folder {project.database_dir} ({e.strerror})") from None
-    if not os.access(project.database_dir, os.W_OK):
-        raise StoreError(
-            f"project database {project.database_dir} is read-only: fieldguide's embedded MongoDB "
-            "needs to write there (copy the project somewhere writable)"
-        )
-    with service_lock(project.root):
-        try:
-            fod._connect()
-        except (fos.ServiceException, ConnectionError, OSError) as e:
-            _stop_service()
-            log_path = project.database_dir / "log" / "mongo.log"
-            raise StoreError(
-                f"the project's database did not start ({type(e).__name__}); see {log_path}"
-            ) from None
-
-
-# WiredTiger's defaults preallocate three 100 MB journal files per database: 300 MB for a
-# project that may hold a few MB of labels (and for every temporary test project). Small,
-# unpreallocated journal files keep the same durability (WiredTiger starts a new file when one
-# is full and removes old ones after each checkpoint).
-MONGOD_EXTRA_ARGS = ["--wiredTigerEngineConfigString=log=(prealloc=false,file_max=16MB)"]
-
-
-def _isolate_database_service() -> None:
-    """Make FiftyOne attach only to a mongod serving *this* database dir.
-
-    FiftyOne's ``DatabaseService`` attaches to any running fieldguide-less FiftyOne database
-    service of the same user, whatever its ``--dbpath``: two projects open at once (or a test
-    run beside a project) would share one database. This subclass searches for a service whose
-    command line also names the same mongod and ``--dbpath``.
-    """
-    import fiftyone.core.service as fos
-    import fiftyone.service.util as fosu
-
-    if getattr(fos.DatabaseService, "_fieldguide_isolated", False):
-        return
-
-    class ProjectDatabaseService(fos.DatabaseService):
-        _fieldguide_isolated = True
-
-        @property
-        def command(self):
-            return super().command + MONGOD_EXTRA_ARGS
-
-        def start(self):
-            key = self._service_args + self.command[:3]  # ... mongod --dbpath DIR
-            for process in fosu.find_processes_by_args(key):
-                try:
-                    if fosu.send_ipc_message(process, ("register", os.getpid())) is True:
-                        self.attached = True
-                        self.child = process
-                        return
-                except IOError:
-                    log.warning("database service %s did not respond", process.pid)
-            fos.Service.start(self)
-
-    fos.DatabaseService = ProjectDatabaseService
-
-
-def release_database() -> None:
-    """Disconnect and stop the embedded MongoDB this process started (before its folder is
-    deleted, e.g. a temporary project); the next store call starts it again."""
-    global _configured_for
-    import sys
-
-    if "fiftyone" not in sys.modules:
-        return
-    _stop_service()
-    _configured_for = None
-
-
-def _stop_service() -> None:
-    """Disconnect, stop the mongod this process started, and forget its port: the next
-    connection starts (or finds) the service of whatever database dir is configured then."""
-    import fiftyone.core.odm.database as fod
-
-    fod._disconnect()
-    fod._connection_kwargs.pop("port", None)
-    fod._connection_kwargs.pop("host", None)
-    os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)  # FiftyOne set it when it started mongod
-    service = getattr(fod, "_db_service", None)
-    if service is not None:
-        try:
-            service.stop()
-        except Exception:  # noqa: BLE001 - an already-stopped service is fine
-            pass
-        fod._db_service = None
-
-
-def _reconnect(project: Project, db_dir: str, uri: str) -> None:
-    """FiftyOne was imported for another project in this process: move it to this one."""
-    import fiftyone as fo
-
-    if fo.config.database_dir == db_dir and (fo.config.database_uri or "") == uri:
-        return
-    _stop_service()
-    fo.config.database_dir = db_dir
-    fo.config.database_uri = uri or None
-    fo.config.database_validation = False
-
 
 def dataset(project: Project, *, create: bool = True) -> "fo.Dataset":
     """The project's dataset, created (persistent, with the fieldguide schema) when missing."""
@@ -261,37 +97,22 @@ def _rebase_project_files(ds: "fo.Dataset", old_root: Path, new_root: Path) -> i
     Paths under the old folder that exist under the new one are rewritten; images that live
     outside the project keep their paths. Returns how many paths changed.
     """
-    ids, paths = ds.values(["id", "filepath"])
+    table = samples.arrays(ds, ["filepath"])
     moved = {}
-    for sid, path in zip(ids, paths):
+    for sid, path in zip(table["id"], table["filepath"]):
         p = Path(path)
         if p.is_relative_to(old_root):
             candidate = new_root / p.relative_to(old_root)
             if candidate.exists():
                 moved[sid] = str(candidate)
     if moved:
-        ds.set_values("filepath", moved, key_field="id")
+        write_values(ds, {"filepath": moved})
         log.info("project moved from %s: %d file paths follow it", old_root, len(moved))
     return len(moved)
 
 
 def _declare_schema(ds: "fo.Dataset") -> None:
-    import fiftyone as fo
-
-    ds.add_sample_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
-    ds.add_sample_field("votes", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classifications)
-    ds.add_sample_field("origin", fo.StringField)
-    ds.add_sample_field("parent_id", fo.StringField)
-    ds.add_sample_field("filehash", fo.StringField)
-    ds.add_sample_field("location", fo.EmbeddedDocumentField, embedded_doc_type=fo.GeoLocation)
-    ds.add_sample_field("observed_at", fo.DateTimeField)
-    ds.add_sample_field("observer", fo.StringField)
-    ds.add_sample_field(
-        "label_history",
-        fo.ListField,
-        subfield=fo.EmbeddedDocumentField,
-        embedded_doc_type=fo.DynamicEmbeddedDocument,
-    )
+    declare_fields(ds, CREATED_WITH)
     ds.info["fieldguide_schema"] = 1
     ds.save()
 
@@ -311,25 +132,17 @@ def split_of(tags: Iterable[str]) -> str | None:
 def samples_table(ds, fields: Iterable[str] = ()):
     """A DataFrame with ``id``, ``filepath``, ``label``, ``split``, ``origin`` and ``fields``.
 
-    One query per field (``values``), never a loop over samples.
+    One query per field (:func:`fieldguide.platform.samples.arrays`), never a loop over samples.
     """
     import pandas as pd
 
     fields = list(fields)
-    ids, paths, labels, tags, origins, *extra = ds.values(
-        ["id", "filepath", "ground_truth.label", "tags", "origin", *fields]
-    )
-    df = pd.DataFrame(
-        {
-            "id": ids,
-            "filepath": paths,
-            "label": labels,
-            "split": [split_of(t) for t in tags],
-            "origin": origins,
-        }
-    )
-    for name, values in zip(fields, extra):
-        df[name] = values
+    table = samples.arrays(ds, ["filepath", "ground_truth.label", "tags", "origin", *fields])
+    df = pd.DataFrame({"id": table["id"].tolist(), "filepath": table["filepath"].tolist(),
+                       "label": table["ground_truth.label"].tolist(),
+                       "split": [split_of(t) for t in table["tags"]], "origin": table["origin"].tolist()})
+    for name in fields:
+        df[name] = table[name].tolist()
     return df
 
 
@@ -459,9 +272,4 @@ def label_history(ds, sample_id: str) -> list[dict]:
 
 def set_field(ds, field: str, values: Mapping[str, object]) -> None:
     """Bulk-write ``field`` for the samples in ``values`` (sample id -> value)."""
-    if values:
-        ds.set_values(field, dict(values), key_field="id")
-
-
-def as_array(values: Iterable[float | None]) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in values], dtype=float)
+    write_values(ds, {field: values})
