@@ -6,7 +6,7 @@ Both embed the same N images of a CUB-style folder with the same model, batch si
 preprocessing. The bare loop decodes and transforms the images in the main process and runs
 ``model(batch)`` under ``torch.inference_mode``; fieldguide's number is end to end (reading the
 store, decoding in workers, writing the Parquet cache). The issue's target: fieldguide within
-1.5x of the bare loop's time.
+1.5x of the bare loop's time. Writes ``benchmarks/results/embed_<backbone>.csv``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,10 +80,17 @@ def main() -> None:
 
         release_database()  # stop MongoDB before its temporary folder goes
     n = len(paths)
-    print("\n| method | images | seconds | images/s | time vs bare |\n|---|---|---|---|---|")
-    print(f"| bare timm loop | {n} | {bare:.1f} | {n / bare:.1f} | 1.00x |")
-    print(f"| fieldguide embed | {rep.embedded} | {ours:.1f} | {rep.embedded / ours:.1f} | {ours / bare:.2f}x |")
-    print(f"| fieldguide embed, re-run (cached) | {again.embedded} | {cached:.1f} | - | - |")
+    df = pd.DataFrame([
+        {"method": "bare timm loop", "images": n, "seconds": bare, "images_per_s": n / bare, "time_vs_bare": 1.0},
+        {"method": "fieldguide embed", "images": rep.embedded, "seconds": ours, "images_per_s": rep.embedded / ours,
+         "time_vs_bare": ours / bare},
+        {"method": "fieldguide embed, re-run (cached)", "images": again.embedded, "seconds": cached,
+         "images_per_s": None, "time_vs_bare": None},
+    ]).assign(batch_size=args.batch_size, workers=args.workers, torch_threads=torch.get_num_threads())
+    out = ROOT / "benchmarks" / "results" / f"embed_{args.backbone}.csv"
+    df.to_csv(out, index=False, float_format="%.4f")
+    print(df.to_markdown(index=False, floatfmt=".2f"))
+    print(f"\ntable: {out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/ingest_bench.py [--data DIR] [--workers N]
 
 Prints a table: images, seconds, images/s for the first ingest (image checks + metadata +
-bulk insert) and for the re-run (which must add 0 samples).
+bulk insert) and for the re-run (which must add 0 samples). Writes
+``benchmarks/results/ingest_<data folder name>.csv``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,16 +39,18 @@ def main() -> None:
             rep = ingest(project, args.data, fmt="cub")
             dt = time.perf_counter() - t
             n = rep.added + rep.existing
-            rows.append((label, n, rep.added, dt, n / dt))
+            rows.append({"step": label, "images": n, "added": rep.added, "seconds": dt, "images_per_s": n / dt})
         total = len(dataset(project))
         meta = dataset(project).exists("metadata").count()
         from fieldguide.platform.store import release_database
 
         release_database()  # stop MongoDB before its temporary folder goes
-    print(f"\n| step | images | added | seconds | images/s |\n|---|---|---|---|---|")
-    for label, n, added, dt, rate in rows:
-        print(f"| {label} | {n} | {added} | {dt:.1f} | {rate:.0f} |")
-    print(f"\nstore: {total} samples, {meta} with image metadata")
+    df = pd.DataFrame(rows)
+    df["with_metadata"] = meta
+    out = ROOT / "benchmarks" / "results" / f"ingest_{args.data.name}.csv"
+    df.to_csv(out, index=False, float_format="%.4f")
+    print(df.to_markdown(index=False, floatfmt=".1f"))
+    print(f"\nstore: {total} samples, {meta} with image metadata; table: {out}")
 
 
 if __name__ == "__main__":
