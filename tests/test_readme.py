@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import re
 import sys
 import tomllib
@@ -57,19 +56,11 @@ def _config(section: str, key: str):
 
 
 def _signal_weight(name: str):
-    def get():
-        from fieldguide.curation.signals import combine_weights
-
-        return combine_weights()[0][name]
-    return get
+    return lambda: default_config("readme").signals.weights[name]
 
 
 def _pseudolabel_default(param: str):
-    def get():
-        from fieldguide.curation.pseudolabel import pseudolabel
-
-        return inspect.signature(pseudolabel).parameters[param].default
-    return get
+    return _config("pseudolabel", param)
 
 
 def _python_version() -> float:
