@@ -513,7 +513,7 @@ def write_results(rows: pd.DataFrame, path: Path) -> Path:
     if path.exists():
         old = pd.read_csv(path)
         rows = pd.concat([old[~old["collection"].isin(rows["collection"].unique())], rows], ignore_index=True)
-    rows[COLUMNS].to_csv(path, index=False, float_format="%.4f")
+    rows[COLUMNS].to_csv(path, index=False)  # full precision: a table made from the file marks what the run marked
     return path
 
 
@@ -555,10 +555,20 @@ def side_by_side(rows: pd.DataFrame) -> pd.DataFrame:
 COUNTS = {"pseudo_labels"}  # metrics that count things (shown as whole numbers)
 
 
-def fmt(v: float, metric: str = "") -> str:
+def fmt(v: float, metric: str = "", digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    return f"{int(v)}" if metric in COUNTS else f"{v:.3f}"
+    return f"{int(v)}" if metric in COUNTS else f"{v:.{digits}f}"
+
+
+def fmt_pair(default: float, baseline: float | None, metric: str = "") -> str:
+    """``default | baseline``; with 4 decimals where 3 would show a difference as a tie."""
+    if baseline is None:
+        return fmt(default, metric)
+    digits = 3
+    if fmt(default, metric) == fmt(baseline, metric) and default != baseline:
+        digits = 4
+    return f"{fmt(default, metric, digits)} | {fmt(baseline, metric, digits)}"
 
 
 def render(table: pd.DataFrame, title: str):
@@ -574,7 +584,7 @@ def render(table: pd.DataFrame, title: str):
     for _, r in table.iterrows():
         cells = []
         for c in collections:
-            text = fmt(r[c], r["metric"]) + (f" | {fmt(r[f'{c} baseline'], r['metric'])}" if r["baseline"] else "")
+            text = fmt_pair(r[c], r[f"{c} baseline"] if r["baseline"] else None, r["metric"])
             cells.append(f"[red]{text} ✗[/red]" if r[f"{c} loses"] else text)
         t.add_row(r["setting"], r["metric"], r["default"], r["baseline"] or "–", *cells)
     return t

@@ -226,3 +226,12 @@ def test_bench_suite_on_a_tiny_folder_collection(tmp_path, tiny_weights):
 
     bad = CliRunner().invoke(app, ["bench", "suite", "--collections", "cub200", "--cache", str(cache)])
     assert bad.exit_code == 1 and bad.output.strip().startswith("error: unknown collection(s) cub200")
+
+
+def test_a_difference_three_decimals_hide_is_shown_with_four():
+    from fieldguide.suite import fmt_pair
+
+    assert fmt_pair(0.32704, 0.32716) == "0.3270 | 0.3272"
+    assert fmt_pair(0.327, 0.327) == "0.327 | 0.327"
+    assert fmt_pair(0.5, 0.25) == "0.500 | 0.250"
+    assert fmt_pair(546.0, None, "pseudo_labels") == "546"
