@@ -1,7 +1,8 @@
-"""``fieldguide`` verbs of curation: pseudolabel, augment, fill, flag, signals export, bench noise."""
+"""``fieldguide`` verbs of curation: pseudolabel, augment, fill, flag, signals export, bench noise, bench suite."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -138,3 +139,35 @@ def bench_noise(
         return
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"table: {path}")
+
+
+@bench_app.command("suite")
+def bench_suite(
+    collections: Optional[str] = typer.Option(
+        None, help="Bundled collections, comma-separated (default: all of cub100, inat-plants-dev, flowers12, "
+                   "unless --collection is given)."),
+    collection: Optional[list[str]] = typer.Option(
+        None, "--collection", help="Another collection NAME=PATH[:FORMAT] (FORMAT as ingest's; default folder); repeatable."),
+    quick: bool = typer.Option(False, "--quick", help="One noise rate, one k, fewer steps (a smoke test)."),
+    data: Path = typer.Option(Path("../shared/data"), help="Folder of the bundled collections."),
+    cache: Path = typer.Option(Path("benchmarks/.cache"), help="One project per collection (embeddings cached)."),
+    results: Optional[Path] = typer.Option(
+        None, help="Folder for suite_<family>.csv (default benchmarks/results; --quick: CACHE/results-quick)."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone of the embeddings (default: models.backbone's default)."),
+    weights: Optional[str] = typer.Option(None, help="Local weights file or folder for --backbone."),
+) -> None:
+    """Every default of the project against its plain baseline, per collection, side by side (✗: the default loses)."""
+    from rich.console import Console
+
+    from fieldguide.suite import FAMILIES, Plan, parse_collection, render, resolve_collections, run_suite, side_by_side
+
+    chosen = resolve_collections(data, collections, [parse_collection(c) for c in collection or []])
+    out = run_suite(chosen, cache=cache, results=results or (cache / "results-quick" if quick else
+                                                              Path("benchmarks/results")),
+                    plan=Plan.quick() if quick else Plan(), backbone=backbone, weights=weights)
+    console = Console(width=None if sys.stdout.isatty() else 220)  # a log or a pipe: no folded columns
+    for family in FAMILIES:
+        console.print(render(side_by_side(out.tables[family]), f"{family} ({out.paths[family]})"))
+    for name, secs in out.seconds.items():
+        classes, n_train, n_test = out.sizes[name]
+        typer.echo(f"{name}: {classes} classes, {n_train} train / {n_test} test (split: {out.splits[name]}), {secs:.0f} s")
