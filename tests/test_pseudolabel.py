@@ -12,7 +12,7 @@ from fieldguide.curation.pseudolabel import (PSEUDO_TAG, accept_pseudo_labels, f
                                               pseudo_mixup, pseudolabel, select_pseudo_labels)
 from fieldguide.errors import NotReadyError
 from fieldguide.models.embed import embed
-from fieldguide.models.train import predict_head
+from fieldguide.models.fit import predict_head
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
 from conftest import CLASS_COLORS, make_image, use_tiny_backbone
