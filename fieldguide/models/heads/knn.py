@@ -9,7 +9,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from fieldguide.models.heads.base import Head, register_head
 
-FLOOR = 1e-6  # added to every class's probability: no class is impossible, log-probabilities stay finite
+FLOOR = 1e-6  # a vote every class gets (the nearest neighbour's weighs 1): no class is impossible
 
 
 def similarity_weights(dist: np.ndarray, temperature: float) -> np.ndarray:
@@ -34,5 +34,11 @@ class KNNHead(Head):
         return self
 
     def predict_proba(self, X):
-        p = self.model_.predict_proba(np.asarray(X, dtype=np.float32)) + FLOOR
+        """scikit-learn's weighted votes, plus ``FLOOR`` votes for every class so that
+        log-probabilities stay finite."""
+        X = np.asarray(X, dtype=np.float32)
+        p = self.model_.predict_proba(X)  # votes / their total W
+        dist, _ = self.model_.kneighbors(X)
+        total = similarity_weights(dist, self.temperature).sum(axis=1, keepdims=True)  # W
+        p = p + FLOOR / total  # (votes + FLOOR) / W
         return p / p.sum(axis=1, keepdims=True)
