@@ -33,7 +33,7 @@ def main() -> None:
     from fieldguide.config import open_project
     from fieldguide.curation.pseudolabel import fit_semi_supervised, select_pseudo_labels
     from fieldguide.models.embed import load_embeddings
-    from fieldguide.models.train import fit_head, predict_head
+    from fieldguide.models.fit import fit_head, predict_head
     from fieldguide.platform import store
 
     project = open_project(args.project)

@@ -14,7 +14,11 @@ from fieldguide.models.backbones import load_backbone
 from fieldguide.models.crossval import cross_val_pred_probs
 from fieldguide.models.embed import embed, load_embeddings
 from fieldguide.models.evaluate import classification_metrics, evaluate, expected_calibration_error
-from fieldguide.models.heads import EnsembleHead, KNNHead, LogRegHead, MLPHead, make_head
+from fieldguide.models.heads import make_head
+from fieldguide.models.heads.ensemble import EnsembleHead, tempered
+from fieldguide.models.heads.knn import KNNHead
+from fieldguide.models.heads.logreg import LogRegHead
+from fieldguide.models.heads.mlp import MLPHead
 from fieldguide.models.predict import load_pred_probs, predict
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
@@ -49,6 +53,11 @@ def test_missing_or_mismatched_weights_are_one_line_errors(tmp_path, tiny_weight
     assert "does not fit" in str(e.value) and str(other) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ModelError, match="does not fit|tensors"):
         load_backbone("efficientnet_lite0", other)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot read weights file") as e:
+        load_backbone("timm/test_efficientnet", garbage)
+    assert str(garbage) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ModelError, match="no local weights"):
         load_backbone("timm/test_efficientnet")
     with pytest.raises(ModelError, match="unknown backbone"):
@@ -138,12 +147,9 @@ def test_ensemble_weights_never_lose_to_the_best_member_on_inner_folds(rng):
     X = centers[y] + rng.normal(size=(150, 12))
     ens = EnsembleHead(members=("logreg", "knn")).fit(X, y)
     assert ens.weights_.shape == (2,) and np.isclose(ens.weights_.sum(), 1.0)
-    oof = [cross_val_pred_probs(lambda m=m: make_head(m), X, y, 5, folds=3, progress=False)[0]
-           for m in ("logreg", "knn")]
+    oof = [cross_val_pred_probs(make_head(m), X, y, 5, folds=3)[0] for m in ("logreg", "knn")]
     best_member = max((p.argmax(axis=1) == y).mean() for p in oof)
-    from fieldguide.models.heads import _tempered
-
-    mixed = sum(w * _tempered(p, t) for w, p, t in zip(ens.weights_, oof, ens.temperatures_))
+    mixed = sum(w * tempered(p, t) for w, p, t in zip(ens.weights_, oof, ens.temperatures_))
     assert (mixed.argmax(axis=1) == y).mean() >= best_member
     fixed = EnsembleHead(members=("logreg", "knn"), weights=(1.0, 0.0)).fit(X, y)
     np.testing.assert_allclose(fixed.predict_proba(X), LogRegHead().fit(X, y).predict_proba(X), atol=1e-9)
@@ -168,7 +174,7 @@ def test_cross_validation_never_predicts_a_sample_it_saw(rng):
     X = rng.normal(size=(60, 8))
     y = np.repeat(np.arange(3), 20)
     y[-1] = 3  # a class with a single sample: no crash, its column 0 where it was held out
-    probs, fold = cross_val_pred_probs(RecordingHead, X, y, 4, folds=5)
+    probs, fold = cross_val_pred_probs(RecordingHead(), X, y, 4, folds=5)
     assert probs.shape == (60, 4)
     assert np.bincount(fold).tolist() == [12] * 5  # every sample held out once, stratified into equal folds
     assert len(RecordingHead.fitted_rows) >= 5

@@ -14,7 +14,7 @@ from fieldguide.curation.pseudolabel import (PSEUDO_TAG, accept_pseudo_labels, f
                                               pseudo_mixup, pseudolabel, select_pseudo_labels)
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.embed import embed
-from fieldguide.models.train import predict_head
+from fieldguide.models.fit import predict_head
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
 from conftest import CLASS_COLORS, blobs, make_image, use_tiny_backbone

@@ -13,6 +13,8 @@ from fieldguide.cli import app
 from fieldguide.config import dump_config
 from fieldguide.curation.flag import flag
 from fieldguide.errors import ConfigError, NotReadyError
+from fieldguide.models import checkpoints
+from fieldguide.models import fit as ft
 from fieldguide.models import train as tr
 from fieldguide.models.embed import embed
 from fieldguide.models.entropy import EntropySchedule, entropy, grpo_advantages, grpo_loss, training_loss
@@ -119,13 +121,13 @@ def test_fit_head_learns_and_its_margins_expose_flipped_labels():
     noisy = y.copy()
     flip = rng.choice(len(y), 48, replace=False)
     noisy[flip] = (y[flip] + 1) % 6
-    model, state = tr.fit_head(X, noisy, 6, method="two-stage-entropy", epochs=20, lr=1e-2, seed=0,
+    model, state = ft.fit_head(X, noisy, 6, method="two-stage-entropy", epochs=20, lr=1e-2, seed=0,
                                 progress=False)
-    assert (tr.predict_head(model, X).argmax(axis=1) == y).mean() > 0.9
+    assert (ft.predict_head(model, X).argmax(axis=1) == y).mean() > 0.9
     assert state.trajectories["margin"].shape == (len(y), 20) and not np.isnan(state.trajectories["margin"]).any()
     lam = [c["lambda"] for c in state.curves]
     assert lam[:16] == [0.5] * 16 and lam[16:] == [-0.1] * 4
-    sig = tr.trajectory_signals(state.trajectories)
+    sig = ft.trajectory_signals(state.trajectories)
     is_flip = np.zeros(len(y), dtype=bool)
     is_flip[flip] = True
     assert sig["aum"][is_flip].mean() < sig["aum"][~is_flip].mean()
@@ -137,18 +139,18 @@ def test_fit_head_learns_and_its_margins_expose_flipped_labels():
 def test_every_method_trains(rng):
     X, y = blobs(n_classes=4, per_class=30)
     for method in ("ce", "two-stage-entropy", "grpo"):
-        model, state = tr.fit_head(X, y, 4, method=method, epochs=15, lr=1e-2, seed=0, progress=False)
-        assert (tr.predict_head(model, X).argmax(axis=1) == y).mean() > 0.85, method
+        model, state = ft.fit_head(X, y, 4, method=method, epochs=15, lr=1e-2, seed=0, progress=False)
+        assert (ft.predict_head(model, X).argmax(axis=1) == y).mean() > 0.85, method
         assert len(state.curves) == 15
 
 
 def test_an_interrupted_fit_resumes_to_the_same_model():
     X, y = blobs(n_classes=4, per_class=20)
-    full, _ = tr.fit_head(X, y, 4, method="ce", epochs=6, seed=0, progress=False)
+    full, _ = ft.fit_head(X, y, 4, method="ce", epochs=6, seed=0, progress=False)
     saved = {}
 
     def stop_after_3(state, model_state, optim_state, schedule_state):
-        saved.update(state=tr.FitState(state.epoch, list(state.curves),
+        saved.update(state=ft.FitState(state.epoch, list(state.curves),
                                        {k: v.copy() for k, v in state.trajectories.items()}),
                      model={k: v.clone() for k, v in model_state.items()},
                      optim=__import__("copy").deepcopy(optim_state))
@@ -156,9 +158,9 @@ def test_an_interrupted_fit_resumes_to_the_same_model():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        tr.fit_head(X, y, 4, method="ce", epochs=6, seed=0, progress=False, checkpoint=stop_after_3)
+        ft.fit_head(X, y, 4, method="ce", epochs=6, seed=0, progress=False, checkpoint=stop_after_3)
     assert saved["state"].epoch == 3
-    resumed, state = tr.fit_head(X, y, 4, method="ce", epochs=6, seed=0, progress=False, state=saved["state"],
+    resumed, state = ft.fit_head(X, y, 4, method="ce", epochs=6, seed=0, progress=False, state=saved["state"],
                                  model_state=saved["model"], optim_state=saved["optim"])
     assert state.epoch == 6 and len(state.curves) == 6
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
@@ -190,24 +192,24 @@ def test_train_records_metrics_curves_plot_and_trajectories(embedded):
     assert len(f1) == 3 and report.macro_f1 == pytest.approx(f1.mean())
     assert _last_curve(wh, report.run_id, "lambda") == -p.config.train.lam_min  # exploiting at the end
     assert (p.runs_dir / report.run_id / "curves.png").stat().st_size > 5000
-    run_id, ids, traj = tr.load_trajectories(p)
+    run_id, ids, traj = checkpoints.load_trajectories(p)
     assert run_id == report.run_id and len(ids) == 18 and traj["entropy"].shape == (18, 8)
     assert wh.query("SELECT status FROM runs WHERE run_id = ?", [report.run_id]).iloc[0, 0] == "completed"
 
 
 def test_a_stopped_training_run_resumes_from_its_checkpoint(embedded, monkeypatch):
     p = embedded
-    original = tr._CheckpointWriter.__call__
+    original = checkpoints.CheckpointWriter.__call__
 
     def interrupt_at_3(self, state, *args):
         original(self, state, *args)
         if state.epoch == 3:
             raise KeyboardInterrupt  # Ctrl-C after the third epoch's checkpoint
 
-    monkeypatch.setattr(tr._CheckpointWriter, "__call__", interrupt_at_3)
+    monkeypatch.setattr(checkpoints.CheckpointWriter, "__call__", interrupt_at_3)
     with pytest.raises(KeyboardInterrupt):
         tr.train(p, method="ce", progress=False)
-    monkeypatch.setattr(tr._CheckpointWriter, "__call__", original)
+    monkeypatch.setattr(checkpoints.CheckpointWriter, "__call__", original)
     wh = store.warehouse(p)
     stopped = wh.query("SELECT run_id, status FROM runs WHERE kind = 'train'")
     assert stopped["status"].tolist() == ["failed"]

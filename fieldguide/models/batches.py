@@ -1,7 +1,8 @@
-"""Batches for training and inference: images by path, their collate functions, and shuffled
-batches over in-memory embeddings with synthetic augmentations mixed in.
+"""Batches for training and inference: images by path (one dataset, one collate function, one
+loader), and shuffled batches over in-memory embeddings with synthetic augmentations mixed in.
 
-Shared by ``embed``, ``train`` and semi-supervised pseudo-labeling (``curation.pseudolabel``).
+Shared by ``embed``, ``inference``, ``finetune`` and semi-supervised pseudo-labeling
+(``curation.pseudolabel``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,21 @@ def collate_images(items):
     return idx, batch, bad
 
 
-def collate_train(items):
-    """``(indices, images)`` of a training batch of ``ImageFiles`` items; unreadable files are
-    logged and left out."""
-    good = [(i, x) for i, x, err in items if err is None]
-    for i, _, err in items:
-        if err is not None:
+def image_loader(paths: list[str], transform, *, batch_size: int, num_workers: int = 0, shuffle: bool = False,
+                 generator: torch.Generator | None = None, pin_memory: bool = False) -> DataLoader:
+    """Batches ``(indices, images or None, [(index, error), ...])`` of the images at ``paths``."""
+    return DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=collate_images, generator=generator, pin_memory=pin_memory)
+
+
+def readable(loader):
+    """``(indices, images)`` of each batch of an :func:`image_loader`, for training: unreadable
+    files are logged and left out, a batch with none readable is skipped."""
+    for idx, batch, bad in loader:
+        for i, err in bad:
             log.warning("training image %s skipped: %s", i, err)
-    return torch.tensor([i for i, _ in good], dtype=torch.long), torch.stack([x for _, x in good])
+        if batch is not None:
+            yield idx, batch
 
 
 def mix_in_augmentations(indices: np.ndarray, pool: dict[int, np.ndarray], alpha: float,

@@ -6,14 +6,16 @@ members) and by the noise benchmark.
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Callable
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
-from tqdm.auto import tqdm
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from fieldguide.errors import NotReadyError
+
+log = logging.getLogger(__name__)
 
 
 def aligned_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -29,31 +31,35 @@ def n_folds_for(y: np.ndarray, folds: int) -> int:
     return max(2, min(folds, largest, len(y)))
 
 
-def cross_val_pred_probs(make: Callable[[], object], X: np.ndarray, y: np.ndarray, n_classes: int,
-                         *, folds: int = 5, seed: int = 0, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold probabilities for labeled samples.
+def cross_val_pred_probs(head: BaseEstimator, X: np.ndarray, y: np.ndarray, n_classes: int,
+                         *, folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities for labeled samples: scikit-learn's ``cross_val_predict(...,
+    method="predict_proba")`` over a shuffled ``StratifiedKFold``.
 
     Args:
-        make: builds a fresh, unfitted head.
+        head: an unfitted head (cloned for each fold).
         X: (n, d) features; y: (n,) class indices in ``[0, n_classes)``.
     Returns:
         ``(pred_probs (n, n_classes), fold (n,))``: row i comes from the head fit without fold[i].
         A class with fewer samples than folds is absent from some training folds; its column is
-        0 there (never a crash).
+        0 there (``cross_val_predict`` fills it, never a crash). ``cross_val_predict`` only has
+        columns for the classes present in ``y``; they are spread over all ``n_classes`` here
+        (a class without samples: 0). At most as many folds as the largest class has samples.
     """
     X = np.asarray(X)
     y = np.asarray(y, dtype=int)
     if len(y) < 2:
         raise NotReadyError(f"need at least 2 labeled samples for cross-validation, got {len(y)}")
     k = n_folds_for(y, folds)
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    probs = np.zeros((len(y), n_classes))
     fold = np.full(len(y), -1, dtype=int)
+    log.info("k-fold: %d folds over %d samples", k, len(y))
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class")
-        splits = list(skf.split(X, y))
-    for f, (tr, te) in enumerate(tqdm(splits, desc="k-fold", unit="fold", disable=None if progress else True)):
-        model = make().fit(X[tr], y[tr])
-        probs[te] = aligned_proba(model, X[te], n_classes)
+        warnings.filterwarnings("ignore", message="The least populated class")  # the case above
+        warnings.filterwarnings("ignore", message="Number of classes in training fold")
+        splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, y))
+        present = cross_val_predict(head, X, y, cv=splits, method="predict_proba")
+    for f, (_, te) in enumerate(splits):
         fold[te] = f
+    probs = np.zeros((len(y), n_classes))
+    probs[:, np.unique(y)] = present
     return probs, fold

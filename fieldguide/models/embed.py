@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from fieldguide.config import Project
 from fieldguide.errors import NotReadyError
 from fieldguide.models.backbones import Backbone, count_macs, count_params, load_backbone
-from fieldguide.models.batches import ImageFiles, collate_images
+from fieldguide.models.inference import image_outputs
 from fieldguide.platform import samples, store
 from fieldguide.platform.warehouse import now
 from fieldguide.platform.lock import writes
@@ -54,28 +51,11 @@ class EmbedReport:
         }
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def iter_features(bb: Backbone, paths: list[str], *, batch_size: int = 64, num_workers: int = 2,
                   device: str = "auto", desc: str = "embedding"):
     """Yield ``(indices, features, errors)`` per batch: features is a float32 array (n, dim)."""
-    dev = resolve_device(device)
-    model = bb.model.to(dev).eval()
-    loader = DataLoader(
-        ImageFiles(paths, bb.transform()), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=collate_images, pin_memory=dev.type == "cuda",
-        persistent_workers=False,
-    )
-    with torch.inference_mode():
-        for idx, batch, bad in tqdm(loader, desc=desc, unit="batch", disable=None):
-            feats = np.zeros((0, bb.dim), dtype=np.float32)
-            if batch is not None:
-                feats = model(batch.to(dev, non_blocking=True)).float().cpu().numpy()
-            yield idx.numpy(), feats, bad
+    return image_outputs(bb.model, paths, bb.transform(), bb.dim, batch_size=batch_size, num_workers=num_workers,
+                         device=device, desc=desc)
 
 
 # ---- the cache -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
 
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def top_k_accuracy(y: np.ndarray, probs: np.ndarray, k: int) -> float:
-    k = min(k, probs.shape[1])
-    topk = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-    return float((topk == y[:, None]).any(axis=1).mean())
+    """Share of rows whose class is among the ``k`` most probable (1.0 when ``k`` >= the classes)."""
+    if k >= probs.shape[1]:
+        return 1.0
+    return float(top_k_accuracy_score(y, probs, k=k, labels=np.arange(probs.shape[1])))
 
 
 def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
@@ -104,33 +105,6 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
     }
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keep = np.where((cm.sum(axis=0) + cm.sum(axis=1)) > 0)[0]
-    cm = cm[np.ix_(keep, keep)]
-    names = [classes[i] for i in keep]
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = min(24, 4 + 0.16 * len(names))
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    ticks = np.arange(len(names))
-    font = max(3, min(9, 400 // max(len(names), 1)))
-    ax.set_xticks(ticks, names, rotation=90, fontsize=font)
-    ax.set_yticks(ticks, names, fontsize=font)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.03, label="share of the true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def record_metrics(wh, run_id: str, split: str, m: dict, classes: list[str], *, headline: bool = True) -> None:
     """Write ``classification_metrics`` output to the warehouse: ``metrics`` (with ``headline``),
     ``class_metrics`` and ``confusions`` under ``run_id``."""
@@ -148,6 +122,7 @@ def record_metrics(wh, run_id: str, split: str, m: dict, classes: list[str], *, 
 @writes('evaluate')
 def evaluate(project: Project, *, split: str = "test", predict_run: str | None = None) -> dict:
     """Score the latest predictions on ``split``; write the warehouse rows and the confusion PNG."""
+    from fieldguide.models.plots import plot_confusion
     from fieldguide.models.predict import load_pred_probs
 
     pp = load_pred_probs(project, predict_run)

@@ -68,8 +68,7 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     with wh.run("predict", config) as run_id:
         probs = np.zeros((len(ids), len(classes)))
         fold = np.full(len(ids), -1, dtype=int)
-        oof, fold_fit = cross_val_pred_probs(lambda: make_head(head), X[fit_mask], y, len(classes),
-                                             folds=folds, seed=seed)
+        oof, fold_fit = cross_val_pred_probs(make_head(head), X[fit_mask], y, len(classes), folds=folds, seed=seed)
         probs[fit_mask], fold[fit_mask] = oof, fold_fit
         if (~fit_mask).any():
             full = clone(make_head(head)).fit(X[fit_mask], y)

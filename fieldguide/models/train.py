@@ -1,18 +1,20 @@
 """Noise-tolerant training: ``ce``, ``two-stage-entropy`` or ``grpo``, on embeddings or end to end.
 
-- ``head`` mode trains a linear (or one-hidden-layer) head on the cached embeddings: seconds on
-  a CPU. ``finetune`` mode trains a timm backbone and a linear head end to end on the images
-  (GPU when present; on a CPU it runs, slowly, on small inputs).
-- Every epoch records each training sample's entropy, the margin of its given label (logit of
-  the given label minus the largest other logit; its mean over epochs is the area under the
-  margin, AUM) and whether the prediction agrees with the given label. These trajectories are
-  saved with the run (``trajectories.npz``) and become the ``entropy`` signal of ``flag``.
+The ``train`` and ``retrain`` steps: they read the current labels from the store and train with
+the loop of :mod:`fieldguide.models.fit`.
+
+- ``head`` mode trains a linear (or one-hidden-layer) head on the cached embeddings
+  (:func:`~fieldguide.models.fit.fit_head`): seconds on a CPU. ``finetune`` mode trains a timm
+  backbone and a linear head end to end on the images (:mod:`fieldguide.models.finetune`).
+- Every epoch records each training sample's entropy, the margin of its given label and whether
+  the prediction agrees with it. These trajectories are saved with the run
+  (``trajectories.npz``) and become the ``entropy`` signal of ``flag``.
 - Checkpoints (``PROJECT/checkpoints/<run>/last.pt``) are written every epoch; a run that was
-  stopped resumes from its last epoch (``fieldguide train --resume RUN``).
+  stopped resumes from its last epoch (``fieldguide train --resume RUN``); see
+  :mod:`fieldguide.models.checkpoints`.
 - Curves (loss, accuracy, mean entropy, λ) go to the warehouse's ``curves`` and a PNG; with a
   ``test`` split the run is evaluated on it (``metrics``, ``class_metrics``, ``confusions``).
-
-The loop itself (:func:`fit`) is a function of tensors; :func:`train` wires the store to it.
+  ``retrain`` compares the run with the one before it (:mod:`fieldguide.models.compare`).
 """
 
 from __future__ import annotations
@@ -22,212 +24,23 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from tqdm.auto import tqdm
 
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
-from fieldguide.models.batches import ImageFiles, collate_train, head_batches
-from fieldguide.models.entropy import METHODS, EntropySchedule, training_loss
-from fieldguide.models.transforms import train_transform
+from fieldguide.models.checkpoints import checkpoint_writer, load_checkpoint, save_trajectories
+from fieldguide.models.compare import compare_runs
+from fieldguide.models.entropy import METHODS, EntropySchedule
+from fieldguide.models.fit import FitState, fit_head, predict_head
+from fieldguide.models.plots import plot_curves
 from fieldguide.platform import samples, store
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
 
 MODES = ("head", "finetune")
-TRAJECTORIES = ("entropy", "margin", "agree")
-
-
-# ---- models -------------------------------------------------------------------------------------------
-class EmbeddingHead(nn.Module):
-    """L2-normalised embeddings (scaled by sqrt(dim)) into a linear or one-hidden-layer classifier."""
-
-    def __init__(self, dim: int, n_classes: int, hidden: int = 0):
-        super().__init__()
-        self.scale = float(np.sqrt(dim))
-        self.net = (nn.Linear(dim, n_classes) if hidden == 0 else
-                    nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.2), nn.Linear(hidden, n_classes)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(F.normalize(x, dim=-1) * self.scale)
-
-
-def margins(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Logit of the given label minus the largest other logit; shape (n,)."""
-    given = logits.gather(1, target[:, None]).squeeze(1)
-    other = logits.scatter(1, target[:, None], float("-inf")).max(dim=1).values
-    return given - other
-
-
-# ---- the loop -----------------------------------------------------------------------------------------
-@dataclass
-class FitState:
-    """Everything a resumed run needs (saved in the checkpoint)."""
-
-    epoch: int = 0
-    curves: list[dict] = field(default_factory=list)
-    trajectories: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def fit(model: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]],
-        n_train: int, *, method: str, epochs: int, optimizer: torch.optim.Optimizer,
-        schedule: EntropySchedule, k: int = 8, weights: torch.Tensor | None = None,
-        evaluate: Callable[[nn.Module], float] | None = None, seed: int = 0,
-        state: FitState | None = None, checkpoint: Callable[[FitState], None] | None = None,
-        device: torch.device | None = None, progress: bool = True) -> FitState:
-    """Train ``model`` for ``epochs`` epochs; returns the curves and per-sample trajectories.
-
-    ``batches(epoch)`` yields ``(indices, inputs, targets)``; ``indices`` index the n_train
-    training samples (for the trajectories and ``weights``). ``evaluate(model)`` returns the
-    held-out accuracy after each epoch. ``state`` resumes a run; ``checkpoint(state)`` is called
-    after every epoch.
-    """
-    if method not in METHODS:
-        raise ConfigError(f"training method {method!r}: use one of {', '.join(METHODS)}")
-    device = device or torch.device("cpu")
-    state = state or FitState()
-    if not state.trajectories:
-        state.trajectories = {name: np.full((n_train, epochs), np.nan, dtype=np.float32) for name in TRAJECTORIES}
-    gen = torch.Generator().manual_seed(seed + state.epoch)
-    bar = tqdm(range(state.epoch, epochs), desc=f"train {method}", unit="epoch", disable=None if progress else True)
-    for epoch in bar:
-        lam = schedule.lam(epoch / epochs)
-        model.train()
-        total, correct, loss_sum, ent_sum = 0, 0, 0.0, 0.0
-        for idx, x, t in batches(epoch):
-            x, t = x.to(device), t.to(device)
-            logits = model(x)
-            w = weights[idx].to(device) if weights is not None else None
-            loss, ent = training_loss(method, logits, t, lam, k=k, weight=w, generator=gen)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                lg = logits.detach().float()
-                agree = (lg.argmax(dim=1) == t)
-                i = idx.numpy()
-                state.trajectories["entropy"][i, epoch] = ent.detach().float().cpu().numpy()
-                state.trajectories["margin"][i, epoch] = margins(lg, t).cpu().numpy()
-                state.trajectories["agree"][i, epoch] = agree.float().cpu().numpy()
-                n = len(t)
-                total += n
-                correct += int(agree.sum())
-                loss_sum += float(loss.detach()) * n
-                ent_sum += float(ent.detach().sum())
-        mean_entropy = ent_sum / max(total, 1)
-        schedule.observe(mean_entropy, (epoch + 1) / epochs)
-        row = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),
-               "mean_entropy": mean_entropy, "lambda": lam}
-        if evaluate is not None:
-            model.eval()
-            row["eval_acc"] = evaluate(model)
-        state.curves.append(row)
-        state.epoch = epoch + 1
-        bar.set_postfix(loss=f"{row['loss']:.3f}", H=f"{mean_entropy:.2f}", lam=f"{lam:+.2f}")
-        if checkpoint is not None:
-            checkpoint(state)
-    model.eval()
-    return state
-
-
-def fit_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, method: str = "two-stage-entropy",
-             epochs: int = 40, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 128,
-             hidden: int = 0, schedule: EntropySchedule | None = None, k: int = 8,
-             weights: np.ndarray | None = None, X_eval: np.ndarray | None = None,
-             y_eval: np.ndarray | None = None, seed: int = 0, state: FitState | None = None,
-             model_state: dict | None = None, optim_state: dict | None = None,
-             checkpoint: Callable | None = None, progress: bool = True,
-             augmentations: np.ndarray | None = None, pool: dict[int, np.ndarray] | None = None,
-             alpha: float = 0.0) -> tuple[nn.Module, FitState]:
-    """A head trained on embeddings ``X`` (n, d) with labels ``y`` (n,) in [0, n_classes).
-
-    ``augmentations`` (m, d) are synthetic samples' embeddings; ``pool`` maps a training row to
-    its augmentations' rows (0..m-1), mixed in with probability ``alpha``."""
-    torch.manual_seed(seed)
-    schedule = schedule or EntropySchedule()
-    model = EmbeddingHead(X.shape[1], n_classes, hidden)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if model_state is not None:
-        model.load_state_dict(model_state)
-    if optim_state is not None:
-        opt.load_state_dict(optim_state)
-    Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-    evaluate = None
-    if X_eval is not None and y_eval is not None and len(y_eval):
-        Xe, ye = torch.as_tensor(X_eval, dtype=torch.float32), torch.as_tensor(y_eval, dtype=torch.long)
-
-        def evaluate(m):
-            with torch.inference_mode():
-                return float((m(Xe).argmax(dim=1) == ye).float().mean())
-
-    def save(st: FitState):
-        if checkpoint is not None:
-            checkpoint(st, model.state_dict(), opt.state_dict(), schedule.state_dict())
-
-    if augmentations is not None and len(augmentations) and pool:
-        Xt = torch.cat([Xt, torch.as_tensor(augmentations, dtype=torch.float32)])
-        pool = {i: np.asarray(rows) + len(X) for i, rows in pool.items()}
-    state = fit(model, head_batches(Xt, yt, batch_size, seed, pool=pool, alpha=alpha), len(X),
-                method=method, epochs=epochs,
-                optimizer=opt, schedule=schedule, k=k,
-                weights=torch.as_tensor(weights, dtype=torch.float32) if weights is not None else None,
-                evaluate=evaluate, seed=seed, state=state, checkpoint=save, progress=progress)
-    return model, state
-
-
-def predict_head(model: nn.Module, X: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return torch.softmax(model(torch.as_tensor(X, dtype=torch.float32)), dim=1).numpy().astype(np.float64)
-
-
-def trajectory_signals(traj: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-sample summaries of the trajectories: ``aum`` (mean margin; low = noisy), ``mean_entropy``
-    and ``agreement`` (share of epochs whose prediction equals the given label; low = noisy)."""
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return {"aum": np.nanmean(traj["margin"], axis=1), "mean_entropy": np.nanmean(traj["entropy"], axis=1),
-                    "agreement": np.nanmean(traj["agree"], axis=1)}
-
-
-# ---- plots --------------------------------------------------------------------------------------------
-def plot_curves(curves: list[dict], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [c["epoch"] for c in curves]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    axes[0].plot(ep, [c["loss"] for c in curves])
-    axes[0].set_title("loss")
-    axes[1].plot(ep, [c["train_acc"] for c in curves], label="train (given labels)")
-    if any("eval_acc" in c for c in curves):
-        axes[1].plot(ep, [c.get("eval_acc", np.nan) for c in curves], label="test")
-    axes[1].set_title("accuracy")
-    axes[1].legend()
-    axes[2].plot(ep, [c["mean_entropy"] for c in curves], color="tab:purple")
-    axes[2].set_title("mean entropy (nats)")
-    axes[3].step(ep, [c["lambda"] for c in curves], where="post", color="tab:red")
-    axes[3].axhline(0, color="grey", lw=0.5)
-    axes[3].set_title("λ (+ explore, − exploit)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 # ---- the step -----------------------------------------------------------------------------------------
@@ -294,7 +107,7 @@ def train(project: Project, *, method: str | None = None, mode: str | None = Non
     wh = store.warehouse(project)
     resumed = None
     if resume:
-        resumed = _load_checkpoint(project, resume)
+        resumed = load_checkpoint(project, resume)
         config = resumed["config"]
         method, mode, epochs, backbone, flagged = (config["method"], config["mode"], config["epochs"],
                                                    config["backbone"], config["flagged"])
@@ -353,8 +166,7 @@ def _finish(project: Project, run_id: str, config: dict, classes: list[str], sta
 
     wh = store.warehouse(project)
     run_dir = project.run_dir(run_id)
-    np.savez_compressed(run_dir / "trajectories.npz", sample_ids=np.array(train_ids),
-                        **{k: v for k, v in state.trajectories.items()})
+    save_trajectories(project, run_id, train_ids, state)
     rows = [{"run_id": run_id, "step": c["epoch"], "name": name, "value": float(c[name])}
             for c in state.curves for name in ("loss", "train_acc", "mean_entropy", "lambda", "eval_acc") if name in c]
     wh.write("curves", rows)
@@ -383,7 +195,7 @@ def _train_head(project, ds, run_id, config, classes, index, resumed, progress) 
     test_mask = (table["split"] == "test").to_numpy() & table["label"].notna().to_numpy()
     y_test = np.array([index[v] for v in table["label"][test_mask]], dtype=int)
     train_ids = [s for s, m in zip(ids, train_mask) if m]
-    ckpt = _checkpoint_writer(project, run_id, config, resumed)
+    ckpt = checkpoint_writer(project, run_id, config, resumed)
     state = model_state = optim_state = None
     schedule = _schedule(cfg)
     if resumed:
@@ -428,10 +240,9 @@ def _augmentation_pool(ds, ids: list[str], X: np.ndarray, train_ids: list[str]):
 
 
 def _train_finetune(project, ds, run_id, config, classes, index, resumed, progress) -> TrainReport:
-    from torch.utils.data import DataLoader
-
     from fieldguide.models.backbones import load_backbone
-    from fieldguide.models.embed import resolve_device
+    from fieldguide.models.finetune import fit_finetune
+    from fieldguide.models.inference import predict_images
 
     cfg = project.config.train
     mcfg = project.config.models
@@ -448,135 +259,32 @@ def _train_finetune(project, ds, run_id, config, classes, index, resumed, progre
     test_mask = (table["split"] == "test").to_numpy() & table["label"].notna().to_numpy()
     y_test = np.array([index[v] for v in table["label"][test_mask]], dtype=int)
     train_ids = [s for s, m in zip(ids, train_mask) if m]
-    device = resolve_device(mcfg.device)
-    model = nn.Sequential(bb.model, nn.Linear(bb.dim, len(classes))).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
     schedule = _schedule(cfg)
-    state = None
+    state = model_state = optim_state = None
     if resumed:
-        model.load_state_dict(resumed["model"])
-        opt.load_state_dict(resumed["optimizer"])
+        state, model_state, optim_state = resumed["state"], resumed["model"], resumed["optimizer"]
         schedule.load_state_dict(resumed["schedule"])
-        state = resumed["state"]
-    train_tf = train_transform(bb)
-    files = ImageFiles(list(paths[train_mask]), train_tf)
-    yt = torch.as_tensor(y, dtype=torch.long)
-
-    def batches(epoch: int):
-        loader = DataLoader(files, batch_size=cfg.finetune_batch_size, shuffle=True, num_workers=mcfg.num_workers,
-                            collate_fn=collate_train, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        for idx, x in loader:
-            yield idx, x, yt[idx]
-
-    def predict_images(m, ps) -> np.ndarray:
-        out = []
-        loader = DataLoader(ImageFiles(list(ps), bb.transform()), batch_size=cfg.finetune_batch_size,
-                            num_workers=mcfg.num_workers, collate_fn=collate_train)
-        with torch.inference_mode():
-            for _, x in loader:
-                out.append(torch.softmax(m(x.to(device)), dim=1).float().cpu().numpy())
-        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(classes)))
-
-    evaluate = None
-    if test_mask.any():
-        def evaluate(m):
-            return float((predict_images(m, paths[test_mask]).argmax(axis=1) == y_test).mean())
-
-    ckpt = _checkpoint_writer(project, run_id, config, resumed)
+    ckpt = checkpoint_writer(project, run_id, config, resumed)
     report = TrainReport(run_id=run_id, method=config["method"], mode="finetune", epochs=config["epochs"],
                          n_train=int(train_mask.sum()), excluded=int((fit_mask & ~keep).sum()),
                          downweighted=int((fit_mask & keep & (w < 1)).sum()),
                          resumed_from_epoch=state.epoch if state else 0, checkpoint=str(ckpt.path))
-    state = fit(model, batches, int(train_mask.sum()), method=config["method"], epochs=config["epochs"],
-                optimizer=opt, schedule=schedule, k=cfg.grpo_k,
-                weights=torch.as_tensor(w[train_mask]) if config["flagged"] == "downweight" else None,
-                evaluate=evaluate, seed=cfg.seed, state=state,
-                checkpoint=lambda st: ckpt(st, model.state_dict(), opt.state_dict(), schedule.state_dict()),
-                device=device, progress=progress)
-    probs = predict_images(model, paths[test_mask]) if test_mask.any() else None
+    model, state = fit_finetune(
+        bb, list(paths[train_mask]), y, len(classes), method=config["method"], epochs=config["epochs"],
+        lr=cfg.finetune_lr, weight_decay=cfg.weight_decay, batch_size=cfg.finetune_batch_size,
+        num_workers=mcfg.num_workers, device=mcfg.device, schedule=schedule, k=cfg.grpo_k,
+        weights=w[train_mask] if config["flagged"] == "downweight" else None,
+        paths_eval=list(paths[test_mask]), y_eval=y_test, seed=cfg.seed, state=state, model_state=model_state,
+        optim_state=optim_state, checkpoint=ckpt, progress=progress,
+    )
+    probs = None
+    if test_mask.any():
+        probs = predict_images(model, list(paths[test_mask]), bb.transform(), len(classes),
+                               batch_size=cfg.finetune_batch_size, num_workers=mcfg.num_workers, device=mcfg.device)
     return _finish(project, run_id, config, classes, state, train_ids, probs, y_test, report)
 
 
-# ---- checkpoints --------------------------------------------------------------------------------------
-class _CheckpointWriter:
-    def __init__(self, path: Path, config: dict, started):
-        self.path = path
-        self.config = config
-        self.started = started
-
-    def __call__(self, state: FitState, model_state: dict, optim_state: dict, schedule_state: dict) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({"config": self.config, "started": self.started, "state": state, "model": model_state,
-                    "optimizer": optim_state, "schedule": schedule_state}, tmp)
-        tmp.replace(self.path)  # atomic: a crash mid-write keeps the previous epoch's checkpoint
-
-
-def _checkpoint_writer(project: Project, run_id: str, config: dict, resumed) -> _CheckpointWriter:
-    from fieldguide.platform.warehouse import now
-
-    folder = project.checkpoints_dir / run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    return _CheckpointWriter(folder / "last.pt", config, resumed["started"] if resumed else now())
-
-
-def _load_checkpoint(project: Project, run_id: str) -> dict:
-    path = project.checkpoints_dir / run_id / "last.pt"
-    if not path.exists():
-        raise NotReadyError(f"no checkpoint for run {run_id!r} ({path} does not exist)")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def load_trajectories(project: Project, run_id: str | None = None) -> tuple[str, list[str], dict[str, np.ndarray]]:
-    """``(run_id, sample_ids, trajectories)`` of a train run (default: the latest completed one)."""
-    wh = store.warehouse(project)
-    if run_id is None:
-        last = wh.last_run("train", "retrain")
-        if last is None:
-            raise NotReadyError("no training run yet (run 'fieldguide train')")
-        run_id = last["run_id"]
-    path = project.runs_dir / run_id / "trajectories.npz"
-    if not path.exists():
-        raise NotReadyError(f"trajectories of run {run_id} are missing ({path})")
-    z = np.load(path, allow_pickle=False)
-    return run_id, z["sample_ids"].tolist(), {k: z[k] for k in TRAJECTORIES}
-
-
-# ---- retrain and compare ------------------------------------------------------------------------------
-def compare_runs(project: Project, run_id: str, previous: str | None = None) -> dict:
-    """Test top-1 / macro-F1 of ``run_id`` against ``previous`` (default: the training run before it),
-    and the per-class F1 changes (largest first)."""
-    wh = store.warehouse(project)
-    if previous is None:
-        df = wh.query(
-            "SELECT r.run_id FROM runs r WHERE r.kind IN ('train', 'retrain') AND r.status = 'completed' "
-            "AND r.run_id <> ? AND r.started < (SELECT started FROM runs WHERE run_id = ?) "
-            "AND EXISTS (SELECT 1 FROM metrics m WHERE m.run_id = r.run_id AND m.split = 'test') "
-            "ORDER BY r.started DESC LIMIT 1", [run_id, run_id])
-        previous = None if df.empty else df.iloc[0, 0]
-    out: dict = {"run_id": run_id, "previous": previous}
-
-    def headline(rid):
-        m = wh.query("SELECT name, value FROM metrics WHERE run_id = ? AND split = 'test'", [rid])
-        return dict(zip(m["name"], m["value"])) if not m.empty else {}
-
-    now_m = headline(run_id)
-    out.update(top1=now_m.get("top1"), macro_f1=now_m.get("macro_f1"))
-    if previous is None:
-        return out
-    prev_m = headline(previous)
-    out.update(previous_top1=prev_m.get("top1"), previous_macro_f1=prev_m.get("macro_f1"))
-    if out["top1"] is not None and out["previous_top1"] is not None:
-        out["delta_top1"] = out["top1"] - out["previous_top1"]
-        out["delta_macro_f1"] = out["macro_f1"] - out["previous_macro_f1"]
-    per = wh.query(
-        "SELECT a.class, a.f1 AS f1, b.f1 AS previous_f1, a.f1 - b.f1 AS delta FROM class_metrics a "
-        "JOIN class_metrics b ON a.class = b.class AND a.split = b.split "
-        "WHERE a.run_id = ? AND b.run_id = ? AND a.split = 'test' AND a.f1 <> b.f1 "
-        "ORDER BY abs(a.f1 - b.f1) DESC, a.class LIMIT 20", [run_id, previous])
-    out["class_changes"] = per.to_dict("records")
-    return out
-
-
+# ---- retrain -----------------------------------------------------------------------------------------
 @writes('retrain')
 def retrain(project: Project, *, method: str | None = None, mode: str | None = None, epochs: int | None = None,
             flagged: str | None = None, progress: bool = True) -> tuple[TrainReport, dict]:

@@ -1,0 +1,16 @@
+"""Light heads on frozen embeddings, with the scikit-learn estimator contract; one family per module.
+
+- ``logreg`` (:mod:`.logreg`): multinomial logistic regression, class-weighted for rare classes;
+- ``mlp`` (:mod:`.mlp`): a one-hidden-layer MLP in torch with a focal or class-weighted
+  cross-entropy loss; the same module is the head that noise-tolerant training trains;
+- ``knn`` (:mod:`.knn`): cosine k-nearest neighbours with similarity-weighted votes;
+- ``ensemble`` (:mod:`.ensemble`): a weighted mean of the members' probabilities (default:
+  logreg + mlp + knn), the weights picked on inner out-of-fold predictions.
+
+Importing the package registers them all; :func:`make_head` builds one by name.
+"""
+
+from fieldguide.models.heads import ensemble, knn, logreg, mlp  # noqa: F401 - each registers its head
+from fieldguide.models.heads.base import available_heads, make_head, register_head
+
+__all__ = ["available_heads", "make_head", "register_head"]

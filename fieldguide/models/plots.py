@@ -1,0 +1,63 @@
+"""Plots people look at, saved as PNG under a run's folder: training curves and confusion matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_curves(curves: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [c["epoch"] for c in curves]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    axes[0].plot(ep, [c["loss"] for c in curves])
+    axes[0].set_title("loss")
+    axes[1].plot(ep, [c["train_acc"] for c in curves], label="train (given labels)")
+    if any("eval_acc" in c for c in curves):
+        axes[1].plot(ep, [c.get("eval_acc", np.nan) for c in curves], label="test")
+    axes[1].set_title("accuracy")
+    axes[1].legend()
+    axes[2].plot(ep, [c["mean_entropy"] for c in curves], color="tab:purple")
+    axes[2].set_title("mean entropy (nats)")
+    axes[3].step(ep, [c["lambda"] for c in curves], where="post", color="tab:red")
+    axes[3].axhline(0, color="grey", lw=0.5)
+    axes[3].set_title("λ (+ explore, − exploit)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = np.where((cm.sum(axis=0) + cm.sum(axis=1)) > 0)[0]
+    cm = cm[np.ix_(keep, keep)]
+    names = [classes[i] for i in keep]
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = min(24, 4 + 0.16 * len(names))
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    ticks = np.arange(len(names))
+    font = max(3, min(9, 400 // max(len(names), 1)))
+    ax.set_xticks(ticks, names, rotation=90, fontsize=font)
+    ax.set_yticks(ticks, names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
