@@ -121,12 +121,12 @@ def test_fit_head_learns_and_its_margins_expose_flipped_labels():
     noisy = y.copy()
     flip = rng.choice(len(y), 48, replace=False)
     noisy[flip] = (y[flip] + 1) % 6
-    model, state = ft.fit_head(X, noisy, 6, method="two-stage-entropy", epochs=20, lr=1e-2, seed=0,
-                                progress=False)
+    # the defaults: full batch, 200 epochs of one step each
+    model, state = ft.fit_head(X, noisy, 6, method="two-stage-entropy", seed=0, progress=False)
     assert (ft.predict_head(model, X).argmax(axis=1) == y).mean() > 0.9
-    assert state.trajectories["margin"].shape == (len(y), 20) and not np.isnan(state.trajectories["margin"]).any()
+    assert state.trajectories["margin"].shape == (len(y), 200) and not np.isnan(state.trajectories["margin"]).any()
     lam = [c["lambda"] for c in state.curves]
-    assert lam[:16] == [0.5] * 16 and lam[16:] == [-0.1] * 4
+    assert lam[:160] == [0.5] * 160 and lam[160:] == [-0.1] * 40
     sig = ft.trajectory_signals(state.trajectories)
     is_flip = np.zeros(len(y), dtype=bool)
     is_flip[flip] = True

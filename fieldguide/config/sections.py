@@ -68,10 +68,10 @@ class TrainSection(_Section):
                         description="ce | two-stage-entropy | grpo")
     mode: str = Field(default="head", pattern="^(head|finetune)$",
                       description="head: on the cached embeddings; finetune: the backbone end to end")
-    epochs: int = Field(default=40, ge=1, description="epochs in head mode")
-    lr: float = Field(default=3e-3, gt=0, description="learning rate in head mode (AdamW)")
+    epochs: int = Field(default=200, ge=1, description="epochs in head mode (full batch: one step each)")
+    lr: float = Field(default=1e-2, gt=0, description="learning rate in head mode (Adam, L2 weight decay)")
     weight_decay: float = Field(default=1e-4, ge=0)
-    batch_size: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=0, ge=0, description="head mode: samples per step; 0: all of them (full batch)")
     hidden: int = Field(default=0, ge=0, description="hidden units of the head; 0: linear")
     lam_max: float = Field(default=0.5, ge=0, description="entropy bonus while exploring (λ = +lam_max)")
     lam_min: float = Field(default=0.1, ge=0, description="entropy penalty while exploiting (λ = -lam_min)")

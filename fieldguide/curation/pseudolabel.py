@@ -123,7 +123,8 @@ def fit_semi_supervised(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_cla
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    student = EmbeddingHead(X_l.shape[1], n_classes)
+    # sqrt(dim): the scale this minibatch recipe (lr, epochs, EMA decay) was measured with
+    student = EmbeddingHead(X_l.shape[1], n_classes, scale=float(np.sqrt(X_l.shape[1])))
     ema = WarmupEma(student, ema_decay)
     teacher = ema.module.requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)

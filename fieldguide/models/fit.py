@@ -106,7 +106,7 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, 
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, method: str = "two-stage-entropy",
-             epochs: int = 40, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 128,
+             epochs: int = 200, lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 0,
              hidden: int = 0, schedule: EntropySchedule | None = None, k: int = 8,
              weights: np.ndarray | None = None, X_eval: np.ndarray | None = None,
              y_eval: np.ndarray | None = None, seed: int = 0, state: FitState | None = None,
@@ -117,11 +117,13 @@ def fit_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, method: str = "two
     """A head trained on embeddings ``X`` (n, d) with labels ``y`` (n,) in [0, n_classes).
 
     ``augmentations`` (m, d) are synthetic samples' embeddings; ``pool`` maps a training row to
-    its augmentations' rows (0..m-1), mixed in with probability ``alpha``."""
+    its augmentations' rows (0..m-1), mixed in with probability ``alpha``. ``batch_size`` 0: full
+    batch (one step an epoch), the default: with Adam (L2 weight decay, as the plain full-batch
+    baseline) it does not memorise noisy labels the way minibatches did (``fieldguide bench suite``)."""
     torch.manual_seed(seed)
     schedule = schedule or EntropySchedule()
     model = EmbeddingHead(X.shape[1], n_classes, hidden)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     if model_state is not None:
         model.load_state_dict(model_state)
     if optim_state is not None:
@@ -142,7 +144,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, method: str = "two
     if augmentations is not None and len(augmentations) and pool:
         Xt = torch.cat([Xt, torch.as_tensor(augmentations, dtype=torch.float32)])
         pool = {i: np.asarray(rows) + len(X) for i, rows in pool.items()}
-    state = fit(model, head_batches(Xt, yt, batch_size, seed, pool=pool, alpha=alpha), len(X),
+    state = fit(model, head_batches(Xt, yt, batch_size or len(X), seed, pool=pool, alpha=alpha), len(X),
                 method=method, epochs=epochs,
                 optimizer=opt, schedule=schedule, k=k,
                 weights=torch.as_tensor(weights, dtype=torch.float32) if weights is not None else None,

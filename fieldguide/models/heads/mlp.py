@@ -18,13 +18,16 @@ from fieldguide.models.heads.base import Head, register_head
 
 
 class EmbeddingHead(nn.Module):
-    """L2-normalised embeddings times ``scale`` (default sqrt(dim)) into a linear (``hidden=0``)
-    or one-hidden-layer classifier."""
+    """L2-normalised embeddings times ``scale`` into a linear (``hidden=0``) or one-hidden-layer
+    classifier.
 
-    def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.2,
-                 scale: float | None = None):
+    ``scale`` 1 (the default) is the plain baseline's input, unit-norm features. A larger one makes
+    every step move the logits that much more: ``train``'s head used sqrt(dim) (about 36 for Lite0)
+    and memorised noisy labels within a few epochs (``fieldguide bench suite``, issue 15)."""
+
+    def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.2, scale: float = 1.0):
         super().__init__()
-        self.scale = float(np.sqrt(dim)) if scale is None else float(scale)
+        self.scale = float(scale)
         self.net = (nn.Linear(dim, n_classes) if hidden == 0 else
                     nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)))
 
@@ -69,7 +72,7 @@ class MLPHead(Head):
         X = torch.as_tensor(np.asarray(X, dtype=np.float32))
         t = torch.from_numpy(yi.astype(np.int64))
         k = len(self.classes_)
-        self.net_ = EmbeddingHead(X.shape[1], k, self.hidden, self.dropout, scale=1.0)
+        self.net_ = EmbeddingHead(X.shape[1], k, self.hidden, self.dropout)
         weight = None
         if self.class_weight == "balanced":
             weight = torch.tensor(compute_class_weight("balanced", classes=np.arange(k), y=yi), dtype=torch.float32)
