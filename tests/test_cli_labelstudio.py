@@ -180,10 +180,12 @@ def test_listen_applies_an_answer_that_label_studio_sends_by_webhook(project, st
                                     stdout=o, stderr=e, env=_env(), start_new_session=True,
                                     preexec_fn=_default_sigint)
     try:
+        # Label Studio may show the webhook a moment before its actions are stored: wait for both
         hooks = _wait_for("the listener's webhook in Label Studio",
                           lambda: listener.poll() is None and
-                          [h for h in sdk.webhooks.list() if h.url == f"http://127.0.0.1:{hook_port}/"])
-        assert len(hooks) == 1 and set(hooks[0].actions) == {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}
+                          [h for h in sdk.webhooks.list() if h.url == f"http://127.0.0.1:{hook_port}/"
+                           and set(h.actions or ()) == {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}])
+        assert len(hooks) == 1 and listener.poll() is None
         sdk.annotations.create(task.id, result=[{"from_name": "label", "to_name": "image", "type": "choices",
                                                  "value": {"choices": [new]}}])
         line = f"tasks {task.id}: applied 1 (changed 1, accepted 0, unsure 0, skipped 0)"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from fieldguide.config import Project
-from fieldguide.errors import ExportError, NotReadyError
+from fieldguide.errors import ExportError
 from fieldguide.platform import samples, store
 from fieldguide.platform.spreadsheet import neutralise_formula_cells
 
@@ -43,11 +43,7 @@ def export_signals(project: Project, out: str | Path, *, run_id: str | None = No
 def signals_table(project: Project, run_id: str | None = None) -> pd.DataFrame:
     """The export's rows: :data:`BASE_COLUMNS`, then the run's signals in name order."""
     wh = store.warehouse(project)
-    if run_id is None:
-        last = wh.last_run("flag")
-        if last is None:
-            raise NotReadyError("no flag run yet (run 'fieldguide flag')")
-        run_id = last["run_id"]
+    run_id = wh.run_or_last(run_id, "flag", missing="no flag run yet (run 'fieldguide flag')")
     ds = store.dataset(project, create=False)
     wanted = ["prediction.label"] if samples.has_field(ds, "prediction") else []
     df = store.samples_table(ds, wanted).rename(columns={"prediction.label": "predicted_label"})

@@ -58,11 +58,7 @@ def save_trajectories(project: Project, run_id: str, sample_ids: list[str], stat
 def load_trajectories(project: Project, run_id: str | None = None) -> tuple[str, list[str], dict[str, np.ndarray]]:
     """``(run_id, sample_ids, trajectories)`` of a train run (default: the latest completed one)."""
     wh = store.warehouse(project)
-    if run_id is None:
-        last = wh.last_run("train", "retrain")
-        if last is None:
-            raise NotReadyError("no training run yet (run 'fieldguide train')")
-        run_id = last["run_id"]
+    run_id = wh.run_or_last(run_id, "train", "retrain", missing="no training run yet (run 'fieldguide train')")
     path = project.runs_dir / run_id / "trajectories.npz"
     if not path.exists():
         raise NotReadyError(f"trajectories of run {run_id} are missing ({path})")

@@ -110,11 +110,7 @@ class PredProbs:
 def load_pred_probs(project: Project, run_id: str | None = None) -> PredProbs:
     """The pred_probs of a predict run (default: the latest completed one)."""
     wh = store.warehouse(project)
-    if run_id is None:
-        last = wh.last_run("predict")
-        if last is None:
-            raise NotReadyError("no predictions yet (run 'fieldguide predict')")
-        run_id = last["run_id"]
+    run_id = wh.run_or_last(run_id, "predict", missing="no predictions yet (run 'fieldguide predict')")
     path = Path(project.runs_dir) / run_id / "pred_probs.npz"
     if not path.exists():
         raise NotReadyError(f"predictions of run {run_id} are missing ({path}); run 'fieldguide predict'")

@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from fieldguide.errors import FieldguideError
+from fieldguide.errors import FieldguideError, NotReadyError
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,15 @@ class Warehouse:
             [*kinds, status],
         )
         return None if df.empty else df.iloc[0].to_dict()
+
+    def run_or_last(self, run_id: str | None, *kinds: str, missing: str) -> str:
+        """``run_id`` when given, else the newest completed run of ``kinds``; none: NotReadyError(missing)."""
+        if run_id is not None:
+            return run_id
+        last = self.last_run(*kinds)
+        if last is None:
+            raise NotReadyError(missing)
+        return last["run_id"]
 
     def schema_version(self) -> int:
         df = self.query("SELECT value FROM schema_info WHERE key = 'schema_version'")
