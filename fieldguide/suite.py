@@ -183,8 +183,8 @@ def collection_features(collection: Collection, cache: Path, *, backbone: str | 
     """Ingest ``collection`` into its project ``cache/<name>`` (nothing twice), embed what is not
     cached yet, and return its labeled samples' embeddings split into train and test."""
     from fieldguide.config import init_project
-    from fieldguide.models.embed import embed, load_embeddings
-    from fieldguide.platform import store
+    from fieldguide.models.embed import embed, embedded_table
+    from fieldguide.platform import samples, store
     from fieldguide.platform.ingest import ingest
 
     if not collection.source.exists():
@@ -199,9 +199,8 @@ def collection_features(collection: Collection, cache: Path, *, backbone: str | 
             log.info("%s: ingested %d images (%d rejected)", collection.name, report.added, len(report.rejects))
         embed(project)
         ds = store.dataset(project, create=False)
-        ids, X = load_embeddings(project, None, ds)
-        extra = ["observation_id"] if ds.has_sample_field("observation_id") else []
-        table = store.samples_table(ds, extra).set_index("id").loc[ids]
+        extra = ["observation_id"] if samples.has_field(ds, "observation_id") else []
+        ids, X, table = embedded_table(project, None, ds, extra)
     finally:
         store.release_database()
     labeled = table["label"].notna().to_numpy() & table["split"].isin(("train", "val", "test")).to_numpy()

@@ -237,6 +237,7 @@ def test_round_trip_push_annotate_pull(server, sdk):
     ids = ds.match_tags("train").values("id")[:12]
     _flag(project, ids)
     given = dict(zip(*ds.select(ids).values(["id", "ground_truth.label"])))
+    scores = dict(zip(*ds.select(ids).values(["id", "noise_score"])))
 
     out = _cli_json(project, "relabel", "push", "--limit", "10")
     assert (out["pushed"], out["already_pushed"]) == (10, 0)
@@ -255,7 +256,7 @@ def test_round_trip_push_annotate_pull(server, sdk):
         assert data["image"].startswith("/data/local-files/?d=")
         assert "base64" not in json.dumps(data) and "data:image" not in json.dumps(data)
         assert data["given_label"] == given[sid]
-        assert 0 <= data["noise_score"] <= 1
+        assert float(data["noise_score"]) == pytest.approx(scores[sid], abs=1e-6)  # the store's score
         assert "given label" in data["info"] and "noise score" in data["info"]
         (pred,) = task.predictions
         assert pred.model_version and pred.score == pytest.approx(data["confidence"])

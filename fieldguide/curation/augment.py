@@ -169,7 +169,7 @@ def augment(project: Project, *, classes: list[str] | None = None, min_per_class
             pipeline=None) -> AugmentReport:
     """Generate, filter and store augmentations for the scarce classes; see the module docstring."""
     from fieldguide.models.backbones import load_backbone
-    from fieldguide.models.embed import iter_features, load_embeddings
+    from fieldguide.models.embed import embedded_table, iter_features
     from fieldguide.models.heads import make_head
 
     cfg = project.config.augment
@@ -184,8 +184,7 @@ def augment(project: Project, *, classes: list[str] | None = None, min_per_class
     if unknown:
         raise ConfigError(f"augment: unknown class(es) {', '.join(sorted(unknown))}")
     # the current classifier: a head on the embeddings of the labeled training samples
-    ids, X = load_embeddings(project, None, ds)
-    table = store.samples_table(ds).set_index("id").loc[ids]
+    ids, X, table = embedded_table(project, None, ds)
     fit = ((table["split"] == "train") & table["label"].notna() & (table["origin"] != "synthetic")).to_numpy()
     if fit.sum() < 2:
         raise NotReadyError("augment needs labeled training samples with embeddings (ingest and embed first)")

@@ -158,7 +158,7 @@ def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed
     Returns ``(table, csv_path)``.
     """
     from fieldguide.errors import FieldguideError, NotReadyError
-    from fieldguide.models.embed import load_embeddings
+    from fieldguide.models.embed import embedded_table
     from fieldguide.platform import store
 
     bad = [k for k in kinds if k not in KINDS]
@@ -166,9 +166,7 @@ def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed
         raise FieldguideError(f"noise kind(s) {', '.join(bad) or 'none'}: use one or more of {', '.join(KINDS)}")
     if not rates or not all(0 < r < 1 for r in rates):
         raise FieldguideError(f"noise rates {list(rates)}: each must be between 0 and 1 (exclusive)")
-    ds = store.dataset(project, create=False)
-    ids, X = load_embeddings(project, backbone, ds)
-    table = store.samples_table(ds).set_index("id").loc[ids]
+    ids, X, table = embedded_table(project, backbone)
     keep = (table["label"].notna() & table["split"].isin(splits)).to_numpy()
     if keep.sum() < 10:
         raise NotReadyError(f"the noise benchmark needs labeled {'/'.join(splits)} samples with embeddings "

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -189,6 +191,16 @@ def load_embeddings(project: Project, backbone: str | None = None, ds=None) -> t
     if not keep:
         raise NotReadyError(f"no cached embeddings for the samples in the store (run 'fieldguide embed --backbone {name}')")
     return [sid for sid, _ in keep], feats[[i for _, i in keep]]
+
+
+def embedded_table(project: Project, backbone: str | None = None, ds=None,
+                   fields: Iterable[str] = ()) -> tuple[list[str], np.ndarray, pd.DataFrame]:
+    """``(sample_ids, X, table)``: :func:`load_embeddings` and the store's samples table
+    (:func:`~fieldguide.platform.store.samples_table` with ``fields``) indexed by id, in the same
+    order as the rows of ``X``: the one way a step gets arrays aligned with its samples."""
+    ds = ds if ds is not None else store.dataset(project, create=False)
+    ids, X = load_embeddings(project, backbone, ds)
+    return ids, X, store.samples_table(ds, list(fields)).set_index("id").loc[ids]
 
 
 def import_embeddings(project: Project, source: Project, backbone: str | None = None) -> int:

@@ -19,7 +19,7 @@ from sklearn.base import clone
 from fieldguide.config import Project
 from fieldguide.errors import NotReadyError
 from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
-from fieldguide.models.embed import load_embeddings
+from fieldguide.models.embed import embedded_table
 from fieldguide.models.heads import make_head
 from fieldguide.platform import store
 from fieldguide.platform.fields import write_values
@@ -55,8 +55,7 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     seed = cfg.seed if seed is None else seed
     make_head(head)  # unknown names fail before any work
     ds = store.dataset(project, create=False)
-    ids, X = load_embeddings(project, backbone, ds)
-    table = store.samples_table(ds).set_index("id").loc[ids]
+    ids, X, table = embedded_table(project, backbone, ds)
     classes = store.classes(ds)
     index = {c: i for i, c in enumerate(classes)}
     fit_mask = table["split"].isin(FIT_SPLITS).to_numpy() & table["label"].notna().to_numpy()
