@@ -75,7 +75,7 @@ def test_abstention_keeps_pseudo_labels_that_help():
     assert est.folds == 3  # min(5, smallest class count)
     assert est.pseudo_labels > 0
     assert est.accuracy_with > est.accuracy_without and est.helps
-    assert "would help" in est.reason()
+    assert "would raise" in est.reason()
 
 
 def test_abstention_when_the_pool_comes_from_another_distribution():

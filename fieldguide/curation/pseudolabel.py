@@ -167,6 +167,8 @@ class PseudoEstimate:
     accuracy_with: float  # mean over folds
     accuracy_without: float
     pseudo_labels: float  # mean pseudo-labels selected per fold
+    loss_with: float = float("nan")  # mean held-out cross-entropy: breaks a tie of top-1
+    loss_without: float = float("nan")
 
     @property
     def gain(self) -> float:
@@ -174,17 +176,22 @@ class PseudoEstimate:
 
     @property
     def helps(self) -> bool:
-        """Only a strictly positive mean gain counts: a tie changes nothing, so nothing is changed."""
-        return self.gain > 0
+        """A higher mean held-out top-1 with the pseudo-labels; on a tie (few held-out samples make
+        ties common) a lower held-out cross-entropy; identical numbers (e.g. no pseudo-labels) do not help."""
+        return self.gain > 0 or (self.gain == 0 and self.loss_with < self.loss_without)
 
     def reason(self) -> str:
         if self.folds == 0:
             return "fewer than 2 labeled samples in every class: no held-out estimate of what pseudo-labels do"
         if not self.pseudo_labels:
             return f"no pseudo-label passes the threshold in any of {self.folds} folds of the labeled samples"
-        verb = "would help" if self.helps else ("would not change" if self.gain == 0 else "would lower")
-        return (f"pseudo-labels {verb} held-out top-1 on the labeled samples ({self.folds}-fold: "
+        verb = "would raise" if self.gain > 0 else ("would not change" if self.gain == 0 else "would lower")
+        text = (f"pseudo-labels {verb} held-out top-1 on the labeled samples ({self.folds}-fold: "
                 f"{self.accuracy_with:.3f} with vs {self.accuracy_without:.3f} without)")
+        if self.gain == 0:
+            text += (f"; held-out cross-entropy {self.loss_with:.3f} with vs {self.loss_without:.3f} without: "
+                     f"{'they help' if self.helps else 'they do not help'}")
+        return text
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "gain": self.gain, "helps": self.helps}
@@ -216,21 +223,26 @@ def estimate_pseudo_gain(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_cl
         return PseudoEstimate(0, float("nan"), float("nan"), 0.0)
     folds = StratifiedKFold(n_splits=min(max_folds, smallest), shuffle=True, random_state=seed)
 
-    def top1(X, y, X_eval, y_eval) -> float:
+    def scores(X, y, X_eval, y_eval) -> tuple[float, float]:
+        """(top-1, cross-entropy) of the student on the held-out fold."""
         model, _ = fit_head(X, y, n_classes, progress=False, **head_options(student))
-        return float((predict_head(model, X_eval).argmax(axis=1) == y_eval).mean())
+        probs = predict_head(model, X_eval)
+        nll = -np.log(np.clip(probs[np.arange(len(y_eval)), y_eval], 1e-12, None)).mean()
+        return float((probs.argmax(axis=1) == y_eval).mean()), float(nll)
 
     with_, without, selected = [], [], []
     for fit_rows, held in folds.split(X_l, y_l):
         teacher = fit_semi_supervised(X_l[fit_rows], y_l[fit_rows], np.concatenate([X_u, X_l[held]]), n_classes,
                                       threshold=threshold, seed=seed, **(semi or {})).teacher
         rows, pseudo, _ = select_pseudo_labels(predict_head(teacher, X_u), threshold, balance=balance)
-        alone = top1(X_l[fit_rows], y_l[fit_rows], X_l[held], y_l[held])
+        alone = scores(X_l[fit_rows], y_l[fit_rows], X_l[held], y_l[held])
         without.append(alone)
-        with_.append(top1(np.concatenate([X_l[fit_rows], X_u[rows]]), np.concatenate([y_l[fit_rows], pseudo]),
-                          X_l[held], y_l[held]) if len(rows) else alone)
+        with_.append(scores(np.concatenate([X_l[fit_rows], X_u[rows]]), np.concatenate([y_l[fit_rows], pseudo]),
+                            X_l[held], y_l[held]) if len(rows) else alone)
         selected.append(len(rows))
-    return PseudoEstimate(folds.n_splits, float(np.mean(with_)), float(np.mean(without)), float(np.mean(selected)))
+    (acc_with, loss_with), (acc_without, loss_without) = np.mean(with_, axis=0), np.mean(without, axis=0)
+    return PseudoEstimate(folds.n_splits, float(acc_with), float(acc_without), float(np.mean(selected)),
+                          float(loss_with), float(loss_without))
 
 
 class _WeakStrong:
