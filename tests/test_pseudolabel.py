@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fieldguide.cli import app
 from fieldguide.config.sections import TrainSection
-from fieldguide.curation.pseudolabel import (PSEUDO_TAG, accept_pseudo_labels, estimate_pseudo_gain,
+from fieldguide.curation.pseudolabel import (PSEUDO_TAG, PseudoEstimate, accept_pseudo_labels, estimate_pseudo_gain,
                                               fit_semi_supervised, pseudo_mixup, pseudolabel, select_pseudo_labels)
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.embed import embed
@@ -100,6 +100,16 @@ def test_abstention_breaks_ties_and_needs_two_labels_a_class():
     one[np.where(lab & (y == 0))[0][1:]] = False  # class 0 keeps one label: no fold can hold it out
     est = estimate_pseudo_gain(X[one], y[one], X[~one], 3, student=TrainSection(), semi=SEMI, threshold=0.5)
     assert est.folds == 0 and not est.helps and "fewer than 2 labeled samples" in est.reason()
+
+
+def test_a_tie_of_top1_is_broken_by_held_out_cross_entropy():
+    lower = PseudoEstimate(3, 0.8, 0.8, 40.0, loss_with=0.6, loss_without=0.7)
+    higher = PseudoEstimate(3, 0.8, 0.8, 40.0, loss_with=0.7, loss_without=0.6)
+    assert lower.helps and "they help" in lower.reason()
+    assert not higher.helps and "they do not help" in higher.reason()
+    # top-1 decides before cross-entropy does
+    assert not PseudoEstimate(3, 0.7, 0.8, 40.0, loss_with=0.1, loss_without=0.9).helps
+    assert PseudoEstimate(3, 0.9, 0.8, 40.0, loss_with=0.9, loss_without=0.1).helps
 
 
 def test_pseudolabel_step_abstains_and_changes_nothing(ingested, tiny_weights, tmp_path):
