@@ -299,13 +299,13 @@ def _rows(setting: str, method: str, role: str, metrics: dict[str, float]) -> li
 
 
 def train_settings(cfg: TrainSection, epochs: int | None = None) -> dict:
-    """``fit_head``'s keyword arguments from the ``[train]`` section (what ``train --mode head`` passes)."""
-    from fieldguide.models.entropy import EntropySchedule
+    """``fit_head``'s keyword arguments from the ``[train]`` section (what ``train --mode head`` passes),
+    without the method and seed (each comparison names its own)."""
+    from fieldguide.models.train import head_options
 
-    return {"epochs": epochs or cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-            "batch_size": cfg.batch_size, "hidden": cfg.hidden, "k": cfg.grpo_k,
-            "schedule": EntropySchedule(lam_max=cfg.lam_max, lam_min=cfg.lam_min, switch_at=cfg.switch_at,
-                                        rule=cfg.switch_rule, reverse=cfg.reverse_schedule)}
+    options = head_options(cfg, epochs)
+    del options["method"], options["seed"]
+    return options
 
 
 def project_train_probs(X_train, y_train, X_test, n_classes: int, *, cfg: TrainSection, method: str | None = None,
@@ -403,32 +403,46 @@ def labeled_subset(y: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
 
 
 def compare_pseudolabel(f: Features, *, plan: Plan, train: TrainSection) -> list[dict]:
-    """k labels per class: ``pseudolabel`` (its defaults), accept every pseudo-label, ``train`` vs
-    ``train`` on the k labels and plain LR on them; and ``train`` on the k labels vs plain LR."""
-    from fieldguide.curation.pseudolabel import fit_semi_supervised, select_pseudo_labels
+    """k labels per class: ``pseudolabel`` (its defaults, its abstention rule), accept every pseudo-label,
+    ``train`` vs ``train`` on the k labels and plain LR on them; and ``train`` on the k labels vs plain LR.
+
+    When the step abstains (:func:`~fieldguide.curation.pseudolabel.estimate_pseudo_gain` says the
+    pseudo-labels would not help), nothing is accepted: the default's cell is ``train`` on the k
+    labels, and ``abstained`` is 1."""
+    from fieldguide.curation.pseudolabel import estimate_pseudo_gain, fit_semi_supervised, select_pseudo_labels
     from fieldguide.models.train import predict_head
 
     d = pseudolabel_defaults()
+    semi = {k: d[k] for k in ("ema_decay", "mu", "lambda_u", "epochs")}
     rows = []
     for k in plan.ks:
         lab = labeled_subset(f.y_train, k, plan.seed)
-        X_l, y_l, X_u, y_u = f.X_train[lab], f.y_train[lab], f.X_train[~lab], f.y_train[~lab]
+        X_l, y_l = f.X_train[lab].astype(np.float32), f.y_train[lab]
+        X_u, y_u = f.X_train[~lab].astype(np.float32), f.y_train[~lab]
         supervised = top1_macro_f1(f.y_test, project_train_probs(X_l, y_l, f.X_test, f.n_classes, cfg=train,
                                                                  epochs=plan.epochs))
         lr = top1_macro_f1(f.y_test, plain_lr_probs(X_l, y_l, f.X_test, f.n_classes))
-        semi = fit_semi_supervised(X_l.astype(np.float32), y_l, X_u.astype(np.float32), f.n_classes,
-                                   threshold=d["threshold"], ema_decay=d["ema_decay"], mu=d["mu"],
-                                   lambda_u=d["lambda_u"], epochs=d["epochs"], seed=train.seed)
-        rows_u, pseudo, _ = select_pseudo_labels(predict_head(semi.teacher, X_u.astype(np.float32)), d["threshold"],
+        semi_fit = fit_semi_supervised(X_l, y_l, X_u, f.n_classes, threshold=d["threshold"], seed=train.seed, **semi)
+        rows_u, pseudo, _ = select_pseudo_labels(predict_head(semi_fit.teacher, X_u), d["threshold"],
                                                  balance=d["balance"])
-        X_a = np.concatenate([X_l, X_u[rows_u]])
-        y_a = np.concatenate([y_l, pseudo])
-        accepted = top1_macro_f1(f.y_test, project_train_probs(X_a, y_a, f.X_test, f.n_classes, cfg=train,
-                                                               epochs=plan.epochs))
         precision = float((pseudo == y_u[rows_u]).mean()) if len(rows_u) else float("nan")
+        student = train if plan.epochs is None else train.model_copy(update={"epochs": plan.epochs})
+        estimate = (estimate_pseudo_gain(X_l, y_l, X_u, f.n_classes, student=student, semi=semi,
+                                         threshold=d["threshold"], balance=d["balance"], seed=train.seed)
+                    if d["abstain"] else None)
+        abstained = estimate is not None and not estimate.helps
+        if abstained:
+            accepted = supervised  # nothing accepted: train on the k labels
+        else:
+            X_a, y_a = np.concatenate([X_l, X_u[rows_u]]), np.concatenate([y_l, pseudo])
+            accepted = top1_macro_f1(f.y_test, project_train_probs(X_a, y_a, f.X_test, f.n_classes, cfg=train,
+                                                                   epochs=plan.epochs))
         s, sup = f"{k}/class", f"{k}/class, supervised"
-        rows += _rows(s, "pseudolabel, accept, train", "default",
-                      {**accepted, "pseudo_labels": len(rows_u), "pseudo_precision": precision})
+        extra = {"pseudo_labels": 0 if abstained else len(rows_u), "pseudo_precision": precision,
+                 "abstained": int(abstained)}
+        if estimate is not None:
+            extra |= {"estimated_gain": estimate.gain}
+        rows += _rows(s, "pseudolabel, accept, train", "default", {**accepted, **extra})
         rows += _rows(s, "train on the k labels", "baseline", supervised)
         rows += _rows(s, f"{LR} on the k labels", "baseline", lr)
         rows += _rows(sup, "train on the k labels", "default", supervised)
@@ -469,18 +483,24 @@ class SuiteResult:
 
 
 def run_suite(collections: list[Collection], *, cache: Path, results: Path, plan: Plan | None = None,
-              backbone: str | None = None, weights: str | None = None, progress: bool = True) -> SuiteResult:
+              backbone: str | None = None, weights: str | None = None, progress: bool = True,
+              families: Iterable[str] = FAMILIES) -> SuiteResult:
     """Features and comparisons for each collection; each family's rows go to ``results/suite_<family>.csv``
-    (rows of other collections already there are kept, this run's collections replaced)."""
+    (rows of other collections already there are kept, this run's collections replaced; a family
+    not run leaves its file alone)."""
     from tqdm.auto import tqdm
 
     plan = plan or Plan()
     names = [c.name for c in collections]
     if len(set(names)) != len(names):
         raise FieldguideError(f"collections named twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
-    frames: dict[str, list[pd.DataFrame]] = {family: [] for family in FAMILIES}
+    families = list(dict.fromkeys(families))
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise FieldguideError(f"families {', '.join(unknown) or '(none)'}: use some of {', '.join(FAMILIES)}")
+    frames: dict[str, list[pd.DataFrame]] = {family: [] for family in families}
     seconds, splits, sizes = {}, {}, {}
-    bar = tqdm(total=len(collections) * (1 + len(FAMILIES)), desc="suite", unit="step",
+    bar = tqdm(total=len(collections) * (1 + len(families)), desc="suite", unit="step",
                disable=None if progress else True)
     for c in collections:
         start = time.perf_counter()
@@ -496,7 +516,7 @@ def run_suite(collections: list[Collection], *, cache: Path, results: Path, plan
             bar.update()
 
         bar.set_postfix_str(f"{c.name}: comparisons")
-        for family, df in run_comparisons(f, plan, on_step=step).items():
+        for family, df in run_comparisons(f, plan, families=families, on_step=step).items():
             frames[family].append(df)
         seconds[c.name] = time.perf_counter() - start
     bar.close()
@@ -550,7 +570,7 @@ def side_by_side(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-COUNTS = {"pseudo_labels"}  # metrics that count things (shown as whole numbers)
+COUNTS = {"pseudo_labels", "abstained"}  # metrics that count things (shown as whole numbers)
 
 
 def fmt(v: float, metric: str = "", digits: int = 3) -> str:

@@ -121,7 +121,7 @@ def test_pseudolabel_accept_then_loop(tiny, tmp_path):
     p = tiny
     ingest(p, _unlabeled_manifest(tmp_path / "unl"), fmt="csv", filepath_column="path", label_column="label")
     embed(p)
-    report = pseudolabel(p, threshold=0.0, epochs=5)
+    report = pseudolabel(p, threshold=0.0, epochs=5, abstain=False)  # the accept path, whatever the estimate
     ds = store.dataset(p)
     pending = dict(zip(*ds.match_tags("pseudo_labeled").values(["id", "pseudo_label.label"])))
     assert len(pending) == report.selected >= 1

@@ -10,8 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from fieldguide.cli import app
-from fieldguide.curation.pseudolabel import (PSEUDO_TAG, accept_pseudo_labels, fit_semi_supervised,
-                                              pseudo_mixup, pseudolabel, select_pseudo_labels)
+from fieldguide.config.sections import TrainSection
+from fieldguide.curation.pseudolabel import (PSEUDO_TAG, PseudoEstimate, accept_pseudo_labels, estimate_pseudo_gain,
+                                              fit_semi_supervised, pseudo_mixup, pseudolabel, select_pseudo_labels)
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.embed import embed
 from fieldguide.models.fit import predict_head
@@ -55,12 +56,97 @@ def test_teacher_learns_from_unlabeled_data():
     assert sum(h["pseudo_used"] for h in res.history) > 0
 
 
+def _few_labels(y: np.ndarray, k: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    lab = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        lab[rng.choice(np.where(y == c)[0], k, replace=False)] = True
+    return lab
+
+
+SEMI = {"epochs": 30, "lr": 1e-2, "batch_size": 8}  # the teacher of test_teacher_learns_from_unlabeled_data
+
+
+def test_abstention_keeps_pseudo_labels_that_help():
+    # overlapping clusters, 3 labels a class: the unlabeled pool from the same clusters fills the gaps
+    X, y = blobs(n_classes=5, per_class=60, spread=1.5)
+    lab = _few_labels(y, 3)
+    est = estimate_pseudo_gain(X[lab], y[lab], X[~lab], 5, student=TrainSection(), semi=SEMI, threshold=0.5)
+    assert est.folds == 3  # min(5, smallest class count)
+    assert est.pseudo_labels > 0
+    assert est.accuracy_with > est.accuracy_without and est.helps
+    assert "would raise" in est.reason()
+
+
+def test_abstention_when_the_pool_comes_from_another_distribution():
+    # the same clusters seen through a shift (another camera, another season): confident, wrong pseudo-labels
+    X, y = blobs(n_classes=5, per_class=60, spread=1.5)
+    lab = _few_labels(y, 3)
+    shifted = X[~lab] + 6 * np.random.default_rng(3).normal(size=X.shape[1])
+    est = estimate_pseudo_gain(X[lab], y[lab], shifted, 5, student=TrainSection(), semi=SEMI, threshold=0.5)
+    assert est.pseudo_labels > 0
+    assert est.accuracy_with < est.accuracy_without and not est.helps
+    assert "would lower" in est.reason()
+
+
+def test_abstention_breaks_ties_and_needs_two_labels_a_class():
+    X, y = blobs(n_classes=3, per_class=20, spread=0.3)
+    lab = _few_labels(y, 4)
+    # nothing passes a threshold of 1: with and without are the same training, a tie abstains
+    est = estimate_pseudo_gain(X[lab], y[lab], X[~lab], 3, student=TrainSection(), semi=SEMI, threshold=1.0)
+    assert est.folds == 4 and est.pseudo_labels == 0 and est.gain == 0 and not est.helps
+    assert "no pseudo-label passes the threshold" in est.reason()
+    one = lab.copy()
+    one[np.where(lab & (y == 0))[0][1:]] = False  # class 0 keeps one label: no fold can hold it out
+    est = estimate_pseudo_gain(X[one], y[one], X[~one], 3, student=TrainSection(), semi=SEMI, threshold=0.5)
+    assert est.folds == 0 and not est.helps and "fewer than 2 labeled samples" in est.reason()
+
+
+def test_a_tie_of_top1_is_broken_by_held_out_cross_entropy():
+    lower = PseudoEstimate(3, 0.8, 0.8, 40.0, loss_with=0.6, loss_without=0.7)
+    higher = PseudoEstimate(3, 0.8, 0.8, 40.0, loss_with=0.7, loss_without=0.6)
+    assert lower.helps and "they help" in lower.reason()
+    assert not higher.helps and "they do not help" in higher.reason()
+    # top-1 decides before cross-entropy does
+    assert not PseudoEstimate(3, 0.7, 0.8, 40.0, loss_with=0.1, loss_without=0.9).helps
+    assert PseudoEstimate(3, 0.9, 0.8, 40.0, loss_with=0.9, loss_without=0.1).helps
+
+
+def test_pseudolabel_step_abstains_and_changes_nothing(ingested, tiny_weights, tmp_path):
+    p = use_tiny_backbone(ingested, tiny_weights)
+    ds = add_unlabeled(p, tmp_path / "extra", "a", per_class=4, seed=300)
+    first = pseudolabel(p, threshold=0.0, epochs=5, abstain=False)  # pseudo-labels of an earlier run
+    ds.reload()
+    before = sorted(zip(ds.match_tags(PSEUDO_TAG).values("id"), ds.match_tags(PSEUDO_TAG).values("pseudo_label.label")))
+    assert len(before) == first.selected > 0
+    # threshold 1: no pseudo-label passes in any fold, so they cannot help
+    report = pseudolabel(p, threshold=1.0, epochs=5)
+    assert report.abstained and report.selected == 0 and report.per_class == {}
+    assert report.estimate["folds"] >= 2 and not report.estimate["helps"]
+    ds.reload()
+    after = sorted(zip(ds.match_tags(PSEUDO_TAG).values("id"), ds.match_tags(PSEUDO_TAG).values("pseudo_label.label")))
+    assert after == before  # nothing written, nothing tagged, the earlier run's pseudo-labels as they were
+    wh = store.warehouse(p)
+    run = wh.query("SELECT status, message FROM runs WHERE run_id = ?", [report.run_id]).iloc[0]
+    assert run["status"] == "completed" and run["message"] == f"abstained: {report.reason}"
+    metrics = wh.query("SELECT name, value FROM metrics WHERE run_id = ?", [report.run_id]).set_index("name")["value"]
+    assert metrics["abstained"] == 1 and "pseudo_labels" not in metrics
+
+    from fieldguide.config import dump_config
+
+    p.config_path.write_text(dump_config(p.config))  # the CLI reads the tiny backbone from the project file
+    res = CliRunner().invoke(app, ["--project", str(p.root), "pseudolabel", "--threshold", "1.0", "--epochs", "5"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pseudolabel abstained, nothing written: no pseudo-label passes")
+
+
 def test_pseudolabel_step_never_touches_ground_truth_until_accepted(ingested, tiny_weights, tmp_path):
     p = use_tiny_backbone(ingested, tiny_weights)
     ds = add_unlabeled(p, tmp_path / "extra", "u", per_class=4, seed=500)
     with pytest.raises(NotReadyError):
         accept_pseudo_labels(p)
-    report = pseudolabel(p, threshold=0.0, epochs=10)
+    report = pseudolabel(p, threshold=0.0, epochs=10, abstain=False)
     assert report.unlabeled == 12 and report.selected > 0
     ds.reload()
     pseudo = ds.match_tags(PSEUDO_TAG)
@@ -71,7 +157,7 @@ def test_pseudolabel_step_never_touches_ground_truth_until_accepted(ingested, ti
     from fieldguide.platform.status import project_status
 
     assert project_status(p)["pseudo_labeled"] == report.selected
-    again = pseudolabel(p, threshold=0.0, epochs=10)  # re-running replaces, never piles up
+    again = pseudolabel(p, threshold=0.0, epochs=10, abstain=False)  # re-running replaces, never piles up
     ds.reload()
     assert len(ds.match_tags(PSEUDO_TAG)) == again.selected
     from fieldguide.dashboards.queries import class_fill
@@ -104,7 +190,7 @@ def test_finetune_mode_pseudo_labels_from_weak_and_strong_views(ingested, tiny_w
     p = use_tiny_backbone(ingested, tiny_weights)
     p.config.train.finetune_batch_size = 4
     ds = add_unlabeled(p, tmp_path / "extra", "v", per_class=2, seed=700)
-    report = pseudolabel(p, mode="finetune", threshold=0.0, epochs=1, mu=1)
+    report = pseudolabel(p, mode="finetune", threshold=0.0, epochs=1, mu=1, abstain=False)
     assert report.unlabeled == 6 and report.selected > 0
     ds.reload()
     assert set(ds.match_tags(PSEUDO_TAG).values("ground_truth")) == {None}
@@ -117,7 +203,8 @@ def test_pseudolabel_settings_come_from_the_project_file_and_flags_override_them
 
     p = use_tiny_backbone(ingested, tiny_weights)
     add_unlabeled(p, tmp_path / "extra", "w", per_class=2, seed=900)
-    settings = {"threshold": 0.0, "ema_decay": 0.99, "mu": 1, "lambda_u": 0.5, "epochs": 2, "balance": False}
+    settings = {"threshold": 0.0, "ema_decay": 0.99, "mu": 1, "lambda_u": 0.5, "epochs": 2, "balance": False,
+                "abstain": False}
     for key, value in settings.items():
         setattr(p.config.pseudolabel, key, value)
     p.config_path.write_text(dump_config(p.config))

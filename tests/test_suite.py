@@ -172,11 +172,15 @@ def test_every_comparison_runs_on_tiny_arrays():
     pl = out["pseudolabel"].set_index(["setting", "method", "metric"])["value"]
     n_pseudo = pl[("5/class", "pseudolabel, accept, train", "pseudo_labels")]
     precision = pl[("5/class", "pseudolabel, accept, train", "pseudo_precision")]
+    abstained = pl[("5/class", "pseudolabel, accept, train", "abstained")]
+    gain = pl[("5/class", "pseudolabel, accept, train", "estimated_gain")]
     assert 0 <= n_pseudo <= 4 * 15 and n_pseudo == int(n_pseudo)
-    if n_pseudo:
-        assert 0 <= precision <= 1
-    else:  # nothing accepted: the same training on the same k labels, the same numbers
-        assert np.isnan(precision)
+    assert abstained in (0, 1)
+    if gain != 0:  # the step's rule; a tie is broken by held-out cross-entropy
+        assert abstained == (gain < 0)
+    assert np.isnan(precision) or 0 <= precision <= 1
+    if abstained or not n_pseudo:  # nothing accepted: the same training on the same k labels, the same numbers
+        assert n_pseudo == 0 or not abstained
         assert (pl[("5/class", "pseudolabel, accept, train", "top1")]
                 == pl[("5/class", "train on the k labels", "top1")])
     # the supervised-only numbers are the same runs in both settings
@@ -223,6 +227,14 @@ def test_bench_suite_on_a_tiny_folder_collection(tmp_path, tiny_weights):
     embedded = wh.query("SELECT m.value FROM metrics m JOIN runs r USING (run_id) WHERE r.kind = 'embed' "
                         "AND m.name = 'embedded' ORDER BY r.started")["value"].tolist()
     assert embedded == [30, 0]  # the command embedded the 30 images; the second look embedded none
+
+    only = CliRunner().invoke(app, args + ["--families", "pseudolabel"])  # the cached embeddings
+    assert only.exit_code == 0, only.output
+    assert "pseudolabel (" in only.output and "noise (" not in only.output
+    df = pd.read_csv(results / "suite_pseudolabel.csv")
+    assert set(df.loc[df["metric"] == "abstained", "value"]) <= {0.0, 1.0}
+    bad = CliRunner().invoke(app, args + ["--families", "pseudolabel,heds"])
+    assert bad.exit_code == 1 and bad.output.strip().startswith("error: families heds: use some of heads, noise")
 
     bad = CliRunner().invoke(app, ["bench", "suite", "--collections", "cub200", "--cache", str(cache)])
     assert bad.exit_code == 1 and bad.output.strip().startswith("error: unknown collection(s) cub200")

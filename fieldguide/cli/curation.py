@@ -28,6 +28,9 @@ def pseudolabel_cmd(
         help="Cap every class at the median count of pseudo-labels per class (default: pseudolabel.balance)."),
     mode: Optional[str] = typer.Option(
         None, help="head: on cached embeddings; finetune: the backbone, weak/strong views (default: pseudolabel.mode)."),
+    abstain: Optional[bool] = typer.Option(
+        None, "--abstain/--no-abstain",
+        help="Write nothing when, K-fold on the labeled samples, the pseudo-labels do not help (default: pseudolabel.abstain)."),
     accept: bool = typer.Option(False, help="Accept the current pseudo-labels as labels (a curator's decision)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
@@ -40,10 +43,15 @@ def pseudolabel_cmd(
         _echo_json({"accepted": n}) if as_json else typer.echo(f"accepted {n} pseudo-labels (label_history: source pseudo)")
         return
     report = pseudolabel(project, threshold=threshold, ema_decay=ema_decay, mu=mu, lambda_u=lambda_u,
-                         epochs=epochs, balance=balance, mode=mode)
+                         epochs=epochs, balance=balance, mode=mode, abstain=abstain)
     if as_json:
         _echo_json(report.as_dict())
         return
+    if report.abstained:
+        typer.echo(f"pseudolabel abstained, nothing written: {report.reason} (--no-abstain writes them anyway)")
+        return
+    if report.reason:
+        typer.echo(report.reason)
     typer.echo(f"{report.selected} pseudo-labels for {report.unlabeled} unlabeled samples "
                f"(threshold {report.threshold}, {report.labeled} labeled); review: fieldguide app --view pseudo_labeled")
 
@@ -155,6 +163,8 @@ def bench_suite(
         None, help="Folder for suite_<family>.csv (default benchmarks/results; --quick: CACHE/results-quick)."),
     backbone: Optional[str] = typer.Option(None, help="Backbone of the embeddings (default: models.backbone's default)."),
     weights: Optional[str] = typer.Option(None, help="Local weights file or folder for --backbone."),
+    families: Optional[str] = typer.Option(
+        None, help="Families to run, comma-separated (default: all of heads, noise, train, pseudolabel)."),
 ) -> None:
     """Every default of the project against its plain baseline, per collection, side by side (✗: the default loses)."""
     from rich.console import Console
@@ -164,9 +174,10 @@ def bench_suite(
     chosen = resolve_collections(data, collections, [parse_collection(c) for c in collection or []])
     out = run_suite(chosen, cache=cache, results=results or (cache / "results-quick" if quick else
                                                               Path("benchmarks/results")),
-                    plan=Plan.quick() if quick else Plan(), backbone=backbone, weights=weights)
+                    plan=Plan.quick() if quick else Plan(), backbone=backbone, weights=weights,
+                    families=[f.strip() for f in families.split(",")] if families else FAMILIES)
     console = Console(width=None if sys.stdout.isatty() else 220)  # a log or a pipe: no folded columns
-    for family in FAMILIES:
+    for family in out.tables:
         console.print(render(side_by_side(out.tables[family]), f"{family} ({out.paths[family]})"))
     for name, secs in out.seconds.items():
         classes, n_train, n_test = out.sizes[name]

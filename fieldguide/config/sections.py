@@ -128,6 +128,8 @@ class PseudolabelSection(_Section):
     lambda_u: float = Field(default=1.0, ge=0, description="weight of the unlabeled loss")
     epochs: int = Field(default=40, ge=1)
     balance: bool = Field(default=True, description="cap every class at the median count of pseudo-labels per class")
+    abstain: bool = Field(default=True, description="write no pseudo-labels when, K-fold on the labeled samples, "
+                          "training with them does not beat training without them")
     mode: str = Field(default="head", description="head: on cached embeddings; finetune: the backbone, weak/strong views")
 
 

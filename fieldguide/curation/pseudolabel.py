@@ -157,6 +157,94 @@ def fit_semi_supervised(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_cla
     return SemiResult(teacher=teacher.eval(), history=history)
 
 
+# ---- abstention: would the pseudo-labels help? ----------------------------------------------------------
+@dataclass
+class PseudoEstimate:
+    """Held-out top-1 of the ``[train]`` student on K folds of the labeled samples, trained on the
+    other folds' labels with and without the pseudo-labels a teacher fit on those folds selects."""
+
+    folds: int
+    accuracy_with: float  # mean over folds
+    accuracy_without: float
+    pseudo_labels: float  # mean pseudo-labels selected per fold
+    loss_with: float = float("nan")  # mean held-out cross-entropy: breaks a tie of top-1
+    loss_without: float = float("nan")
+
+    @property
+    def gain(self) -> float:
+        return self.accuracy_with - self.accuracy_without
+
+    @property
+    def helps(self) -> bool:
+        """A higher mean held-out top-1 with the pseudo-labels; on a tie (few held-out samples make
+        ties common) a lower held-out cross-entropy; identical numbers (e.g. no pseudo-labels) do not help."""
+        return self.gain > 0 or (self.gain == 0 and self.loss_with < self.loss_without)
+
+    def reason(self) -> str:
+        if self.folds == 0:
+            return "fewer than 2 labeled samples in every class: no held-out estimate of what pseudo-labels do"
+        if not self.pseudo_labels:
+            return f"no pseudo-label passes the threshold in any of {self.folds} folds of the labeled samples"
+        verb = "would raise" if self.gain > 0 else ("would not change" if self.gain == 0 else "would lower")
+        text = (f"pseudo-labels {verb} held-out top-1 on the labeled samples ({self.folds}-fold: "
+                f"{self.accuracy_with:.3f} with vs {self.accuracy_without:.3f} without)")
+        if self.gain == 0:
+            text += (f"; held-out cross-entropy {self.loss_with:.3f} with vs {self.loss_without:.3f} without: "
+                     f"{'they help' if self.helps else 'they do not help'}")
+        return text
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "gain": self.gain, "helps": self.helps}
+
+
+def estimate_pseudo_gain(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_classes: int, *, student,
+                         semi: dict | None = None, threshold: float = DEFAULTS.threshold,
+                         balance: bool = DEFAULTS.balance, max_folds: int = 5, seed: int = 0) -> PseudoEstimate:
+    """Would accepting pseudo-labels help? Decided on the labeled samples only.
+
+    K-fold over ``X_l`` (n, d) / ``y_l`` (n,), stratified, K = min(``max_folds``, smallest class
+    count), at least 2: in each fold the semi-supervised teacher (:func:`fit_semi_supervised`,
+    ``semi`` its options) learns from the other folds' labels and the unlabeled pool ``X_u`` (m, d)
+    plus the held-out fold's images (unlabeled); its pseudo-labels on ``X_u`` are selected as the step
+    selects them; the student (:func:`~fieldguide.models.fit.fit_head` with the recipe of
+    ``student``, a ``[train]`` section) is trained on the other folds' labels with and without them
+    and scored on the held-out fold. A class with fewer than 2 labels leaves ``folds`` 0.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from fieldguide.models.fit import fit_head, predict_head
+    from fieldguide.models.train import head_options
+
+    X_l, X_u = np.asarray(X_l, dtype=np.float32), np.asarray(X_u, dtype=np.float32)
+    y_l = np.asarray(y_l)
+    counts = np.bincount(y_l, minlength=1)
+    smallest = int(counts[counts > 0].min()) if len(y_l) else 0
+    if smallest < 2:
+        return PseudoEstimate(0, float("nan"), float("nan"), 0.0)
+    folds = StratifiedKFold(n_splits=min(max_folds, smallest), shuffle=True, random_state=seed)
+
+    def scores(X, y, X_eval, y_eval) -> tuple[float, float]:
+        """(top-1, cross-entropy) of the student on the held-out fold."""
+        model, _ = fit_head(X, y, n_classes, progress=False, **head_options(student))
+        probs = predict_head(model, X_eval)
+        nll = -np.log(np.clip(probs[np.arange(len(y_eval)), y_eval], 1e-12, None)).mean()
+        return float((probs.argmax(axis=1) == y_eval).mean()), float(nll)
+
+    with_, without, selected = [], [], []
+    for fit_rows, held in folds.split(X_l, y_l):
+        teacher = fit_semi_supervised(X_l[fit_rows], y_l[fit_rows], np.concatenate([X_u, X_l[held]]), n_classes,
+                                      threshold=threshold, seed=seed, **(semi or {})).teacher
+        rows, pseudo, _ = select_pseudo_labels(predict_head(teacher, X_u), threshold, balance=balance)
+        alone = scores(X_l[fit_rows], y_l[fit_rows], X_l[held], y_l[held])
+        without.append(alone)
+        with_.append(scores(np.concatenate([X_l[fit_rows], X_u[rows]]), np.concatenate([y_l[fit_rows], pseudo]),
+                            X_l[held], y_l[held]) if len(rows) else alone)
+        selected.append(len(rows))
+    (acc_with, loss_with), (acc_without, loss_without) = np.mean(with_, axis=0), np.mean(without, axis=0)
+    return PseudoEstimate(folds.n_splits, float(acc_with), float(acc_without), float(np.mean(selected)),
+                          float(loss_with), float(loss_without))
+
+
 class _WeakStrong:
     """Unlabeled images as (weak view, strong view) pairs."""
 
@@ -235,6 +323,9 @@ class PseudoReport:
     selected: int
     per_class: dict[str, int]
     threshold: float  # the confidence threshold used
+    abstained: bool = False  # True: nothing written, ``reason`` says why
+    reason: str = ""
+    estimate: dict | None = None  # PseudoEstimate.as_dict() when the abstention rule ran
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -295,15 +386,21 @@ def finetune_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str 
 @writes('pseudolabel')
 def pseudolabel(project: Project, *, threshold: float | None = None, ema_decay: float | None = None,
                 mu: int | None = None, lambda_u: float | None = None, epochs: int | None = None,
-                balance: bool | None = None, mode: str | None = None, backbone: str | None = None) -> PseudoReport:
+                balance: bool | None = None, mode: str | None = None, backbone: str | None = None,
+                abstain: bool | None = None) -> PseudoReport:
     """Pseudo-labels for the ``unlabeled`` split; see the module docstring. Re-running replaces them.
 
+    With ``abstain`` the step first estimates, on the labeled samples only
+    (:func:`estimate_pseudo_gain`: a head-mode teacher on the cached embeddings, whichever the
+    mode, and the ``[train]`` student), whether accepting its pseudo-labels would help; when it
+    would not, it writes no pseudo-labels, tags nothing, leaves earlier ones as they are and
+    records the run with its reason (``abstained`` and ``reason`` in the report).
     Each hyper-parameter left None comes from the ``[pseudolabel]`` section of fieldguide.toml.
     """
     from fieldguide.models.embed import load_embeddings
 
     given = {"threshold": threshold, "ema_decay": ema_decay, "mu": mu, "lambda_u": lambda_u, "epochs": epochs,
-             "balance": balance, "mode": mode}
+             "balance": balance, "mode": mode, "abstain": abstain}
     hp = {k: getattr(project.config.pseudolabel, k) if v is None else v for k, v in given.items()}
     if hp["mode"] not in MODES:
         raise ConfigError(f"pseudo-labeling mode {hp['mode']!r}: use one of {', '.join(MODES)} "
@@ -322,26 +419,59 @@ def pseudolabel(project: Project, *, threshold: float | None = None, ema_decay: 
     y = np.array([index[v] for v in table["label"][lab]])
     wh = store.warehouse(project)
     config = {**hp, "backbone": backbone or project.config.models.backbone}
-    threshold, balance = hp["threshold"], hp["balance"]
+    threshold = hp["threshold"]
+    data = PseudoInputs(X, table["filepath"].to_numpy(), lab, unl, y, len(classes))
+    estimate = None
     with wh.run("pseudolabel", config) as run_id:
-        data = PseudoInputs(X, table["filepath"].to_numpy(), lab, unl, y, len(classes))
-        probs = MODES[hp["mode"]](project, data, hp, backbone)
-        rows, labels, conf = select_pseudo_labels(probs, threshold, balance=balance)
-        unl_ids = [s for s, m in zip(ids, unl) if m]
-        # cleared on every unlabeled sample; accepted ones (now train) keep where their label came from
-        values = {sid: None for sid in samples.arrays(ds, tags="unlabeled")["id"]}
-        for r, c, p in zip(rows, labels, conf):
-            values[unl_ids[r]] = {"label": classes[c], "confidence": float(p), "origin": "pseudo", "run_id": run_id}
-        set_tags(ds, remove=[PSEUDO_TAG])
-        write_values(ds, {PSEUDO_FIELD: values})
-        set_tags(ds, add=[PSEUDO_TAG], ids=[unl_ids[r] for r in rows])
-        save_view(ds, "pseudo_labeled", tag=PSEUDO_TAG, sort_by=f"{PSEUDO_FIELD}.confidence", reverse=True)
-        store.snapshot_samples(project, ds)
-        per_class = {classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
-        wh.write("metrics", [{"run_id": run_id, "split": "unlabeled", "name": "pseudo_labels", "value": float(len(rows))},
-                             {"run_id": run_id, "split": "unlabeled", "name": "candidates", "value": float(unl.sum())}])
-    return PseudoReport(run_id=run_id, labeled=int(lab.sum()), unlabeled=int(unl.sum()), selected=len(rows),
-                        per_class=per_class, threshold=threshold)
+        if hp["abstain"]:
+            estimate = _estimate(project, hp, X[lab], y, X[unl], len(classes), run_id)
+        if estimate is None or estimate.helps:
+            rows, per_class = _write_pseudo_labels(project, ds, hp, backbone, run_id, ids, data, classes)
+    report = PseudoReport(run_id=run_id, labeled=int(lab.sum()), unlabeled=int(unl.sum()), selected=0, per_class={},
+                          threshold=threshold, estimate=estimate.as_dict() if estimate is not None else None)
+    if estimate is not None and not estimate.helps:
+        report.abstained, report.reason = True, estimate.reason()
+        wh.finish_run(run_id, "completed", f"abstained: {report.reason}")
+        return report
+    report.selected, report.per_class = rows, per_class
+    if estimate is not None:
+        report.reason = estimate.reason()
+    return report
+
+
+def _estimate(project: Project, hp: dict, X_l, y_l, X_u, n_classes: int, run_id: str) -> PseudoEstimate:
+    """:func:`estimate_pseudo_gain` with the step's settings, recorded in the warehouse's metrics."""
+    semi = {k: hp[k] for k in ("ema_decay", "mu", "lambda_u", "epochs")}
+    estimate = estimate_pseudo_gain(X_l, y_l, X_u, n_classes, student=project.config.train, semi=semi,
+                                    threshold=hp["threshold"], balance=hp["balance"], seed=project.config.train.seed)
+    log.info("pseudolabel: %s", estimate.reason())
+    store.warehouse(project).write("metrics", [
+        {"run_id": run_id, "split": "labeled", "name": name, "value": float(value)}
+        for name, value in (("estimate_with", estimate.accuracy_with), ("estimate_without", estimate.accuracy_without),
+                            ("estimate_folds", estimate.folds), ("abstained", not estimate.helps))])
+    return estimate
+
+
+def _write_pseudo_labels(project: Project, ds, hp: dict, backbone: str | None, run_id: str, ids: list[str],
+                         data: PseudoInputs, classes: list[str]) -> tuple[int, dict[str, int]]:
+    """The teacher's pseudo-labels on the unlabeled samples, written to the store; (count, per class)."""
+    unl = data.unlabeled
+    probs = MODES[hp["mode"]](project, data, hp, backbone)
+    rows, labels, conf = select_pseudo_labels(probs, hp["threshold"], balance=hp["balance"])
+    unl_ids = [s for s, m in zip(ids, unl) if m]
+    # cleared on every unlabeled sample; accepted ones (now train) keep where their label came from
+    values = {sid: None for sid in samples.arrays(ds, tags="unlabeled")["id"]}
+    for r, c, p in zip(rows, labels, conf):
+        values[unl_ids[r]] = {"label": classes[c], "confidence": float(p), "origin": "pseudo", "run_id": run_id}
+    set_tags(ds, remove=[PSEUDO_TAG])
+    write_values(ds, {PSEUDO_FIELD: values})
+    set_tags(ds, add=[PSEUDO_TAG], ids=[unl_ids[r] for r in rows])
+    save_view(ds, "pseudo_labeled", tag=PSEUDO_TAG, sort_by=f"{PSEUDO_FIELD}.confidence", reverse=True)
+    store.snapshot_samples(project, ds)
+    store.warehouse(project).write("metrics", [
+        {"run_id": run_id, "split": "unlabeled", "name": "pseudo_labels", "value": float(len(rows))},
+        {"run_id": run_id, "split": "unlabeled", "name": "candidates", "value": float(unl.sum())}])
+    return len(rows), {classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
 
 
 @writes('pseudolabel --accept')

@@ -70,6 +70,14 @@ def _schedule(cfg) -> EntropySchedule:
                            reverse=cfg.reverse_schedule)
 
 
+def head_options(cfg, epochs: int | None = None) -> dict:
+    """:func:`~fieldguide.models.fit.fit_head`'s keyword arguments from a ``[train]`` section (the recipe
+    ``train --mode head`` uses; ``epochs`` overrides the section's)."""
+    return {"method": cfg.method, "epochs": epochs or cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+            "batch_size": cfg.batch_size, "hidden": cfg.hidden, "k": cfg.grpo_k, "schedule": _schedule(cfg),
+            "seed": cfg.seed}
+
+
 def _training_table(project: Project, ds, ids: list[str], flagged_policy: str):
     """``(table, fit mask, unresolved-flag mask)`` for the samples ``ids``.
 
