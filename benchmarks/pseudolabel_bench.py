@@ -31,7 +31,7 @@ def main() -> None:
     from sklearn.metrics import f1_score
 
     from fieldguide.config import open_project
-    from fieldguide.curation.pseudolabel import fit_semi_supervised, select_pseudo_labels
+    from fieldguide.curation.semi import fit_semi_supervised, select_pseudo_labels
     from fieldguide.models.embed import load_embeddings
     from fieldguide.models.fit import fit_head, predict_head
     from fieldguide.platform import store

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from fieldguide.cli import app
 from fieldguide.config.sections import TrainSection
-from fieldguide.curation.pseudolabel import (PSEUDO_TAG, PseudoEstimate, accept_pseudo_labels, estimate_pseudo_gain,
-                                              fit_semi_supervised, pseudo_mixup, pseudolabel, select_pseudo_labels)
+from fieldguide.curation.pseudolabel import PSEUDO_TAG, accept_pseudo_labels, pseudolabel
+from fieldguide.curation.semi import (PseudoEstimate, estimate_pseudo_gain, fit_semi_supervised, pseudo_mixup,
+                                      select_pseudo_labels)
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.embed import embed
 from fieldguide.models.fit import predict_head

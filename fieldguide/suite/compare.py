@@ -129,10 +129,10 @@ def compare_pseudolabel(f: Features, *, plan: Plan, train: TrainSection) -> list
     """k labels per class: ``pseudolabel`` (its defaults, its abstention rule), accept every pseudo-label,
     ``train`` vs ``train`` on the k labels and plain LR on them; and ``train`` on the k labels vs plain LR.
 
-    When the step abstains (:func:`~fieldguide.curation.pseudolabel.estimate_pseudo_gain` says the
+    When the step abstains (:func:`~fieldguide.curation.semi.estimate_pseudo_gain` says the
     pseudo-labels would not help), nothing is accepted: the default's cell is ``train`` on the k
     labels, and ``abstained`` is 1."""
-    from fieldguide.curation.pseudolabel import estimate_pseudo_gain, fit_semi_supervised, select_pseudo_labels
+    from fieldguide.curation.semi import estimate_pseudo_gain, fit_semi_supervised, select_pseudo_labels
     from fieldguide.models.train import predict_head
 
     d = pseudolabel_defaults()
