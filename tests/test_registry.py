@@ -10,7 +10,8 @@ from fieldguide.errors import DuplicateNameError
 
 def _registries():
     from fieldguide.curation import pseudolabel, signals
-    from fieldguide.models import backbones, entropy, heads
+    from fieldguide.models import backbones, entropy
+    from fieldguide.models.heads import base as heads
     from fieldguide.platform import exports, sources
 
     return {
@@ -39,7 +40,7 @@ def test_a_duplicate_name_raises_and_keeps_the_first(kind):
 
 
 def test_a_new_name_registers():
-    from fieldguide.models.heads import _HEADS, make_head, register_head
+    from fieldguide.models.heads.base import _HEADS, make_head, register_head
 
     @register_head("test_constant_head")
     def _factory(**params):
