@@ -168,3 +168,22 @@ def test_open_project_follows_the_environment(tmp_path, monkeypatch):
     project = open_project(None)
     assert project.root == tmp_path / "p"
     assert project.config.project.name == "envproj"
+
+
+def test_a_project_with_the_old_head_recipe_trains_with_the_new_one(tmp_path, caplog):
+    from fieldguide.config import init_project, open_project
+    from fieldguide.config.sections import TrainSection
+
+    p = init_project(tmp_path / "old", "old")
+    p.config.train.epochs, p.config.train.lr, p.config.train.batch_size = 40, 3e-3, 128
+    p.config_path.write_text(dump_config(p.config))
+    with caplog.at_level("WARNING"):
+        train = open_project(p.root).config.train
+    new = TrainSection()
+    assert (train.epochs, train.lr, train.batch_size) == (new.epochs, new.lr, new.batch_size) == (200, 1e-2, 0)
+    assert "old head recipe" in caplog.text
+    # a value of one's own (here: 41 epochs) is kept as it is
+    p.config.train.epochs = 41
+    p.config_path.write_text(dump_config(p.config))
+    train = open_project(p.root).config.train
+    assert (train.epochs, train.lr, train.batch_size) == (41, 3e-3, 128)

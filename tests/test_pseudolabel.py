@@ -100,7 +100,11 @@ def test_abstention_breaks_ties_and_needs_two_labels_a_class():
     one = lab.copy()
     one[np.where(lab & (y == 0))[0][1:]] = False  # class 0 keeps one label: no fold can hold it out
     est = estimate_pseudo_gain(X[one], y[one], X[~one], 3, student=TrainSection(), semi=SEMI, threshold=0.5)
-    assert est.folds == 0 and not est.helps and "fewer than 2 labeled samples" in est.reason()
+    assert est.folds == 4  # the estimate runs on classes 1 and 2, which can be held out
+    one[np.where(lab & (y == 1))[0][1:]] = False  # class 1 too: one class left, no estimate
+    est = estimate_pseudo_gain(X[one], y[one], X[~one], 3, student=TrainSection(), semi=SEMI, threshold=0.5)
+    assert est.folds == 0 and not est.helps and "fewer than 2 classes with 2 or more" in est.reason()
+    assert est.as_dict()["accuracy_with"] is None  # JSON-ready: no NaN
 
 
 def test_a_tie_of_top1_is_broken_by_held_out_cross_entropy():

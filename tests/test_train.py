@@ -270,7 +270,7 @@ def _margins(project, run_id: str) -> dict[str, np.ndarray]:
 
 
 def test_downweight_policy_weighs_flagged_samples_in_the_loss(embedded):
-    """One red bird labeled blue, flagged. Full-batch CE (18 samples, batch 128): weight 0 trains the
+    """One red bird labeled blue, flagged. Full-batch CE (18 samples, the default full batch): weight 0 trains the
     very model that excluding the sample trains; weight 0.3 fits its wrong label less than keeping it."""
     p = embedded
     ds = store.dataset(p)

@@ -8,6 +8,7 @@ keys (defaults, bounds, descriptions) are in :mod:`fieldguide.config.sections`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from fieldguide.config.sections import Config, ProjectSection
+from fieldguide.config.sections import Config, ProjectSection, TrainSection
 from fieldguide.errors import ConfigError
 
 CONFIG_NAME = "fieldguide.toml"
@@ -176,7 +177,27 @@ def open_project(root: str | Path | None) -> Project:
     project = Project(root, load_config(root / CONFIG_NAME))
     if not project.config.project.id:
         _pin_legacy_id(project)
+    _upgrade_head_recipe(project.config)
     return project
+
+
+# the head-mode recipe fieldguide.toml held before the full-batch one (issue 15): minibatches of 128
+# for 40 epochs at lr 3e-3 on sqrt(d)-scaled features, which memorised noisy labels
+OLD_HEAD_RECIPE = {"epochs": 40, "lr": 3e-3, "batch_size": 128}
+
+
+def _upgrade_head_recipe(config: Config) -> None:
+    """A project written with the old head recipe's exact values trains with the new defaults
+    (its file is left as it is; change any of the three values to keep your own)."""
+    train = config.train
+    if all(getattr(train, k) == v for k, v in OLD_HEAD_RECIPE.items()):
+        new = TrainSection()
+        for key in OLD_HEAD_RECIPE:
+            setattr(train, key, getattr(new, key))
+        logging.getLogger(__name__).warning(
+            "fieldguide.toml [train] holds the old head recipe (epochs 40, lr 0.003, batch_size 128); "
+            "training uses the new defaults (epochs %d, lr %g, batch_size %d: full batch)",
+            new.epochs, new.lr, new.batch_size)
 
 
 def _pin_legacy_id(project: Project) -> None:

@@ -29,6 +29,8 @@ def fill(project: Project, *, min_per_class: int | None = None, threshold: float
     try:
         rep = pseudolabel(project, threshold=threshold)
         pending = {c: n for c, n in rep.per_class.items() if c in scarce}
+        if rep.abstained:
+            lines.append(f"pseudo-labels: abstained ({rep.reason}; pseudolabel --no-abstain writes them anyway)")
     except NotReadyError as e:
         lines.append(f"pseudo-labels: skipped ({e})")
     added, rejected = {}, {}

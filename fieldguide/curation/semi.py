@@ -175,7 +175,8 @@ class PseudoEstimate:
 
     def reason(self) -> str:
         if self.folds == 0:
-            return "fewer than 2 labeled samples in every class: no held-out estimate of what pseudo-labels do"
+            return ("fewer than 2 classes with 2 or more labeled samples: no held-out estimate of what "
+                    "pseudo-labels do")
         if not self.pseudo_labels:
             return f"no pseudo-label passes the threshold in any of {self.folds} folds of the labeled samples"
         verb = "would raise" if self.gain > 0 else ("would not change" if self.gain == 0 else "would lower")
@@ -187,7 +188,9 @@ class PseudoEstimate:
         return text
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "gain": self.gain, "helps": self.helps}
+        """JSON-ready: a value that is not a number (no folds) is None."""
+        out = {**self.__dict__, "gain": self.gain, "helps": self.helps}
+        return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in out.items()}
 
 
 def estimate_pseudo_gain(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_classes: int, *, student,
@@ -201,19 +204,21 @@ def estimate_pseudo_gain(X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray, n_cl
     plus the held-out fold's images (unlabeled); its pseudo-labels on ``X_u`` are selected as the step
     selects them; the student (:func:`~fieldguide.models.fit.fit_head` with the recipe of
     ``student``, a ``[train]`` section) is trained on the other folds' labels with and without them
-    and scored on the held-out fold. A class with fewer than 2 labels leaves ``folds`` 0.
+    and scored on the held-out fold. Classes with a single label take no part in the estimate (they
+    cannot be held out); with fewer than 2 classes left, ``folds`` is 0 (no estimate).
     """
     from sklearn.model_selection import StratifiedKFold
 
-    from fieldguide.models.fit import fit_head, predict_head
-    from fieldguide.models.train import head_options
+    from fieldguide.models.fit import fit_head, head_options, predict_head
 
     X_l, X_u = np.asarray(X_l, dtype=np.float32), np.asarray(X_u, dtype=np.float32)
     y_l = np.asarray(y_l)
     counts = np.bincount(y_l, minlength=1)
-    smallest = int(counts[counts > 0].min()) if len(y_l) else 0
-    if smallest < 2:
+    held_out = counts[y_l] >= 2 if len(y_l) else np.zeros(0, dtype=bool)  # a single label cannot be held out
+    X_l, y_l = X_l[held_out], y_l[held_out]
+    if len(np.unique(y_l)) < 2:
         return PseudoEstimate(0, float("nan"), float("nan"), 0.0)
+    smallest = int(np.bincount(y_l)[np.unique(y_l)].min())
     folds = StratifiedKFold(n_splits=min(max_folds, smallest), shuffle=True, random_state=seed)
 
     def scores(X, y, X_eval, y_eval) -> tuple[float, float]:

@@ -142,7 +142,7 @@ def load_weights(model: nn.Module, path: Path, backbone: str, *, by_order: bool 
     except ModelError:
         raise
     except RuntimeError as e:
-        lines = str(e).strip().splitlines()
+        lines = str(e).strip().splitlines() or [repr(e)]
         if not lines[0].startswith("Error(s) in loading state_dict"):
             raise ModelError(f"backbone {backbone!r}: cannot read weights file {path} ({type(e).__name__}: {e})") from None
         detail = "; ".join(line.strip() for line in lines[1:3]) or lines[0]
@@ -155,7 +155,7 @@ def load_weights(model: nn.Module, path: Path, backbone: str, *, by_order: bool 
 
 def _fit_state_dict(state: dict, model: nn.Module, *, path: Path, backbone: str, by_order: bool) -> dict:
     """``load_checkpoint``'s ``filter_fn``: the file's tensors under the model's keys."""
-    if set(state) == {"model_state"} and isinstance(state["model_state"], dict):
+    if isinstance(state.get("model_state"), dict):  # a training checkpoint: its model's tensors
         state = state["model_state"]
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"backbone {backbone!r}: {path} is not a state dict of tensors")

@@ -2,7 +2,7 @@
 loader), and shuffled batches over in-memory embeddings with synthetic augmentations mixed in.
 
 Shared by ``embed``, ``inference``, ``finetune`` and semi-supervised pseudo-labeling
-(``curation.pseudolabel``).
+(``curation.semi``).
 """
 
 from __future__ import annotations

@@ -164,3 +164,17 @@ def trajectory_signals(traj: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         warnings.simplefilter("ignore", RuntimeWarning)  # a sample never trained on: NaN, not a warning
         return {"aum": np.nanmean(traj["margin"], axis=1), "mean_entropy": np.nanmean(traj["entropy"], axis=1),
                 "agreement": np.nanmean(traj["agree"], axis=1)}
+
+
+def schedule_from(cfg) -> EntropySchedule:
+    """The λ schedule of a ``[train]`` section."""
+    return EntropySchedule(lam_max=cfg.lam_max, lam_min=cfg.lam_min, switch_at=cfg.switch_at, rule=cfg.switch_rule,
+                           reverse=cfg.reverse_schedule)
+
+
+def head_options(cfg, epochs: int | None = None) -> dict:
+    """:func:`~fieldguide.models.fit.fit_head`'s keyword arguments from a ``[train]`` section (the recipe
+    ``train --mode head`` uses; ``epochs`` overrides the section's)."""
+    return {"method": cfg.method, "epochs": epochs or cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+            "batch_size": cfg.batch_size, "hidden": cfg.hidden, "k": cfg.grpo_k, "schedule": schedule_from(cfg),
+            "seed": cfg.seed}

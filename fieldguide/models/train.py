@@ -32,8 +32,8 @@ from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.checkpoints import checkpoint_writer, load_checkpoint, save_trajectories
 from fieldguide.models.compare import compare_runs
-from fieldguide.models.entropy import METHODS, EntropySchedule
-from fieldguide.models.fit import FitState, fit_head, predict_head
+from fieldguide.models.entropy import METHODS
+from fieldguide.models.fit import FitState, fit_head, head_options, predict_head, schedule_from
 from fieldguide.models.plots import plot_curves
 from fieldguide.platform import samples, store
 from fieldguide.platform.lock import writes
@@ -63,19 +63,6 @@ class TrainReport:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def _schedule(cfg) -> EntropySchedule:
-    return EntropySchedule(lam_max=cfg.lam_max, lam_min=cfg.lam_min, switch_at=cfg.switch_at, rule=cfg.switch_rule,
-                           reverse=cfg.reverse_schedule)
-
-
-def head_options(cfg, epochs: int | None = None) -> dict:
-    """:func:`~fieldguide.models.fit.fit_head`'s keyword arguments from a ``[train]`` section (the recipe
-    ``train --mode head`` uses; ``epochs`` overrides the section's)."""
-    return {"method": cfg.method, "epochs": epochs or cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-            "batch_size": cfg.batch_size, "hidden": cfg.hidden, "k": cfg.grpo_k, "schedule": _schedule(cfg),
-            "seed": cfg.seed}
 
 
 def _training_table(project: Project, ds, ids: list[str], flagged_policy: str):
@@ -205,7 +192,7 @@ def _train_head(project, ds, run_id, config, classes, index, resumed, progress) 
     train_ids = [s for s, m in zip(ids, train_mask) if m]
     ckpt = checkpoint_writer(project, run_id, config, resumed)
     state = model_state = optim_state = None
-    schedule = _schedule(cfg)
+    schedule = schedule_from(cfg)
     if resumed:
         state, model_state, optim_state = resumed["state"], resumed["model"], resumed["optimizer"]
         schedule.load_state_dict(resumed["schedule"])
@@ -214,11 +201,11 @@ def _train_head(project, ds, run_id, config, classes, index, resumed, progress) 
                          n_train=int(train_mask.sum()), excluded=int((fit_mask & ~keep).sum()),
                          downweighted=int((fit_mask & keep & (w < 1)).sum()),
                          resumed_from_epoch=state.epoch if state else 0, checkpoint=str(ckpt.path))
+    options = dict(head_options(cfg, config["epochs"]), method=config["method"], schedule=schedule)
     model, state = fit_head(
-        X[train_mask], y, len(classes), method=config["method"], epochs=config["epochs"], lr=cfg.lr,
-        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, hidden=cfg.hidden, schedule=schedule,
-        k=cfg.grpo_k, weights=w[train_mask] if config["flagged"] == "downweight" else None,
-        X_eval=X[test_mask], y_eval=y_test, seed=cfg.seed, state=state, model_state=model_state,
+        X[train_mask], y, len(classes), **options,
+        weights=w[train_mask] if config["flagged"] == "downweight" else None,
+        X_eval=X[test_mask], y_eval=y_test, state=state, model_state=model_state,
         optim_state=optim_state, checkpoint=ckpt, progress=progress,
         augmentations=aug, pool=pool, alpha=project.config.augment.alpha,
     )
@@ -267,7 +254,7 @@ def _train_finetune(project, ds, run_id, config, classes, index, resumed, progre
     test_mask = (table["split"] == "test").to_numpy() & table["label"].notna().to_numpy()
     y_test = np.array([index[v] for v in table["label"][test_mask]], dtype=int)
     train_ids = [s for s, m in zip(ids, train_mask) if m]
-    schedule = _schedule(cfg)
+    schedule = schedule_from(cfg)
     state = model_state = optim_state = None
     if resumed:
         state, model_state, optim_state = resumed["state"], resumed["model"], resumed["optimizer"]

@@ -24,7 +24,7 @@ def _rows(setting: str, method: str, role: str, metrics: dict[str, float]) -> li
 def train_settings(cfg: TrainSection, epochs: int | None = None) -> dict:
     """``fit_head``'s keyword arguments from the ``[train]`` section (what ``train --mode head`` passes),
     without the method and seed (each comparison names its own)."""
-    from fieldguide.models.train import head_options
+    from fieldguide.models.fit import head_options
 
     options = head_options(cfg, epochs)
     del options["method"], options["seed"]
