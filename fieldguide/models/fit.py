@@ -122,7 +122,9 @@ def fit_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, method: str = "two
     baseline) it does not memorise noisy labels the way minibatches did (``fieldguide bench suite``)."""
     torch.manual_seed(seed)
     schedule = schedule or EntropySchedule()
-    model = EmbeddingHead(X.shape[1], n_classes, hidden)
+    if method not in METHODS:
+        raise ConfigError(f"training method {method!r}: use one of {', '.join(METHODS)}")
+    model = EmbeddingHead(X.shape[1], n_classes, hidden, scale=METHODS[method].logit_scale)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     if model_state is not None:
         model.load_state_dict(model_state)
