@@ -9,7 +9,7 @@ import pytest
 
 from fieldguide.errors import FieldguideError
 from fieldguide.platform import store
-from fieldguide.platform.review import project_counts, sample_card
+from fieldguide.platform.panels import project_counts, sample_card
 
 PLUGIN = "@fieldguide/curator"
 

@@ -262,7 +262,7 @@ class SamplePanel(foo.Panel):
         self._refresh(ctx)
 
     def _refresh(self, ctx):
-        from fieldguide.platform.review import sample_card
+        from fieldguide.platform.panels import sample_card
 
         sid = ctx.current_sample or (ctx.selected[0] if ctx.selected else None)
         ctx.panel.state.card = sample_card(_project(ctx), sid) if sid else None
@@ -293,7 +293,7 @@ class ProjectPanel(foo.Panel):
         return foo.PanelConfig(name="fieldguide_project", label="fieldguide: project")
 
     def on_load(self, ctx):
-        from fieldguide.platform.review import project_counts
+        from fieldguide.platform.panels import project_counts
 
         ctx.panel.state.counts = project_counts(_project(ctx))
 
