@@ -277,7 +277,11 @@ def test_flag_writes_scores_tags_views_and_warehouse(predicted):
     np.testing.assert_allclose(wide["noise_score"].to_numpy(), expected, atol=1e-9)
     assert set(ds.list_saved_views()) >= {"to_review", "outliers", "near_duplicates", "scarce_classes"}
     queue = ds.load_saved_view("to_review")
-    assert len(queue) == report.flagged == ds.count_values("label_issue").get(True, 0)
+    flagged_tags = ds.match({"label_issue": True}).values("tags")
+    assert report.flagged == len(flagged_tags) == ds.count_values("label_issue").get(True, 0)
+    # test samples stay out of the queue (flag --include-test queues them)
+    assert len(queue) == report.queued == sum("test" not in t for t in flagged_tags)
+    assert report.test_left_out == sum("test" in t for t in flagged_tags)
     q = queue.values("noise_score")
     assert q == sorted(q, reverse=True)
     # every class has fewer than 10 samples: all scarce

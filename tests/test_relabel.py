@@ -575,3 +575,60 @@ def test_app_plugin_pushes_a_selection_and_pulls_answers(area, server, sdk, toke
     assert ds[selected[0]].ground_truth.label == new
     assert ds[selected[0]].label_history[-1].source == "labelstudio"
     assert run_op("pull_from_label_studio", ds)["applied"] == 0
+
+
+@pytest.fixture(scope="module")
+def decided(area, server):
+    """A third project on the same server, for the review lifecycle."""
+    project = _make_project(area, "decided")
+    project.config.labelstudio.url = ls.connection(server).url
+    project.config.labelstudio.token_env = TOKEN_ENV
+    project.config.labelstudio.files_root = str(area / "images")
+    project.config_path.write_text(dump_config(project.config))
+    return open_project(project.root)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_curators_decision_closes_the_task_and_older_or_later_answers_are_conflicts(decided, sdk, token_env):
+    """Acceptance 2 of the curator's-day issue, below the App: push → decide → the task is closed
+    in Label Studio; an answer given before the decision, or to the closed task, is a conflict."""
+    from fieldguide.platform import review
+
+    project = decided
+    ds = store.dataset(project, create=False)
+    a, b, c = ids = ds.match_tags("train").values("id")[:3]
+    _flag(project, ids)
+    given = dict(zip(*ds.select(ids).values(["id", "ground_truth.label"])))
+    assert _cli_json(project, "relabel", "push")["pushed"] == 3
+    ds.reload()
+    assert set(ds.select(ids).values(review.FIELD)) == {review.PUSHED}
+    tasks = _ls_tasks(sdk, project)
+    other = {sid: next(k for k in sorted(CLASS_COLORS) if k != given[sid]) for sid in ids}
+
+    sdk.annotations.create(tasks[a].id, result=_choice(other[a]))  # answered in LS, not pulled yet
+    time.sleep(1.1)  # Label Studio keeps times to the microsecond; one second apart for sure
+    decision = review.decide(project, {a: given[a], b: other[b]}, actor="ana")
+    assert decision.closed_tasks == 2 and decision.problems == []
+    rows = store.warehouse(project).query("SELECT sample_id, status, answer FROM relabel_tasks").set_index("sample_id")
+    assert rows.loc[a, "status"] == rows.loc[b, "status"] == "closed" and rows.loc[c, "status"] == "pushed"
+    closed_b = sdk.tasks.get(str(tasks[b].id))
+    assert closed_b.is_labeled and closed_b.data["review_state"] == f"decided by a curator: {other[b]}"
+    ds.reload()
+    assert ds[a][review.FIELD] == review.DISMISSED and ds[b][review.FIELD] == review.RESOLVED
+    assert not {a, b} & set(ds.match_tags(review.QUEUE_TAG).values("id"))  # the queue (flag saves its view by this tag)
+
+    time.sleep(1.1)
+    sdk.annotations.create(tasks[b].id, result=_choice(given[b]))  # an annotator answers the closed task
+    sdk.annotations.create(tasks[c].id, result=_choice(other[c]))  # an open task: applied
+    out = _cli_json(project, "relabel", "pull")
+    assert out["conflicts"] == 2 and out["changed"] == 1
+    assert sum("conflicts with a curator's decision" in p or "came after the task was closed" in p
+               for p in out["problems"]) == 2
+    ds.reload()
+    assert ds[a].ground_truth.label == given[a] and ds[b].ground_truth.label == other[b]  # decisions stand
+    assert ds[c].ground_truth.label == other[c] and ds[c][review.FIELD] == review.RESOLVED
+    assert [e.source for e in ds[a].label_history] == ["curator"]
+    # a second pull reports nothing new
+    again = _cli_json(project, "relabel", "pull")
+    assert again["conflicts"] == 0 and again["applied"] == 0 and again["unchanged"] == 3

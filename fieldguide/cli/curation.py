@@ -89,12 +89,15 @@ def fill_cmd(
 
 def flag_cmd(
     backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
+    include_test: bool = typer.Option(False, "--include-test",
+                                      help="Queue flagged test samples for review too (relabeling them moves "
+                                           "the evaluation baseline; evaluate reports which changed)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Label-issue signals, one noise score and the review queue (saved views to_review, outliers, ...)."""
     from fieldguide.curation.flag import flag
 
-    report = flag(_project(), backbone=backbone)
+    report = flag(_project(), backbone=backbone, include_test=include_test)
     if as_json:
         _echo_json(report.as_dict())
         return
@@ -103,6 +106,9 @@ def flag_cmd(
     for reason, n in report.not_assessable_reasons.items():
         typer.echo(f"  not assessable ({reason}): {n}")
     typer.echo(f"signals: {', '.join(report.signals) or 'none'}")
+    typer.echo(f"review queue {report.queued}" + (f"; left out: {report.kept_decided} a curator already decided"
+                                                  if report.kept_decided else "")
+               + (f"; {report.test_left_out} test samples (--include-test queues them)" if report.test_left_out else ""))
     for row in report.top:
         typer.echo(f"  {row['noise_score']:.3f}  given {row['label']}  predicted {row['predicted']}  {row['filepath']}")
     if report.flagged:

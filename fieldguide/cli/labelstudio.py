@@ -100,6 +100,6 @@ def relabel_pull(as_json: bool = typer.Option(False, "--json", help="Print JSON 
         return
     typer.echo(f"applied {report.applied}: changed {report.changed}, accepted {report.accepted}, "
                f"unsure {report.unsure}, skipped {report.skipped}; waiting {report.pending}, "
-               f"already applied {report.unchanged}")
+               f"already applied {report.unchanged}" + (f"; conflicts {report.conflicts}" if report.conflicts else ""))
     for line in report.problems:
         typer.echo(f"  {line}")

@@ -1,7 +1,7 @@
 """The ``fieldguide`` command: the Typer app, its global options, and every verb in ``--help`` order.
 
 The verbs live in modules per group (:mod:`~fieldguide.cli.project`, :mod:`~fieldguide.cli.models`,
-:mod:`~fieldguide.cli.curation`, :mod:`~fieldguide.cli.labelstudio`); this module registers them.
+:mod:`~fieldguide.cli.curation`, :mod:`~fieldguide.cli.labelstudio`, :mod:`~fieldguide.cli.review`); this module registers them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from fieldguide.cli import curation, labelstudio, models, project
+from fieldguide.cli import curation, labelstudio, models, project, review
 from fieldguide.cli.common import state
 from fieldguide.errors import FieldguideError
 
@@ -63,6 +63,7 @@ GROUPS = (
     ("bench", curation.bench_app),
     ("labelstudio", labelstudio.labelstudio_app),
     ("relabel", labelstudio.relabel_app),
+    ("review", review.review_app),
 )
 for _name, _verb in COMMANDS:
     app.command(_name)(_verb)

@@ -62,6 +62,9 @@ def evaluate(
     for pair in m["most_confused"][:5]:
         typer.echo(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
     typer.echo(f"confusion matrix: {m['confusion_png']}")
+    if m["labels_changed"]:
+        typer.echo(f"note: {m['labels_changed']} {m['split']} label(s) were changed by review since ingest "
+                   f"(e.g. {', '.join(m['labels_changed_ids'][:3])}): the baseline moved")
 
 
 def _echo_train(report, as_json: bool, comparison: dict | None = None) -> None:

@@ -4,7 +4,9 @@ Reads arrays from the store (labels, votes), the latest pred_probs and the cache
 computes the registered signals on the assessable samples; writes ``noise_score``,
 ``label_issue`` and the signal fields to the store in bulk, every signal to the warehouse
 ``signals`` table under the run, per-annotator quality to ``annotators``; replaces the previous
-run's review tags and saves the views ``to_review``, ``outliers``, ``near_duplicates`` and
+run's review tags, queues the flagged samples for review (:func:`fieldguide.platform.review.requeue`:
+not those a curator decided unless the evidence changed, not test samples unless
+``include_test``) and saves the views ``to_review``, ``outliers``, ``near_duplicates`` and
 ``scarce_classes``.
 
 A sample is assessable when it has a label, an out-of-sample prediction and an embedding, and
@@ -23,7 +25,7 @@ import pandas as pd
 from fieldguide.config import Project
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score
-from fieldguide.platform import samples, store
+from fieldguide.platform import review, samples, store
 from fieldguide.platform.brain import brain_signals
 from fieldguide.platform.fields import declare_fields, save_view, set_tags, write_values
 from fieldguide.platform.lock import writes
@@ -31,7 +33,7 @@ from fieldguide.platform.lock import writes
 log = logging.getLogger(__name__)
 
 MIN_CLASS_SAMPLES = 3
-REVIEW_TAGS = ("to_review", "outlier", "near_duplicate")
+REVIEW_TAGS = ("outlier", "near_duplicate")  # the review queue's tag is review.QUEUE_TAG
 #: signal arrays written to the store as sample fields (the rest go to the warehouse only)
 STORE_FIELDS = {"label_quality": "label_quality", "outlier_score": "outlier_score",
                 "knn_disagreement": "knn_disagreement", "annotator_agreement": "annotator_agreement",
@@ -49,6 +51,9 @@ class FlagReport:
     signals: list[str]
     not_assessable_reasons: dict[str, int] = field(default_factory=dict)
     top: list[dict] = field(default_factory=list)
+    queued: int = 0  # samples in the review queue after this run
+    kept_decided: int = 0  # flagged again, left out: a curator decided and the evidence is the same
+    test_left_out: int = 0  # flagged test samples left out of the queue (``include_test`` queues them)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -67,7 +72,7 @@ def _votes_frame(votes_values, class_index: dict[str, int]) -> pd.DataFrame | No
 
 
 @writes('flag')
-def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
+def flag(project: Project, *, backbone: str | None = None, include_test: bool = False) -> FlagReport:
     """Compute the signals and the review queue; see the module docstring."""
     from fieldguide.models.embed import load_embeddings
     from fieldguide.models.predict import load_pred_probs
@@ -145,7 +150,8 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
         else:
             near_dup_of, consensus, flagged, used_names = {}, None, np.zeros(0, dtype=bool), None
 
-        _write_store(ds, table.index.tolist(), assess, values, near_dup_of, consensus, used_names)
+        flagged_ids = _write_store(ds, table.index.tolist(), assess, values, near_dup_of, consensus, used_names)
+        requeued = review.requeue(ds, flagged_ids, include_test=include_test)
         if len(assess) >= 2:
             values.update(brain_signals(ds, assess, X[[emb_row[s] for s in assess]] if X is not None else None))
         _write_warehouse(wh, run_id, assess, values, stats)
@@ -163,10 +169,12 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
             flagged=int(flagged.sum()),
             outliers=int(np.nansum(values.get("is_outlier", np.zeros(0)))),
             near_duplicates=len(near_dup_of), signals=sorted(values), not_assessable_reasons=reasons, top=top,
+            queued=requeued.queued, kept_decided=requeued.kept_decided, test_left_out=requeued.test_left_out,
         )
         wh.write("metrics", [{"run_id": run_id, "split": "all", "name": k, "value": float(v)} for k, v in (
             ("assessed", report.assessed), ("not_assessable", report.not_assessable),
-            ("flagged", report.flagged), ("outliers", report.outliers), ("near_duplicates", report.near_duplicates))])
+            ("flagged", report.flagged), ("outliers", report.outliers), ("near_duplicates", report.near_duplicates),
+            ("queued", report.queued), ("kept_decided", report.kept_decided), ("test_left_out", report.test_left_out))])
     return report
 
 
@@ -190,8 +198,9 @@ def _trajectory_inputs(project: Project, assess: list[str]) -> dict[str, np.ndar
     return out
 
 
-def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names) -> None:
-    """Every sample gets fresh values (None where not assessed): no stale flags from a past run."""
+def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names) -> list[str]:
+    """Every sample gets fresh values (None where not assessed): no stale flags from a past run.
+    Returns the flagged samples' ids."""
     pos = {s: i for i, s in enumerate(assess)}
 
     def column(arr, cast=float):
@@ -213,9 +222,9 @@ def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names
     write_values(ds, columns)
     flagged = [assess[i] for i in np.where(values.get("label_issue", np.zeros(n)) > 0)[0]]
     outliers = [assess[i] for i in np.where(np.nan_to_num(values.get("is_outlier", np.zeros(n))) > 0)[0]]
-    set_tags(ds, add=["to_review"], ids=flagged)
     set_tags(ds, add=["outlier"], ids=outliers)
     set_tags(ds, add=["near_duplicate"], ids=list(near_dup_of))
+    return flagged
 
 
 def _write_warehouse(wh, run_id: str, assess: list[str], values: dict[str, np.ndarray], stats) -> None:
@@ -238,7 +247,7 @@ def _write_warehouse(wh, run_id: str, assess: list[str], values: dict[str, np.nd
 
 def _save_views(ds, scarce_count: int, counts: pd.Series) -> None:
     scarce = sorted(c for c, n in counts.items() if n < scarce_count)
-    save_view(ds, "to_review", tag="to_review", sort_by="noise_score", reverse=True)
+    save_view(ds, "to_review", tag=review.QUEUE_TAG, sort_by="noise_score", reverse=True)
     save_view(ds, "outliers", tag="outlier", sort_by="outlier_score")
     save_view(ds, "near_duplicates", has_field="near_duplicate_of", sort_by="near_duplicate_of")
     save_view(ds, "scarce_classes", labels=scarce)

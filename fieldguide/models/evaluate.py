@@ -121,7 +121,9 @@ def record_metrics(wh, run_id: str, split: str, m: dict, classes: list[str], *, 
 
 @writes('evaluate')
 def evaluate(project: Project, *, split: str = "test", predict_run: str | None = None) -> dict:
-    """Score the latest predictions on ``split``; write the warehouse rows and the confusion PNG."""
+    """Score the latest predictions on ``split``; write the warehouse rows and the confusion PNG.
+    ``labels_changed`` (and ``labels_changed_ids``) names the split's samples whose label a review
+    changed since ingest: on the test split, a baseline that moved."""
     from fieldguide.models.plots import plot_confusion
     from fieldguide.models.predict import load_pred_probs
 
@@ -138,9 +140,14 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
     cost = load_cost_matrix(project.config.evaluate.cost_matrix, pp.classes)
     m = classification_metrics(y, pp.pred_probs[mask], pp.classes, cost)
     wh = store.warehouse(project)
+    changed = _relabeled(wh, {sid for sid, keep in zip(pp.sample_ids, mask) if keep})
+    if changed:
+        log.warning("%d %s label(s) were changed by review since ingest: this evaluation's baseline moved",
+                    len(changed), split)
     with wh.run("evaluate", {"split": split, "predict_run": pp.run_id}) as run_id:
         rows = [{"run_id": run_id, "split": split, "name": k, "value": float(m[k])}
                 for k in ("n", "top1", "top5", "macro_f1", "ece", "cost_score")]
+        rows.append({"run_id": run_id, "split": split, "name": "labels_changed", "value": float(len(changed))})
         costs = wh.query("SELECT * FROM backbone_costs WHERE backbone = ?",
                          [_predict_backbone(wh, pp.run_id) or project.config.models.backbone])
         if not costs.empty:
@@ -156,7 +163,15 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
         "run_id": run_id, "predict_run": pp.run_id, "split": split, "n": m["n"], "top1": m["top1"],
         "top5": m["top5"], "macro_f1": m["macro_f1"], "ece": m["ece"], "cost_score": m["cost_score"],
         "most_confused": m["most_confused"], "confusion_png": str(png),
+        "labels_changed": len(changed), "labels_changed_ids": changed,
     }
+
+
+def _relabeled(wh, ids: set[str]) -> list[str]:
+    """The samples of ``ids`` whose label a review (not ingest) changed: a moved baseline."""
+    df = wh.query("SELECT DISTINCT sample_id FROM label_events WHERE source <> 'ingest' "
+                  "AND old IS DISTINCT FROM new")
+    return sorted(set(df["sample_id"]) & ids) if not df.empty else []
 
 
 def _predict_backbone(wh, run_id: str) -> str | None:

@@ -36,6 +36,10 @@ SCHEMA: dict[str, str] = {
     "knn_disagreement": "float",
     "annotator_agreement": "float",
     "entropy_aum": "float",
+    # the review state (fieldguide.platform.review)
+    "review_state": "string",
+    "review_decided_at": "datetime",
+    "review_evidence": "string",
     # pseudolabel
     "pseudo_label": "classification",
     # augment

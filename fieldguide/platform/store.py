@@ -234,14 +234,14 @@ def set_labels(
 
 
 def snapshot_samples(project: Project, ds) -> int:
-    """Mirror every sample's label, split, origin, prediction, pseudo-label and noise score to
-    the warehouse.
+    """Mirror every sample's label, split, origin, prediction, pseudo-label, noise score and
+    review state to the warehouse.
 
     The dashboards read only the warehouse; each step that changes these calls this (one
     bulk query, one bulk write). Samples no longer in the store are removed.
     """
     schema = ds.get_field_schema()
-    fields = [f for f in ("noise_score", "label_issue") if f in schema]
+    fields = [f for f in ("noise_score", "label_issue", "review_state") if f in schema]
     for field in ("prediction", "pseudo_label"):
         if field in schema:
             fields += [f"{field}.label", f"{field}.confidence"]
@@ -250,7 +250,7 @@ def snapshot_samples(project: Project, ds) -> int:
                             "prediction.confidence": "confidence", "pseudo_label.label": "pseudo_label",
                             "pseudo_label.confidence": "pseudo_confidence"})
     for col in ("predicted_label", "confidence", "noise_score", "label_issue", "pseudo_label",
-                "pseudo_confidence"):
+                "pseudo_confidence", "review_state"):
         if col not in df:
             df[col] = None
     df["updated"] = now()

@@ -25,7 +25,7 @@ from fieldguide.errors import FieldguideError, NotReadyError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Columns added after a warehouse may already exist: (version, table, column definition).
 # ``_ensure_schema`` adds the missing ones to an older warehouse (nothing is rewritten or lost).
@@ -35,6 +35,7 @@ ADDED_COLUMNS: list[tuple[int, str, str]] = [
     (3, "runs", "pid INTEGER"),
     (3, "runs", "host VARCHAR"),
     (3, "rejects", "kind VARCHAR DEFAULT 'reject'"),
+    (4, "samples", "review_state VARCHAR"),
 ]
 
 TABLES: dict[str, str] = {
@@ -77,7 +78,8 @@ TABLES: dict[str, str] = {
     "samples": (
         "sample_id VARCHAR PRIMARY KEY, filepath VARCHAR, label VARCHAR, split VARCHAR, "
         "origin VARCHAR, predicted_label VARCHAR, confidence DOUBLE, noise_score DOUBLE, "
-        "label_issue BOOLEAN, pseudo_label VARCHAR, pseudo_confidence DOUBLE, updated TIMESTAMP"
+        "label_issue BOOLEAN, pseudo_label VARCHAR, pseudo_confidence DOUBLE, updated TIMESTAMP, "
+        "review_state VARCHAR"
     ),
     # kind: reject (not ingested) or notice (ingested, but a decision the curator should know of)
     "rejects": (

@@ -247,6 +247,19 @@ class Client:
                 request=tasks[i:i + 200], return_task_ids=True,
             )
 
+    def annotate(self, task_id: int, result: list[dict]) -> int:
+        """Add an annotation (``result``) to the task as fieldguide's account; returns its id."""
+        made = self.call(f"annotate task {task_id}", self.sdk.annotations.create, task_id, result=result,
+                         was_cancelled=False, ground_truth=False)
+        return int(made.id)
+
+    def update_task_data(self, task_id: int, data: dict) -> None:
+        """Merge ``data`` into the task's data (the data manager's columns)."""
+        task = self.task(task_id)
+        if task is None:
+            raise ServiceError(f"task {task_id} is not in Label Studio any more")
+        self.call(f"update task {task_id}", self.sdk.tasks.update, str(task_id), data={**(task.data or {}), **data})
+
     def user_emails(self) -> dict[int, str]:
         users = self.call("list users", self.sdk.users.list)
         return {u.id: (u.email or u.username or f"user-{u.id}") for u in users}

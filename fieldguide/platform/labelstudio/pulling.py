@@ -10,6 +10,11 @@ applied under the project's write lock after re-reading what the store and the w
 hold, so two pulls at once apply an answer once. A task's row goes ``pushed`` → ``applying``
 (the label is being written) → ``answered`` / ``skipped``; a pull that stopped in between is
 finished by the next one without a second history entry.
+
+A curator's decision in the App or the CLI (:func:`fieldguide.platform.review.decide`) wins over
+answers given before it: such an answer, or any answer to a task that the decision closed
+(:data:`CLOSED`), is reported as a conflict and not applied. Applied answers move the sample's
+review state (``resolved`` when the label was decided, ``answered`` when nothing was).
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.platform import store
 from fieldguide.platform.labelstudio.client import Client, connection
 from fieldguide.platform.labelstudio.records import (
-    ANSWERED, APPLYING, DELETED, ORPHANED, PUSHED, SETTLED, SKIPPED, py_time, task_records,
+    ANSWERED, APPLYING, CLOSED, DELETED, ORPHANED, PUSHED, SETTLED, SKIPPED, py_time, task_records,
 )
 from fieldguide.platform.labelstudio.storages import protected_paths
 from fieldguide.platform.labelstudio.tasks import UNSURE, choice, project_title
+from fieldguide.platform import review
 from fieldguide.platform.lock import project_lock, writes
 from fieldguide.platform.warehouse import now
 
@@ -66,6 +72,7 @@ class PullReport:
     skipped: int = 0
     pending: int = 0
     unchanged: int = 0
+    conflicts: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)
     project_id: int | None = None
     run_id: str = ""
@@ -108,7 +115,23 @@ def _answers(task, emails: dict[int, str]) -> list[_Answer]:
 
 
 def _fingerprint(answers: list[_Answer]) -> list:
-    return sorted([a.annotation_id, a.updated, a.choice, a.cancelled] for a in answers)
+    return json.loads(json.dumps(sorted([a.annotation_id, a.updated, a.choice, a.cancelled] for a in answers),
+                                 default=str))
+
+
+def _utc(text: str) -> dt.datetime | None:
+    """Label Studio's ISO time as a naive UTC datetime (the store's and the warehouse's way)."""
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return None
+    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def _curator_time(history) -> dt.datetime | None:
+    """When a curator last decided the sample's label (set or confirmed), from its history."""
+    times = [e.time for e in history or [] if getattr(e, "source", None) == "curator" and e.time]
+    return max(times) if times else None
 
 
 class Puller:
@@ -125,9 +148,10 @@ class Puller:
         self.ds = store.dataset(project, create=False)
         self.rows = task_records(project)
         self.emails = client.user_emails()
-        ids, labels, votes = self.ds.values(["id", "ground_truth.label", "votes"])
+        ids, labels, votes, hist = self.ds.values(["id", "ground_truth.label", "votes", "label_history"])
         self.labels = dict(zip(ids, labels))
         self.votes = dict(zip(ids, votes))
+        self.decided = {sid: _curator_time(h) for sid, h in zip(ids, hist)}
         self.classes = set(store.classes(self.ds))
         self.report = PullReport(project_id=project_id, run_id=run_id)
 
@@ -179,20 +203,29 @@ class Puller:
         """Re-read the sample's ``relabel_tasks`` row, label and votes."""
         self.rows.pop(sid, None)
         self.rows.update(task_records(self.project, sid))
-        found = self.ds.select([sid]).values(["id", "ground_truth.label", "votes"])
+        found = self.ds.select([sid]).values(["id", "ground_truth.label", "votes", "label_history"])
         if found[0]:
             self.labels[sid], self.votes[sid] = found[1][0], found[2][0]
+            self.decided[sid] = _curator_time(found[3][0])
         else:
             self.labels.pop(sid, None)
             self.votes.pop(sid, None)
+            self.decided.pop(sid, None)
 
     def _apply(self, task, sid: str, task_id: int, answers: list[_Answer]) -> None:
-        fingerprint = _fingerprint(answers)
         rec = self.rows.get(sid)
         stored = json.loads(rec["answer"]) if rec and rec.get("answer") else {}
-        same = stored.get("fingerprint") == json.loads(json.dumps(fingerprint, default=str))
-        if rec and rec["status"] in SETTLED and same and rec["task_id"] == task_id:
+        if rec and rec["status"] == CLOSED:
+            answers = [a for a in answers if a.annotation_id != stored.get("closing_annotation")]
+            if not answers:  # only the decision that closed it
+                self.report.unchanged += 1
+                return
+        fingerprint = _fingerprint(answers)
+        same = stored.get("fingerprint") == fingerprint
+        if rec and rec["status"] in (*SETTLED, CLOSED) and same and rec["task_id"] == task_id:
             self.report.unchanged += 1
+            return
+        if self._conflict(sid, task_id, answers, rec, stored, fingerprint):
             return
         if sid not in self.labels:
             self.report.problems.append(
@@ -214,12 +247,14 @@ class Puller:
             return
         if not votes:
             self._row(sid, task_id, SKIPPED, dict(answer, outcome="skipped"))
+            review.set_states(self.ds, {sid: review.ANSWERED})
             self.report.skipped += 1
             return
         decision = decide([c for _, c in votes], self.rule)
         if decision is None or decision == UNSURE:
             self._write_votes(sid, task_id, votes)
             self._row(sid, task_id, ANSWERED, dict(answer, outcome="unsure", decision=decision))
+            review.set_states(self.ds, {sid: review.ANSWERED})
             self.report.unsure += 1
             return
         if decision not in self.classes:
@@ -240,8 +275,31 @@ class Puller:
             return
         self.labels[sid] = decision
         self._write_votes(sid, task_id, votes)
+        review.set_states(self.ds, {sid: review.RESOLVED}, decided=True)
         self._row(sid, task_id, ANSWERED, answer)
         setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+
+    def _conflict(self, sid: str, task_id: int, answers: list[_Answer], rec, stored: dict, fingerprint) -> bool:
+        """Whether the answers conflict with a curator's decision (then reported, not applied):
+        any answer to a task the decision closed, or answers all given before the decision."""
+        closed = bool(rec) and rec["status"] == CLOSED
+        when = self.decided.get(sid)
+        times = [_utc(a.updated) for a in answers]
+        before = when is not None and all(t is not None and t <= when for t in times)
+        if not answers or not (closed or before):
+            return False
+        choices = ", ".join(sorted({f"{a.choice} ({a.annotator})" for a in answers if a.choice})) or "skipped"
+        label = self.labels.get(sid)
+        self.report.conflicts += 1
+        self.report.problems.append(
+            f"task {task_id} (sample {sid}): the answer {choices} conflicts with a curator's decision "
+            f"({label!r}, {when:%Y-%m-%d %H:%M} UTC): not applied (set the label again to change it)"
+            if when else f"task {task_id} (sample {sid}): the answer {choices} came after the task was "
+            f"closed with {stored.get('decision')!r}: not applied (set the label again to change it)"
+        )
+        self._row(sid, task_id, CLOSED, dict(stored, fingerprint=fingerprint, outcome="conflict",
+                                             decision=stored.get("decision") or label))
+        return True
 
     def _history_has(self, sid: str, run_id: str | None) -> bool:
         if not run_id:

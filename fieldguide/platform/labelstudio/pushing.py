@@ -4,7 +4,8 @@
 :mod:`.tasks`, the local-files storages that serve the images (:mod:`.storages`) and a "to
 review" tab, and imports one task per sample. The server's task list and the warehouse's
 ``relabel_tasks`` (:mod:`.records`) make it idempotent: a sample never gets a second task.
-Nothing is written to the store or the warehouse before the server has answered.
+Nothing is written to the store or the warehouse before the server has answered; a pushed
+sample's review state becomes ``pushed``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from fieldguide.config import Project
 from fieldguide.errors import FieldguideError, NotReadyError
-from fieldguide.platform import store
+from fieldguide.platform import review, store
 from fieldguide.platform.labelstudio.client import Client, connection
 from fieldguide.platform.labelstudio.records import DELETED, pushed_record, py_time, task_records
 from fieldguide.platform.labelstudio.storages import protected_paths, served_folders, storage_problem
@@ -133,5 +134,7 @@ def push(project: Project, *, view: str = "to_review", limit: int | None = None,
             report.pushed = len(new)
         if recovered:
             wh.write("relabel_tasks", recovered)
+            review.set_states(ds, {r["sample_id"]: review.PUSHED for r in recovered})
+            store.snapshot_samples(project, ds)
     log.info("pushed %d, already pushed %d (project %s)", report.pushed, report.already_pushed, proj.id)
     return report

@@ -2,7 +2,8 @@
 
 One row per sample, rewritten as the task moves on (:data:`PUSHED`, then :data:`APPLYING` while
 an answer is applied, :data:`ANSWERED`, :data:`SKIPPED`, or :data:`DELETED` / :data:`ORPHANED`
-when the task or the sample is gone). Push and pull both read it: only tasks recorded here
+when the task or the sample is gone, :data:`CLOSED` when a curator decided in the App or the
+CLI and fieldguide closed the task: :mod:`.closing`). Push and pull both read it: only tasks recorded here
 are ever applied.
 """
 
@@ -12,10 +13,12 @@ from fieldguide.config import Project
 from fieldguide.platform import store
 from fieldguide.platform.warehouse import now
 
-PUSHED, APPLYING, ANSWERED, SKIPPED, DELETED, ORPHANED = (
-    "pushed", "applying", "answered", "skipped", "deleted", "orphaned",
+PUSHED, APPLYING, ANSWERED, SKIPPED, DELETED, ORPHANED, CLOSED = (
+    "pushed", "applying", "answered", "skipped", "deleted", "orphaned", "closed",
 )
 SETTLED = (ANSWERED, SKIPPED, ORPHANED)
+#: a task that a curator's decision elsewhere can still close
+OPEN = (PUSHED, APPLYING, ANSWERED, SKIPPED)
 
 
 def pushed_record(name: str, sample_id: str, task_id: int, pushed=None) -> dict:

@@ -118,13 +118,15 @@ def task_rows(project: Project, view, document_root: str) -> tuple[list[dict], s
     return rows, folders
 
 
+def decision_result(label: str) -> list[dict]:
+    """An annotation's ``result`` that chooses ``label`` (a curator's decision closing a task)."""
+    return [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}]
+
+
 def pre_annotation(label: str, confidence: float | None, model_version: str) -> dict:
     """The model's prediction as a Label Studio pre-annotation (a choice of the config)."""
     return {
         "model_version": model_version,
         "score": None if confidence is None else float(confidence),
-        "result": [{
-            "from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
-            "value": {"choices": [label]},
-        }],
+        "result": decision_result(label),
     }

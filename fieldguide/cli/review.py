@@ -1,0 +1,61 @@
+"""``fieldguide review``: a curator's decisions from the shell, and where the review queue stands."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from fieldguide.cli.common import echo_json as _echo_json, project as _project
+
+review_app = typer.Typer(help="Decide flagged samples (as in the App) and see the review states.",
+                         no_args_is_help=True)
+
+
+def _show(report, as_json: bool) -> None:
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    typer.echo(f"{report.samples} sample(s): {report.changed} changed, {report.confirmed} confirmed; "
+               f"Label Studio tasks closed {report.closed_tasks} (run {report.run_id})")
+    for line in report.problems:
+        typer.echo(f"  {line}")
+
+
+@review_app.command("set")
+def review_set(
+    label: str = typer.Argument(..., help="The label (a class of the project)."),
+    sample_ids: list[str] = typer.Argument(..., help="Sample ids (as in the App or 'signals export')."),
+    actor: Optional[str] = typer.Option(None, help="Who decides (default: project.curator)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Set the label of samples: resolved (or dismissed when it is already their label); their
+    Label Studio tasks are closed."""
+    from fieldguide.platform.review import decide
+
+    _show(decide(_project(), dict.fromkeys(sample_ids, label), actor=actor), as_json)
+
+
+@review_app.command("confirm")
+def review_confirm(
+    sample_ids: list[str] = typer.Argument(..., help="Sample ids whose given label is right."),
+    actor: Optional[str] = typer.Option(None, help="Who decides (default: project.curator)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Confirm the given labels (dismissed: they leave the queue until the evidence changes)."""
+    from fieldguide.platform.review import confirm
+
+    _show(confirm(_project(), sample_ids, actor=actor), as_json)
+
+
+@review_app.command("status")
+def review_status(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """How many samples are in each review state."""
+    from fieldguide.platform.review import counts
+    from fieldguide.platform.store import dataset
+
+    states = counts(dataset(_project(), create=False))
+    if as_json:
+        _echo_json(states)
+        return
+    typer.echo("  ".join(f"{k} {v}" for k, v in states.items()))
