@@ -22,7 +22,7 @@ def test_schema_has_every_table_and_its_version(wh):
     assert wh.path.is_file()
     tables = set(wh.query("SELECT table_name FROM information_schema.tables")["table_name"])
     assert tables == set(TABLES)
-    assert wh.schema_version() == SCHEMA_VERSION == 3
+    assert wh.schema_version() == SCHEMA_VERSION == 4
     runs_columns = list(wh.query("DESCRIBE runs")["column_name"])
     assert runs_columns == ["run_id", "kind", "config", "status", "started", "finished", "message", "pid", "host"]
 

@@ -64,7 +64,7 @@ def labelstudio_listen(
     def show(task_ids, report):
         typer.echo(f"tasks {', '.join(map(str, task_ids))}: applied {report.applied} "
                    f"(changed {report.changed}, accepted {report.accepted}, unsure {report.unsure}, "
-                   f"skipped {report.skipped})")
+                   f"skipped {report.skipped})" + (f"; conflicts {report.conflicts}" if report.conflicts else ""))
         for line in report.problems:
             typer.echo(f"  {line}")
 
