@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from fieldguide.cli import app
 from fieldguide.config.sections import DEFAULT_SIGNAL_WEIGHTS, SignalsSection
 from fieldguide.curation import signals as sig
-from fieldguide.curation.export import BASE_COLUMNS, export_signals
 from fieldguide.curation.flag import flag
 from fieldguide.curation.noise_bench import inject_noise, project_noise_benchmark, run_noise_benchmark
 from fieldguide.curation.noise_score import flag_top, noise_score, percentile_rank
@@ -426,19 +425,6 @@ def test_datalab_outputs_after_flag(ingested, tiny_weights, image_folder, tmp_pa
 def test_flag_before_predict_is_a_clear_error(ingested):
     with pytest.raises(NotReadyError, match="fieldguide predict"):
         flag(ingested)
-
-
-def test_signals_export_has_one_row_per_sample(predicted, tmp_path):
-    p = predicted
-    flag(p)
-    out, rows = export_signals(p, tmp_path / "out" / "signals.csv")
-    df = pd.read_csv(out)
-    assert rows == len(df) == 24
-    assert list(df.columns[:5]) == BASE_COLUMNS
-    assert {"label_quality", "knn_disagreement"} <= set(df.columns)
-    stored = dict(zip(*store.dataset(p).values(["filepath", "noise_score"])))
-    assert dict(zip(df["filepath"], df["noise_score"])) == pytest.approx(stored)
-    assert set(df["label"]) == {"red_bird", "green_bird", "blue_bird"}
 
 
 def test_project_noise_benchmark_writes_a_table(predicted):

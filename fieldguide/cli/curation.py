@@ -120,7 +120,8 @@ def signals_export(
     out: Path = typer.Argument(..., help="The CSV file to write."),
     run: Optional[str] = typer.Option(None, help="A flag run id (default: the latest)."),
 ) -> None:
-    """One row per sample: filepath, label, predicted_label, noise_score, label_issue, then each signal."""
+    """One row per sample: sample_id, filepath, split, label, label_source, review_state, predicted_label,
+    noise_score, label_issue, near_duplicate_of, consensus_label, then every signal of the flag run."""
     from fieldguide.curation.export import export_signals
 
     path, rows = export_signals(_project(), out, run_id=run)
