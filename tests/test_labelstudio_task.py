@@ -326,9 +326,10 @@ def test_browser_search_choose_submit_pull(pushed, tmp_path):
         # search the full list, pick the class, submit
         d.find_element(By.CSS_SELECTOR, ".htx-taxonomy .ant-select-selector, .ant-select-selector").click()
         search = _wait(lambda: d.find_element(By.CSS_SELECTOR, "input[data-testid=taxonomy-search]"), "the search")
-        search.send_keys(target.split(" ")[0][:5])  # part of the genus name
+        search.send_keys(target[3:-3])  # part of the class name
         node = _wait(lambda: d.find_element(By.XPATH, f"//*[contains(@class,'ant-select-tree')]//*[@title={json.dumps(target)}]"),
                      "the class in the search results")
+        d.execute_script("arguments[0].scrollIntoView({block: 'nearest'})", node)
         d.save_screenshot(str(SHOTS / "task_1600x1000_search.png"))
         node.click()
         time.sleep(1)
