@@ -342,7 +342,7 @@ def test_a_forged_webhook_cannot_change_a_label(birds, sdk, listener):
     assert any("did not push it" in line for _, r in seen for line in r.problems)
     # 3) a task of another Label Studio project
     foreign = sdk.projects.create(title="not fieldguide", label_config=ls.label_config(CLASSES))
-    sdk.projects.import_tasks(foreign.id, request=[{"data": {"sample_id": sid, "image": "x", "info": "x"}}])
+    sdk.projects.import_tasks(foreign.id, request=[{"data": {"sample_id": sid, "image": "x", "info": "x", "candidates": []}}])
     (ftask,) = list(sdk.tasks.list(project=foreign.id))
     sdk.annotations.create(ftask.id, result=_choice(forged_label))
     forge(ftask.id, sid)

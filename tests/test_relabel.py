@@ -47,14 +47,15 @@ def test_decide_rules():
         ls.decide(["a"], "loudest")
 
 
-def test_label_config_has_every_class_and_unsure():
+def test_label_config_has_every_class_and_candidates():
     import xml.etree.ElementTree as ET
 
     root = ET.fromstring(ls.label_config(["red_bird", 'odd "name" & <co>']))
-    choices = root.find("Choices")
+    choices = root.find(".//Choices")  # the task's candidates (UNSURE among them)
     assert choices.get("choice") == "single" and choices.get("toName") == "image"
-    assert [c.get("value") for c in choices] == ["red_bird", 'odd "name" & <co>', ls.UNSURE]
-    assert root.find("Image").get("value") == "$image"
+    assert choices.get("value") == "$candidates"
+    assert sorted(c.get("value") for c in root.find(".//Taxonomy")) == ['odd "name" & <co>', "red_bird"]
+    assert root.find(".//Image").get("value") == "$image"
 
 
 # ---- fixtures -------------------------------------------------------------------------------
@@ -249,7 +250,6 @@ def test_round_trip_push_annotate_pull(server, sdk):
     proj = sdk.projects.get(out["project_id"])
     for cls in CLASS_COLORS:
         assert f'value="{cls}"' in proj.label_config
-    assert ls.UNSURE in proj.label_config
     conn = ls.connection(project)
     for sid, task in tasks.items():
         data = task.data
@@ -258,9 +258,9 @@ def test_round_trip_push_annotate_pull(server, sdk):
         assert data["given_label"] == given[sid]
         assert float(data["noise_score"]) == pytest.approx(scores[sid], abs=1e-6)  # the store's score
         assert "given label" in data["info"] and "noise score" in data["info"]
-        (pred,) = task.predictions
-        assert pred.model_version and pred.score == pytest.approx(data["confidence"])
-        assert pred.result[0]["value"]["choices"] == [data["predicted_label"]]
+        assert [c["value"] for c in data["candidates"]][-1] == ls.UNSURE
+        assert data["predicted_label"] in [c["value"] for c in data["candidates"]]
+        assert not task.predictions  # below labelstudio.preselect_confidence (0.8): nothing pre-selected
     # the image comes from the project's own file, byte for byte (acceptance 3)
     sid0 = pushed_ids[0]
     r = httpx.get(conn.url + tasks[sid0].data["image"], headers={"Authorization": f"Token {conn.token}"})

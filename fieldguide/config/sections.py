@@ -163,6 +163,16 @@ class DashboardsSection(_Section):
 
 
 class LabelStudioSection(_Section):
+    """Where Label Studio is, and what a relabel task shows.
+
+    A task offers a short list of candidates (the given label, the model's ``top_k`` classes, the
+    crowd's votes) and every class behind a search. The model's prediction is pre-selected only
+    when its confidence is at least ``preselect_confidence`` (default 0.8): below it, a
+    pre-selected answer invites rubber-stamping a guess (a 100-class model at 0.13 is mostly
+    wrong), so the annotator starts from nothing; the prediction still shows among the
+    candidates and in the facts. 1.0 never pre-selects; 0 always does.
+    """
+
     url: str = Field(default="", description="your own server; empty: the project's local one")
     port: int = Field(default=8089, ge=1, le=65535)
     username: str = "curator@fieldguide.local"
@@ -183,6 +193,11 @@ class LabelStudioSection(_Section):
     timeout_s: float = Field(default=30.0, gt=0, description="seconds per Label Studio request")
     retries: int = Field(default=3, ge=0, le=10, description="retries (with backoff) on transient errors")
     webhook_port: int = Field(default=8091, ge=1, le=65535, description="port of 'fieldguide labelstudio listen'")
+    top_k: int = Field(default=5, ge=0, le=9, description="the model's top classes among a task's candidates")
+    preselect_confidence: float = Field(
+        default=0.8, ge=0, le=1,
+        description="pre-select the model's prediction in a task only at or above this confidence",
+    )
 
 
 class Config(_Section):

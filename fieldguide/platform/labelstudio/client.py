@@ -24,6 +24,28 @@ from fieldguide.platform.labelstudio.storages import DEFAULT_DOCUMENT_ROOT, serv
 
 log = logging.getLogger(__name__)
 
+#: the curation columns of a task's data; numbers typed as numbers (sorting, number filters)
+CURATION_COLUMNS = {"given_label": "String", "noise_score": "Number", "predicted_label": "String",
+                    "confidence": "Number"}
+#: Label Studio's own Data Manager columns (1.2x), hidden in the review tab so that the curation
+#: columns come first (the Data Manager puts task data after its own columns)
+OWN_COLUMNS = ("inner_id", "completed_at", "total_annotations", "cancelled_annotations", "total_predictions",
+               "annotators", "annotations_results", "annotations_ids", "predictions_score",
+               "predictions_model_versions", "predictions_results", "file_upload", "storage_filename",
+               "created_at", "updated_at", "updated_by", "avg_lead_time", "draft_exists", "comments",
+               "unresolved_comment_count", "ground_truth", "agreement", "reviewers", "reviewed")
+#: task data the review tab does not show (the task shows them)
+HIDDEN_DATA = ("candidates", "info", "filepath", "sample_id")
+REVIEW_TAB = {
+    "title": "to review",
+    "ordering": ["-tasks:data.noise_score"],
+    "columnsDisplayType": {f"tasks:data.{c}": t for c, t in CURATION_COLUMNS.items() if t != "String"},
+    "hiddenColumns": {
+        "explore": [f"tasks:{c}" for c in OWN_COLUMNS] + [f"tasks:data.{c}" for c in HIDDEN_DATA],
+        "labeling": [f"tasks:{c}" for c in OWN_COLUMNS] + [f"tasks:data.{c}" for c in HIDDEN_DATA],
+    },
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Connection:
@@ -203,15 +225,16 @@ class Client:
             have.append(folder)
 
     def ensure_review_tab(self, project_id: int) -> None:
-        """A Data Manager tab sorted by noise score, most doubtful first (best effort)."""
+        """The Data Manager tab "to review" (best effort): most doubtful first, the curation
+        columns first, typed (:data:`REVIEW_TAB`). A tab an older fieldguide made is brought up to date."""
         try:
             views = self.call("list views", self.sdk.views.list, project=project_id)
-            if any((getattr(v, "data", None) or {}).get("title") == "to review" for v in views):
-                return
-            self.call(
-                "add the review tab", self.sdk.views.create, project=project_id,
-                data={"title": "to review", "ordering": ["-tasks:data.noise_score"]},
-            )
+            old = next((v for v in views if (getattr(v, "data", None) or {}).get("title") == "to review"), None)
+            if old is None:
+                self.call("add the review tab", self.sdk.views.create, project=project_id, data=REVIEW_TAB)
+            elif any(old.data.get(k) != v for k, v in REVIEW_TAB.items()):
+                self.call("update the review tab", self.sdk.views.update, str(old.id), project=project_id,
+                          data={**old.data, **REVIEW_TAB})
         except (ServiceError, NotFound) as e:
             log.warning("could not add the 'to review' tab: %s", e)
 

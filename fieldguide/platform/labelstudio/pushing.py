@@ -21,7 +21,9 @@ from fieldguide.platform import review, store
 from fieldguide.platform.labelstudio.client import Client, connection
 from fieldguide.platform.labelstudio.records import DELETED, pushed_record, py_time, task_records
 from fieldguide.platform.labelstudio.storages import protected_paths, served_folders, storage_problem
-from fieldguide.platform.labelstudio.tasks import label_config, pre_annotation, project_title, task_rows
+from fieldguide.platform.labelstudio.tasks import (
+    class_paths, label_config, pre_annotation, preselected, project_title, task_rows,
+)
 from fieldguide.platform.lock import writes
 from fieldguide.platform.warehouse import now
 
@@ -83,10 +85,11 @@ def push(project: Project, *, view: str = "to_review", limit: int | None = None,
             raise FieldguideError(f"--limit must be 0 or more (got {limit})")
         samples = samples.limit(limit)
     conn = connection(project)
-    rows, image_dirs = task_rows(project, samples, conn.document_root)
+    classes = store.classes(ds)
+    rows, image_dirs = task_rows(project, samples, conn.document_root, classes=classes)
     protected = protected_paths(project)
     folders = _storage_folders(ds, image_dirs, conn.document_root, protected)
-    config = label_config(store.classes(ds))
+    config = label_config(classes, class_paths(project))
     client = Client(conn)
     client.check()  # nothing is written before the server has answered
     report = PushReport(url=conn.url)
@@ -118,7 +121,7 @@ def push(project: Project, *, view: str = "to_review", limit: int | None = None,
                 continue
             task = {"data": row["data"]}
             pred, conf = row["prediction"]
-            if pred is not None and pred in class_set:
+            if pred in class_set and preselected(conf, project.config.labelstudio.preselect_confidence):
                 task["predictions"] = [pre_annotation(pred, conf, version)]
             new.append(task)
         if new:
