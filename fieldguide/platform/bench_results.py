@@ -73,14 +73,18 @@ def long_form(table: pd.DataFrame, *, metrics: Sequence[str], method, collection
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def long_rows(rows: pd.DataFrame) -> pd.DataFrame:
+def long_rows(rows: pd.DataFrame, *, params: Sequence[str] = ()) -> pd.DataFrame:
     """An already long table (``collection, setting, method, role, metric, value``) as :data:`COLUMNS`,
-    ``row`` numbering its (collection, setting, method, role) in order of appearance."""
-    out = rows[["collection", "setting", "method", "role", "metric", "value"]].reset_index(drop=True).copy()
+    ``row`` numbering its (collection, setting, method, role) in order of appearance; ``params``: the
+    columns kept in each row's ``params`` JSON."""
+    keys = ["collection", "setting", "method", "role"]
+    out = rows.reindex(columns=[*keys, "metric", "value"]).reset_index(drop=True)
     # one row per (collection, setting, method, role), its metrics the row's cells: the wide table
-    out.insert(0, "row", out.groupby(["collection", "setting", "method", "role"], sort=False, dropna=False).ngroup())
+    out.insert(0, "row", out.groupby(keys, sort=False, dropna=False).ngroup())
     out["better"] = [better(m) for m in out["metric"]]
-    out["params"] = None
+    out["params"] = ([json.dumps({p: _cell(v) for p, v in zip(params, cells)}, default=str)
+                      for cells in zip(*(rows[p].tolist() for p in params))] if params else None)
+    out["role"] = out["role"].astype(object).where(out["role"].notna(), None)
     return out[COLUMNS]
 
 
@@ -101,3 +105,21 @@ def record(warehouse: Warehouse, run_id: str, bench: str, rows: pd.DataFrame) ->
         con.unregister("_rows")
         con.execute("COMMIT")
     return len(df)
+
+
+def record_run(warehouse: Warehouse, kind: str, tables: dict[str, pd.DataFrame], config: dict | None = None) -> str:
+    """One completed run ``kind`` (``bench_<name>``) holding ``tables`` (table name -> rows, :data:`COLUMNS`),
+    for a benchmark script that measured before it records; returns the run id."""
+    with warehouse.run(kind, config) as run_id:
+        for bench, rows in tables.items():
+            record(warehouse, run_id, bench, rows)
+    return run_id
+
+
+def record_in_project(root, kind: str, tables: dict[str, pd.DataFrame], config: dict | None = None) -> str:
+    """:func:`record_run` in the warehouse of the project at ``root``; returns a line saying where."""
+    from fieldguide.config import open_project
+
+    project = open_project(root)
+    run_id = record_run(Warehouse(project.warehouse_path), kind, tables, config)
+    return f"recorded as run {run_id} in {project.warehouse_path}"
