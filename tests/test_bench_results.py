@@ -194,21 +194,14 @@ def test_an_installed_package_outside_the_repository_shows_the_numbers(noise_ben
 
 # ---- bench suite --quick: each family's rows equal its CSV; a re-run supersedes ----------------------------
 @pytest.mark.slow
-def test_bench_suite_records_each_family_in_the_project(tmp_path, tiny_weights, project, monkeypatch):
+def test_bench_suite_records_each_family_in_the_project(tmp_path, tiny_weights, image_folder, project, monkeypatch):
     from typer.testing import CliRunner
 
-    from conftest import CLASS_COLORS, make_image
     from fieldguide.cli import app
     from fieldguide.suite import COLUMNS
 
-    folder = tmp_path / "mine"
-    seed = 0
-    for cls, color in CLASS_COLORS.items():
-        for i in range(10):
-            seed += 1
-            make_image(folder / cls / f"{i:02d}.jpg", color, seed=seed)
     cache, results = tmp_path / "cache", tmp_path / "results"
-    args = ["bench", "suite", "--collection", f"mine={folder}:folder", "--quick", "--cache", str(cache),
+    args = ["bench", "suite", "--collection", f"mine={image_folder}:folder", "--quick", "--cache", str(cache),
             "--results", str(results), "--backbone", "timm/test_efficientnet", "--weights", str(tiny_weights)]
     monkeypatch.delenv(PROJECT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)  # not a project: the CSVs only
