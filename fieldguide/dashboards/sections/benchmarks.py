@@ -164,7 +164,7 @@ def show_bench(bench: str, rows: pd.DataFrame, losing: pd.DataFrame) -> None:
         sign = ">" if (data["better"] == "lower").any() else "<"
         lines = [f"- {r.collection} · {r.setting}: **{r.method}** {r.value:.4f} {sign} **{r.baseline}** "
                  f"{r.baseline_value:.4f}" for r in lost.itertuples()]
-        st.error(f"✗ {len(lost)} cell(s) where the default is worse than its baseline on {metric}:\n" + "\n".join(lines))
+        st.error(f"✗ {len(lost)} comparison(s) where the default is worse than a baseline on {metric}:\n" + "\n".join(lines))
     elif (rows["role"] == "baseline").any():
         st.success(f"On {metric}, no default is below its baseline.")
     others = losing[losing["metric"] != metric]["metric"].value_counts()
@@ -185,7 +185,7 @@ def main() -> None:
         return
     benches = sorted(rows["bench"].unique(), key=lambda b: (ORDER.index(b) if b in ORDER else len(ORDER), b))
     st.caption(f"{len(benches)} benchmark tables from {rows['run_id'].nunique()} run(s) in {ctx.warehouse.path}; "
-               f"{len(losing)} cell(s) where a default is worse than its baseline.")
+               f"{len(losing)} comparison(s) where a default is worse than a baseline.")
     for bench in benches:
         show_bench(bench, rows[rows["bench"] == bench], losing[losing["bench"] == bench])
 
