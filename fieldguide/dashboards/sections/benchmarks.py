@@ -68,7 +68,7 @@ TITLES = {
 ORDER = ["suite_heads", "suite_noise", "suite_train", "suite_pseudolabel", "noise", "closed_loop", "heads",
          "heads_ensemble", "pseudolabel", "embed", "ingest", "demo"]
 STATUS = ["default", "default, below its baseline", "baseline", "measured"]
-COLORS = ["#1f77b4", "#d62728", "#9e9e9e", "#4c78a8"]
+COLORS = ["#1f77b4", "#d62728", "#9e9e9e", "#a9c4e0"]
 KEYS = ["collection", "setting", "method", "role"]
 
 
