@@ -18,7 +18,8 @@ label-changing function as crowd labels), it measures test top-1 of:
 
 plus the share of the noisy-to-clean gap each recovers and the wall time of each arm. A 0% row
 checks that two-stage entropy costs nothing on clean labels. Seeds are fixed: re-running gives
-the same table. Writes ``benchmarks/results/closed_loop.csv`` and prints a Markdown table.
+the same table. Writes ``benchmarks/results/closed_loop.csv`` and prints a Markdown table; with
+``--project`` also records it in that project's warehouse (a ``bench_closed_loop`` run, table ``closed_loop``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main() -> None:
     ap.add_argument("--embeddings-from", type=Path, default=ROOT / "demo-project")
     ap.add_argument("--settings", default="symmetric:0.2,symmetric:0.4,pairs:0.2,pairs:0.4")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--project", type=Path, default=None,
+                    help="Also record the table in this project's warehouse (the dashboards' Benchmarks page).")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "closed_loop.csv")
     args = ap.parse_args()
 
@@ -133,6 +136,17 @@ def main() -> None:
     df = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False, float_format="%.4f")
+    if args.project is not None:
+        from fieldguide.platform import bench_results
+
+        rows = bench_results.long_form(
+            df,
+            metrics=["test_top1", "gap_recovered", "seconds"],
+            method=df["arm"],
+            collection=args.data.name,
+            setting=df["noise"] + " " + df["rate"].map(lambda r: f"{r:.0%}"),
+            role=df["arm"].map(lambda a: "baseline" if a == "ce noisy" else None if a == "ce clean" else "default"))
+        print(bench_results.record_in_project(args.project, "bench_closed_loop", {"closed_loop": rows}, vars(args)))
     print(df.to_markdown(index=False, floatfmt=".3f"))
     print(f"\ntable: {args.out}")
 

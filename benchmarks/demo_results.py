@@ -6,7 +6,8 @@ One row per (demo run, step, metric): the wall seconds of each step (``metric = 
 and every metric the step recorded (``predict``: the 5-fold out-of-fold top-1 on train;
 ``evaluate``: top-1/5, macro-F1, ECE on the test split; ``embed``: images/s; ...). ``demo`` numbers
 the demo runs in order: each ``ingest`` run starts one (a re-run of ``make demo`` embeds
-nothing and is faster). Writes ``benchmarks/results/demo_<project name>.csv``.
+nothing and is faster). Writes ``benchmarks/results/demo_<project name>.csv`` and records the table in
+the project's warehouse (a ``bench_demo`` run, table ``demo``).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from fieldguide.config import open_project
+    from fieldguide.platform import bench_results
     from fieldguide.platform.warehouse import Warehouse
 
     project = open_project(args.project)
     wh = Warehouse(project.warehouse_path)
-    runs = wh.query("SELECT run_id, kind, started, finished FROM runs WHERE status = 'completed' ORDER BY started")
+    runs = wh.query("SELECT run_id, kind, started, finished FROM runs WHERE status = 'completed' "
+                    "AND kind NOT LIKE 'bench_%' ORDER BY started")  # the demo's steps, not benchmarks
     runs["demo"] = (runs["kind"] == "ingest").cumsum()
     runs["wall_seconds"] = (runs["finished"] - runs["started"]).dt.total_seconds()
     metrics = wh.query("SELECT run_id, split, name AS metric, value FROM metrics")
@@ -42,6 +45,12 @@ def main() -> None:
     )[["demo", "step", "split", "metric", "value", "run_id"]]
     out = ROOT / "benchmarks" / "results" / f"demo_{project.config.project.name}.csv"
     table.to_csv(out, index=False, float_format="%.4f")
+    rows = bench_results.long_rows(table.assign(
+        collection=project.config.project.name, setting=table["demo"].map(lambda d: f"demo {d}"),
+        method=[s if split == "all" else f"{s} ({split})" for s, split in zip(table["step"], table["split"])]),
+        params=["split", "run_id"])
+    run_id = bench_results.record_run(wh, "bench_demo", {"demo": rows}, {"project": str(args.project)})
+    print(f"recorded as run {run_id} in {project.warehouse_path}")
     print(table[table["demo"] == 1].to_markdown(index=False, floatfmt=".4f"))
     print(f"\n{table['demo'].max()} demo run(s); table: {out}")
 

@@ -6,7 +6,8 @@ Both embed the same N images of a CUB-style folder with the same model, batch si
 preprocessing. The bare loop decodes and transforms the images in the main process and runs
 ``model(batch)`` under ``torch.inference_mode``; fieldguide's number is end to end (reading the
 store, decoding in workers, writing the Parquet cache). The issue's target: fieldguide within
-1.5x of the bare loop's time. Writes ``benchmarks/results/embed_<backbone>.csv``.
+1.5x of the bare loop's time. Writes ``benchmarks/results/embed_<backbone>.csv``; with ``--project``
+also records it in that project's warehouse (a ``bench_embed`` run, table ``embed``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--project", type=Path, default=None,
+                    help="Also record the table in this project's warehouse (the dashboards' Benchmarks page).")
     args = ap.parse_args()
 
     import torch
@@ -89,6 +92,18 @@ def main() -> None:
     ]).assign(batch_size=args.batch_size, workers=args.workers, torch_threads=torch.get_num_threads())
     out = ROOT / "benchmarks" / "results" / f"embed_{args.backbone}.csv"
     df.to_csv(out, index=False, float_format="%.4f")
+    if args.project is not None:
+        from fieldguide.platform import bench_results
+
+        rows = bench_results.long_form(
+            df,
+            metrics=["images", "seconds", "images_per_s", "time_vs_bare"],
+            method=df["method"],
+            collection=args.data.name,
+            setting=args.backbone,
+            role=df["method"].map({"fieldguide embed": "default", "bare timm loop": "baseline"}),
+            params=["batch_size", "workers", "torch_threads"])
+        print(bench_results.record_in_project(args.project, "bench_embed", {"embed": rows}, vars(args)))
     print(df.to_markdown(index=False, floatfmt=".2f"))
     print(f"\ntable: {out}")
 

@@ -6,7 +6,8 @@ Uses the project's cached embeddings (``make demo`` embeds cub100 with Efficient
 prints test top-1, top-5, macro-F1, ECE and fit time per head; the ensemble is the mean of
 its members' probabilities, weighted as fit (the weights and temperatures picked on inner
 out-of-fold predictions). Writes ``benchmarks/results/heads_<project>.csv`` and, with the ensemble,
-``benchmarks/results/heads_ensemble_<project>.csv`` (one row per member).
+``benchmarks/results/heads_ensemble_<project>.csv`` (one row per member); the project's warehouse
+records the same tables (a ``bench_heads`` run: tables ``heads``, ``heads_ensemble``) for the dashboards.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ def main() -> None:
     ap.add_argument("--project", type=Path, default=ROOT / "demo-project")
     ap.add_argument("--heads", default="logreg,mlp,knn,ensemble")
     ap.add_argument("--backbone", default=None)
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="Folder of the CSVs.")
     args = ap.parse_args()
 
     from fieldguide.config import open_project
     from fieldguide.models.embed import load_embeddings
     from fieldguide.models.evaluate import classification_metrics
     from fieldguide.models.heads import make_head
-    from fieldguide.platform import store
+    from fieldguide.platform import bench_results, store
 
     project = open_project(args.project)
     ds = store.dataset(project, create=False)
@@ -59,12 +61,20 @@ def main() -> None:
             members = pd.DataFrame({"member": head.members, "weight": head.weights_,
                                     "temperature": head.temperatures_})
     df = pd.DataFrame(rows)
-    out = ROOT / "benchmarks" / "results" / f"heads_{project.config.project.name}.csv"
+    name = project.config.project.name
+    out = args.results / f"heads_{name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.4f")
+    tables = {"heads": bench_results.long_form(df, metrics=list(df.columns[1:]), method=df["head"], collection=name,
+                                                setting="test")}
     if members is not None:
-        members.to_csv(out.with_name(f"heads_ensemble_{project.config.project.name}.csv"), index=False,
-                       float_format="%.4f")
+        members.to_csv(out.with_name(f"heads_ensemble_{name}.csv"), index=False, float_format="%.4f")
         print(members.to_markdown(index=False, floatfmt=".3f"))
+        tables["heads_ensemble"] = bench_results.long_form(members, metrics=["weight", "temperature"],
+                                                            method=members["member"], collection=name, setting="ensemble")
+    run_id = bench_results.record_run(store.warehouse(project), "bench_heads", tables,
+                                      {"heads": args.heads, "backbone": args.backbone or project.config.models.backbone})
+    print(f"recorded as run {run_id} in {project.warehouse_path}")
     print(df.to_markdown(index=False, floatfmt=".3f"))
     print(f"\n{int(tr.sum())} train / {int(te.sum())} test samples, {len(classes)} classes; table: {out}")
 

@@ -4,7 +4,8 @@
 
 Prints a table: images, seconds, images/s for the first ingest (image checks + metadata +
 bulk insert) and for the re-run (which must add 0 samples). Writes
-``benchmarks/results/ingest_<data folder name>.csv``.
+``benchmarks/results/ingest_<data folder name>.csv``; with ``--project`` also records it in that project's
+warehouse (a ``bench_ingest`` run, table ``ingest``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cub100")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--project", type=Path, default=None,
+                    help="Also record the table in this project's warehouse (the dashboards' Benchmarks page).")
     args = ap.parse_args()
 
     from fieldguide.config import init_project
@@ -49,6 +52,16 @@ def main() -> None:
     df["with_metadata"] = meta
     out = ROOT / "benchmarks" / "results" / f"ingest_{args.data.name}.csv"
     df.to_csv(out, index=False, float_format="%.4f")
+    if args.project is not None:
+        from fieldguide.platform import bench_results
+
+        rows = bench_results.long_form(
+            df,
+            metrics=["images", "added", "seconds", "images_per_s", "with_metadata"],
+            method=df["step"],
+            collection=args.data.name,
+            setting="ingest")
+        print(bench_results.record_in_project(args.project, "bench_ingest", {"ingest": rows}, vars(args)))
     print(df.to_markdown(index=False, floatfmt=".1f"))
     print(f"\nstore: {total} samples, {meta} with image metadata; table: {out}")
 

@@ -5,7 +5,8 @@
 Keeps k labeled images per class of the project's train split (fixed seed), treats the rest of
 train as unlabeled (labels hidden), and prints test top-1 and macro-F1 of a linear head trained on
 the k labels only, and of the EMA teacher trained with pseudo-labels, plus the precision of the
-pseudo-labels selected at the threshold. Writes ``benchmarks/results/pseudolabel.csv``.
+pseudo-labels selected at the threshold. Writes ``benchmarks/results/pseudolabel.csv`` and records the
+table in the project's warehouse (a ``bench_pseudolabel`` run, table ``pseudolabel``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("--k", default="3,5,10")
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="Folder of the CSV.")
     args = ap.parse_args()
 
     from sklearn.metrics import f1_score
@@ -34,7 +36,7 @@ def main() -> None:
     from fieldguide.curation.semi import fit_semi_supervised, select_pseudo_labels
     from fieldguide.models.embed import load_embeddings
     from fieldguide.models.fit import fit_head, predict_head
-    from fieldguide.platform import store
+    from fieldguide.platform import bench_results, store
 
     project = open_project(args.project)
     ds = store.dataset(project, create=False)
@@ -71,8 +73,16 @@ def main() -> None:
                          "pseudo_precision": precision if name != "supervised only" else None})
         print(pd.DataFrame(rows[-2:]).to_string(index=False), flush=True)
     df = pd.DataFrame(rows)
-    out = ROOT / "benchmarks" / "results" / "pseudolabel.csv"
+    out = args.results / "pseudolabel.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.4f")
+    rows = bench_results.long_form(
+        df, metrics=["test_top1", "macro_f1", "seconds", "pseudo_selected", "pseudo_precision"], method=df["method"],
+        collection=project.config.project.name, setting=df["k"].map(lambda k: f"{k}/class"),
+        role=df["method"].map({"pseudo-labeling": "default", "supervised only": "baseline"}))
+    run_id = bench_results.record_run(store.warehouse(project), "bench_pseudolabel", {"pseudolabel": rows},
+                                      {"k": args.k, "threshold": args.threshold, "seed": args.seed})
+    print(f"recorded as run {run_id} in {project.warehouse_path}")
     print(df.to_markdown(index=False, floatfmt=".3f"))
     print(f"\ntable: {out}")
 

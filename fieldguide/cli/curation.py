@@ -176,16 +176,32 @@ def bench_suite(
     """Every default of the project against its plain baseline, per collection, side by side (✗: the default loses)."""
     from rich.console import Console
 
+    from fieldguide.platform.warehouse import Warehouse
     from fieldguide.suite import FAMILIES, Plan, parse_collection, render, resolve_collections, run_suite, side_by_side
 
     chosen = resolve_collections(data, collections, [parse_collection(c) for c in collection or []])
+    project = _bench_project()
     out = run_suite(chosen, cache=cache, results=results or (cache / "results-quick" if quick else
                                                               Path("benchmarks/results")),
                     plan=Plan.quick() if quick else Plan(), backbone=backbone, weights=weights,
-                    families=[f.strip() for f in families.split(",")] if families else FAMILIES)
+                    families=[f.strip() for f in families.split(",")] if families else FAMILIES,
+                    warehouse=Warehouse(project.warehouse_path) if project else None)
     console = Console(width=None if sys.stdout.isatty() else 220)  # a log or a pipe: no folded columns
     for family in out.tables:
         console.print(render(side_by_side(out.tables[family]), f"{family} ({out.paths[family]})"))
     for name, secs in out.seconds.items():
         classes, n_train, n_test = out.sizes[name]
         typer.echo(f"{name}: {classes} classes, {n_train} train / {n_test} test (split: {out.splits[name]}), {secs:.0f} s")
+    typer.echo(f"recorded in {project.warehouse_path} (the dashboards' Benchmarks page)" if project else
+               "not recorded in a warehouse (no project here: --project DIR records the results there)")
+
+
+def _bench_project():
+    """The project a benchmark records in: the one ``--project`` / ``FIELDGUIDE_PROJECT`` names, else
+    the current folder when it is a project, else None (the benchmark writes its CSVs only)."""
+    from fieldguide.cli.common import state
+    from fieldguide.config import CONFIG_NAME
+
+    if state.project_dir is None and not (Path.cwd() / CONFIG_NAME).is_file():
+        return None
+    return _project()

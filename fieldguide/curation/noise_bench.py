@@ -23,6 +23,7 @@ from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score, percentile_rank
 from fieldguide.models.heads import make_head
 from fieldguide.models.crossval import cross_val_pred_probs
+from fieldguide.platform import bench_results
 from fieldguide.platform.lock import writes
 
 KINDS = ("symmetric", "pairs")
@@ -153,8 +154,9 @@ def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed
     """The noise benchmark on a project's own labels, taken as clean (``fieldguide bench noise``).
 
     Uses the cached embeddings of the labeled samples of ``splits``; writes the table to
-    ``PROJECT/runs/benchmarks/noise-<run>.csv`` (which the dashboards show) and a run with its
-    headline numbers (combined score's F1 and AUROC per setting) to the warehouse.
+    ``PROJECT/runs/benchmarks/noise-<run>.csv``, and to the warehouse a ``bench_noise`` run with its
+    headline numbers (combined score's F1 and AUROC per setting) and the table itself
+    (``bench_results``, table ``noise``: what the dashboards show).
     Returns ``(table, csv_path)``.
     """
     from fieldguide.errors import FieldguideError, NotReadyError
@@ -193,4 +195,19 @@ def project_noise_benchmark(project, *, rates=(0.1, 0.2, 0.4), kinds=KINDS, seed
             {"run_id": run_id, "split": f"{r.kind}@{r.rate:g}", "name": name, "value": float(getattr(r, name))}
             for r in combined.itertuples() for name in ("f1", "auroc", "precision_top5")
         ])
+        bench_results.record(wh, run_id, "noise", results_rows(result, project.config.project.name))
     return result, path
+
+
+#: the table's roles: the combined score is what ``flag`` decides with; cleanlab's label quality alone,
+#: the plain baseline (the suite's ``noise`` family compares the same two)
+ROLES = {"noise_score": "default", "label_quality": "baseline"}
+
+
+def results_rows(table: pd.DataFrame, collection: str) -> pd.DataFrame:
+    """The benchmark's table (:func:`run_noise_benchmark`) as ``bench_results`` rows: the setting is
+    ``<kind> <rate>``, the method the signal."""
+    setting = table["kind"] + " " + table["rate"].map(lambda r: f"{r:.0%}")
+    metrics = [c for c in table.columns if c not in ("kind", "rate", "signal")]
+    return bench_results.long_form(table, metrics=metrics, method=table["signal"], collection=collection,
+                                   setting=setting, role=table["signal"].map(ROLES))

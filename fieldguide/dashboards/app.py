@@ -24,7 +24,7 @@ def main() -> None:
             st.Page(SECTIONS / "review.py", title="Review queue", url_path="review"),
             st.Page(SECTIONS / "relabel.py", title="Relabeling", url_path="relabel"),
             st.Page(SECTIONS / "models.py", title="Models", url_path="models"),
-            st.Page(SECTIONS / "benchmarks.py", title="Noise benchmark", url_path="benchmarks"),
+            st.Page(SECTIONS / "benchmarks.py", title="Benchmarks", url_path="benchmarks"),
         ]
     )
     ctx = context.current()

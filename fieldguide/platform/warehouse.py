@@ -1,4 +1,5 @@
-"""The DuckDB warehouse: every run, metric, signal, relabel task and label event, and the class tree.
+"""The DuckDB warehouse: every run, metric, signal, relabel task, label event and benchmark result, and
+the class tree.
 
 Connections are short-lived (open, write or query, close) so that the dashboards can read
 the file while the CLI writes to it between steps. Every table has a primary key and every
@@ -91,6 +92,14 @@ TABLES: dict[str, str] = {
     "taxa": (
         "class VARCHAR, rank VARCHAR, name VARCHAR NOT NULL, depth INTEGER NOT NULL, parent_rank VARCHAR, "
         "parent_name VARCHAR, PRIMARY KEY (class, rank)"
+    ),
+    # every benchmark's table in long form: one row per (row of its CSV, metric); ``bench`` names the
+    # table (suite_heads, noise, heads, ...), its run a ``bench_<name>`` run; ``role`` is default,
+    # baseline or NULL, ``better`` higher, lower or NULL (a count); ``params`` the row's other cells
+    "bench_results": (
+        "run_id VARCHAR, bench VARCHAR, row INTEGER, collection VARCHAR, setting VARCHAR, method VARCHAR, "
+        "role VARCHAR, metric VARCHAR, value DOUBLE, better VARCHAR, params JSON, "
+        "PRIMARY KEY (run_id, bench, row, metric)"
     ),
     "backbone_costs": (
         "backbone VARCHAR PRIMARY KEY, params BIGINT, macs BIGINT, input_size INTEGER, "

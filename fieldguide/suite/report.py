@@ -6,13 +6,15 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fieldguide.errors import FieldguideError
+from fieldguide.platform import bench_results
+from fieldguide.platform.warehouse import Warehouse
 from fieldguide.suite.plan import FAMILIES, ROLES, COLUMNS, Plan
 from fieldguide.suite.collections import Collection, collection_features
 from fieldguide.suite.compare import run_comparisons
@@ -32,12 +34,14 @@ class SuiteResult:
 
 def run_suite(collections: list[Collection], *, cache: Path, results: Path, plan: Plan | None = None,
               backbone: str | None = None, weights: str | None = None, progress: bool = True,
-              families: Iterable[str] = FAMILIES) -> SuiteResult:
+              families: Iterable[str] = FAMILIES, warehouse: Warehouse | None = None) -> SuiteResult:
     """Features and comparisons for each collection; each family's rows go to ``results/suite_<family>.csv``
     (rows of other collections already there are kept, this run's collections replaced; a family
-    not run leaves its file alone)."""
-    from tqdm.auto import tqdm
+    not run leaves its file alone).
 
+    With ``warehouse`` (a project's), the run is a ``bench_suite`` run there and each family's rows of
+    this run are its table ``suite_<family>`` in ``bench_results`` (the dashboards show, per table and
+    collection, the newest completed run's rows: what the CSV holds)."""
     plan = plan or Plan()
     names = [c.name for c in collections]
     if len(set(names)) != len(names):
@@ -46,6 +50,23 @@ def run_suite(collections: list[Collection], *, cache: Path, results: Path, plan
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise FieldguideError(f"families {', '.join(unknown) or '(none)'}: use some of {', '.join(FAMILIES)}")
+    if warehouse is None:
+        return _run_suite(collections, cache=cache, results=results, plan=plan, backbone=backbone,
+                          weights=weights, progress=progress, families=families)
+    config = {"collections": names, "families": families, "plan": asdict(plan),
+              "backbone": backbone, "results": str(results)}
+    with warehouse.run("bench_suite", config) as run_id:
+        out = _run_suite(collections, cache=cache, results=results, plan=plan, backbone=backbone,
+                         weights=weights, progress=progress, families=families)
+        for family, df in out.tables.items():
+            bench_results.record(warehouse, run_id, f"suite_{family}", bench_results.long_rows(df))
+    return out
+
+
+def _run_suite(collections: list[Collection], *, cache: Path, results: Path, plan: Plan, backbone: str | None,
+               weights: str | None, progress: bool, families: list[str]) -> SuiteResult:
+    from tqdm.auto import tqdm
+
     frames: dict[str, list[pd.DataFrame]] = {family: [] for family in families}
     seconds, splits, sizes = {}, {}, {}
     bar = tqdm(total=len(collections) * (1 + len(families)), desc="suite", unit="step",
