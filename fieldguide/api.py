@@ -266,17 +266,25 @@ class Project:
         return select_view(self.dataset(), view=name, split=None)
 
     # ---- a curator's decisions ---------------------------------------------------------------------
-    def set_label(self, sample_ids: str | Iterable[str], label: str | None, *, actor: str | None = None) -> int:
+    def set_label(self, sample_ids: str | Iterable[str], label: str | None, *, actor: str | None = None):
         """Set the label of one sample id, or of each of several, to ``label`` (None removes it).
-        See :meth:`set_labels`; returns how many labels changed."""
+        See :meth:`set_labels`."""
         ids = [sample_ids] if isinstance(sample_ids, str) else list(sample_ids)
         return self.set_labels(dict.fromkeys(ids, label), actor=actor)
 
-    def set_labels(self, labels: Mapping[str, str | None], *, actor: str | None = None) -> int:
-        """A curator's decisions, sample id -> label: each is recorded in the sample's
+    def set_labels(self, labels: Mapping[str, str | None], *, actor: str | None = None):
+        """A curator's decisions, sample id -> label, as from the App's ``set_label``
+        (:func:`fieldguide.platform.review.decide`): each is recorded in the sample's
         ``label_history`` and the warehouse's ``label_events`` (source ``curator``, ``actor``
-        default ``project.curator``), as from the App. Unknown sample ids or classes are errors and
-        nothing changes. Returns how many labels changed (a label equal to the current one is a
-        confirmation: recorded, unchanged)."""
-        return store.set_labels(self.project, self.dataset(), dict(labels), source="curator",
-                                actor=actor or self.config.project.curator)
+        default ``project.curator``) under a ``set_label`` run; the sample leaves the review queue
+        (``resolved``, or ``dismissed`` when the label was already its own) and its Label Studio
+        task, if open, is closed. Unknown sample ids or classes are errors and nothing changes.
+        Returns the :class:`~fieldguide.platform.review.Decision` (run_id, changed, confirmed,
+        closed_tasks, problems)."""
+        return review.decide(self.project, dict(labels), actor=actor)
+
+    def confirm(self, sample_ids: str | Iterable[str], *, actor: str | None = None):
+        """Confirm the given labels of the samples (``dismissed``: out of the queue until the
+        evidence changes); returns the :class:`~fieldguide.platform.review.Decision`."""
+        return review.confirm(self.project, [sample_ids] if isinstance(sample_ids, str) else list(sample_ids),
+                              actor=actor)

@@ -157,9 +157,13 @@ def test_set_label_is_a_curators_decision_with_history(facade, image_folder):
     p.ingest(image_folder)
     df = p.samples(split="train")
     red, blue = (df[df["label"] == c]["sample_id"].tolist() for c in ("red_bird", "blue_bird"))
-    assert p.set_label(red[0], "blue_bird") == 1
-    assert p.set_label(red[1:3], "green_bird", actor="ana") == 2
-    assert p.set_labels({blue[0]: "red_bird", blue[1]: "blue_bird"}) == 1  # the second one confirms
+    assert p.set_label(red[0], "blue_bird").changed == 1
+    assert p.set_label(red[1:3], "green_bird", actor="ana").changed == 2
+    both = p.set_labels({blue[0]: "red_bird", blue[1]: "blue_bird"})  # the second one confirms
+    assert (both.changed, both.confirmed) == (1, 1)
+    states = p.samples().set_index("sample_id")["review_state"]
+    assert states[blue[0]] == "resolved" and states[blue[1]] == "dismissed"
+    assert p.confirm(red[0]).confirmed == 1 and p.samples().set_index("sample_id")["review_state"][red[0]] == "dismissed"
     after = p.samples().set_index("sample_id")["label"]
     assert [after[i] for i in (red[0], red[1], red[2], blue[0], blue[1])] == [
         "blue_bird", "green_bird", "green_bird", "red_bird", "blue_bird"]
@@ -168,8 +172,10 @@ def test_set_label_is_a_curators_decision_with_history(facade, image_folder):
         ("red_bird", "green_bird", "curator", "ana")]
     assert store.label_history(p.dataset(), red[0])[-1]["actor"] == p.config.project.curator
     events = store.warehouse(p.project).query("SELECT sample_id, new, source FROM label_events ORDER BY sample_id")
-    assert len(events) == 5 and set(events["source"]) == {"curator"}
-    # bad input: one line, nothing changed
+    assert len(events) == 6 and set(events["source"]) == {"curator"}
+    runs = p.runs("set_label")
+    assert len(runs) == 4 and set(runs["status"]) == {"completed"}
+    # bad input: one line, nothing changed (no run row either)
     before = p.samples()
     for call, says in ((lambda: p.set_label(red[0], "purple_bird"), "unknown class(es) purple_bird"),
                        (lambda: p.set_label("0" * 24, "red_bird"), "not in the store")):
@@ -177,6 +183,7 @@ def test_set_label_is_a_curators_decision_with_history(facade, image_folder):
             call()
         assert says in one_line(e.value)
     pd.testing.assert_frame_equal(p.samples(), before)
+    assert len(p.runs("set_label")) == 4
 
 
 def test_errors_are_one_line(facade, image_folder):

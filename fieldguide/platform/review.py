@@ -152,6 +152,7 @@ def decide(project: Project, labels: Mapping[str, str], *, actor: str | None = N
     reached the decision stands and the problem is reported.
     """
     ds = store.dataset(project, create=False)
+    store.check_labels(ds, labels)  # bad input: one line, no run row, nothing written
     actor = actor or project.config.project.curator
     wh = store.warehouse(project)
     report = Decision(samples=len(labels))

@@ -163,6 +163,26 @@ def add_classes(ds, new: Iterable[str]) -> list[str]:
 
 
 # ---- the one function that changes a label ------------------------------------------------
+def check_labels(ds, labels: Mapping[str, str | None], found_ids: Iterable[str] | None = None, *,
+                 allow_new_classes: bool = False) -> set[str]:
+    """Raise (one line, nothing written) when a sample id of ``labels`` is not in the store or a
+    label is not a class of the project (unless ``allow_new_classes``); returns the new classes."""
+    found = set(ds.select(list(labels)).values("id") if found_ids is None else found_ids)
+    missing = set(labels) - found
+    if missing:
+        raise FieldguideError(
+            f"{len(missing)} sample(s) are not in the store (e.g. {sorted(missing)[0]}); nothing changed"
+        )
+    known = set(classes(ds))
+    unknown = {v for v in labels.values() if v is not None and v not in known}
+    if unknown and not allow_new_classes:
+        raise FieldguideError(
+            f"unknown class(es) {', '.join(sorted(unknown))}: not in the project's class list; nothing changed"
+        )
+    return unknown
+
+
+
 @writes('set labels')
 def set_labels(
     project: Project,
@@ -191,17 +211,7 @@ def set_labels(
     ids = list(labels)
     view = ds.select(ids, ordered=True)
     found_ids, old_labels, histories = view.values(["id", "ground_truth.label", "label_history"])
-    missing = set(ids) - set(found_ids)
-    if missing:
-        raise FieldguideError(
-            f"{len(missing)} sample(s) are not in the store (e.g. {sorted(missing)[0]}); nothing changed"
-        )
-    known = set(classes(ds))
-    unknown = {v for v in labels.values() if v is not None and v not in known}
-    if unknown and not allow_new_classes:
-        raise FieldguideError(
-            f"unknown class(es) {', '.join(sorted(unknown))}: not in the project's class list; nothing changed"
-        )
+    unknown = check_labels(ds, labels, found_ids, allow_new_classes=allow_new_classes)
     if unknown:
         add_classes(ds, unknown)
     when = now()

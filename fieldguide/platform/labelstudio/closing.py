@@ -17,7 +17,7 @@ from fieldguide.errors import FieldguideError
 from fieldguide.platform import store
 from fieldguide.platform.labelstudio.client import Client, NotFound, connection
 from fieldguide.platform.labelstudio.records import CLOSED, OPEN, task_records
-from fieldguide.platform.labelstudio.tasks import decision_result
+from fieldguide.platform.labelstudio.tasks import class_paths, decision_result
 from fieldguide.platform.warehouse import now
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,12 @@ def close(project: Project, decisions: dict[str, str], *, run_id: str) -> tuple[
         return 0, [f"{len(rows)} Label Studio task(s) stay open ({e}); their answers will not be applied "
                    "over the decision"]
     wh = store.warehouse(project)
+    paths = class_paths(project)
     closed, problems = 0, []
     for sid, row in rows.items():
         task_id, label = int(row["task_id"]), decisions[sid]
         try:
-            annotation = client.annotate(task_id, decision_result(label))
+            annotation = client.annotate(task_id, decision_result(label, paths))
             client.update_task_data(task_id, {"review_state": f"decided by a curator: {label}",
                                               "given_label": label})
         except (FieldguideError, NotFound) as e:

@@ -254,9 +254,16 @@ def task_rows(project: Project, view, document_root: str, *,
     return rows, folders
 
 
-def decision_result(label: str) -> list[dict]:
-    """An annotation's ``result`` that chooses ``label`` (a curator's decision closing a task)."""
+def candidate_result(label: str) -> list[dict]:
+    """An annotation's ``result`` that picks ``label`` among the candidates."""
     return [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}]
+
+
+def decision_result(label: str, paths: ClassPaths | None = None) -> list[dict]:
+    """An annotation's ``result`` that picks ``label`` in the full class list (a curator's decision
+    closing a task: the class need not be among the task's candidates)."""
+    return [{"from_name": FULL_NAME, "to_name": TO_NAME, "type": "taxonomy",
+             "value": {"taxonomy": [_path(label, paths or {})]}}]
 
 
 def pre_annotation(label: str, confidence: float | None, model_version: str) -> dict:
@@ -264,5 +271,5 @@ def pre_annotation(label: str, confidence: float | None, model_version: str) -> 
     return {
         "model_version": model_version,
         "score": None if confidence is None else float(confidence),
-        "result": decision_result(label),
+        "result": candidate_result(label),
     }
