@@ -256,6 +256,6 @@ def test_the_readme_example_runs(tmp_path, tiny_weights, image_folder, monkeypat
             last = store.label_history(ds, sid)[-1]
             assert (last["new"], last["source"]) == (predicted, "curator")
             assert ds[sid].ground_truth.label == predicted
-        assert set(p.runs()["kind"]) == {"ingest", "embed", "predict", "flag"}
+        assert set(p.runs()["kind"]) == {"ingest", "embed", "predict", "flag", "set_label"}
     finally:
         store.release_database()

@@ -332,7 +332,7 @@ def test_a_forged_webhook_cannot_change_a_label(birds, sdk, listener):
     assert seen[-1][0] == [task.id] and seen[-1][1].applied == 0 and seen[-1][1].pending == 1
     # 2) a task someone else made in our project, naming a sample, answered there
     ours = _ls_project(sdk, project)
-    sdk.projects.import_tasks(ours.id, request=[{"data": {"sample_id": other_sid, "image": "x", "info": "x"}}])
+    sdk.projects.import_tasks(ours.id, request=[{"data": {"sample_id": other_sid, "image": "x", "info": "x", "candidates": []}}])
     planted = next(t for t in sdk.tasks.list(project=ours.id) if t.data.get("sample_id") == other_sid)
     sdk.annotations.create(planted.id, result=_choice(_other(other_given)))
     _wait(seen, 2)  # Label Studio's own webhook for that annotation

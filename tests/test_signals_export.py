@@ -117,7 +117,8 @@ def test_the_export_has_one_row_per_sample_and_every_signal(flagged, tmp_path):
     assert df.loc[changed, "label_source"] == "curator"
     assert set(df.drop(index=changed)["label_source"]) == {"ingest"}
     # review states as the store holds them, empty elsewhere
-    assert df[review.FIELD].dropna().to_dict() == states
+    held = stored[review.FIELD].dropna().to_dict()
+    assert df[review.FIELD].dropna().to_dict() == held and held[next(iter(states))] == review.PUSHED
     # the store's signal fields (these hold the latest flag run: this one)
     for name in ("noise_score", "label_quality", "outlier_score", "knn_disagreement", "annotator_agreement",
                  "entropy_aum", "mistakenness", "uniqueness"):
