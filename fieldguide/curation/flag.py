@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fieldguide import names
 from fieldguide.config import Project
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score
@@ -134,8 +135,8 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
             score = noise_score(values, weights, sig.directions())
             n_issues = int(values.get("cl_issue", np.zeros(len(assess))).sum())
             flagged = flag_top(score, n_issues)
-            values["noise_score"] = score
-            values["label_issue"] = flagged.astype(float)
+            values[names.NOISE_SCORE] = score
+            values[names.LABEL_ISSUE] = flagged.astype(float)
             if "near_duplicate_of" in values:
                 dup = values.pop("near_duplicate_of")
                 near_dup_of = {assess[i]: assess[int(j)] for i, j in enumerate(dup) if not np.isnan(j)}
@@ -161,12 +162,12 @@ def flag(project: Project, *, backbone: str | None = None) -> FlagReport:
         report = FlagReport(
             run_id=run_id, assessed=len(assess), not_assessable=len(table) - len(assess),
             flagged=int(flagged.sum()),
-            outliers=int(np.nansum(values.get("is_outlier", np.zeros(0)))),
+            outliers=int(np.nansum(values.get(names.IS_OUTLIER, np.zeros(0)))),
             near_duplicates=len(near_dup_of), signals=sorted(values), not_assessable_reasons=reasons, top=top,
         )
         wh.write("metrics", [{"run_id": run_id, "split": "all", "name": k, "value": float(v)} for k, v in (
-            ("assessed", report.assessed), ("not_assessable", report.not_assessable),
-            ("flagged", report.flagged), ("outliers", report.outliers), ("near_duplicates", report.near_duplicates))])
+            (names.ASSESSED, report.assessed), (names.NOT_ASSESSABLE, report.not_assessable), (names.FLAGGED, report.flagged),
+            (names.OUTLIERS, report.outliers), (names.NEAR_DUPLICATES, report.near_duplicates))])
     return report
 
 
@@ -212,7 +213,7 @@ def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names
             for sid in all_ids}
     write_values(ds, columns)
     flagged = [assess[i] for i in np.where(values.get("label_issue", np.zeros(n)) > 0)[0]]
-    outliers = [assess[i] for i in np.where(np.nan_to_num(values.get("is_outlier", np.zeros(n))) > 0)[0]]
+    outliers = [assess[i] for i in np.where(np.nan_to_num(values.get(names.IS_OUTLIER, np.zeros(n))) > 0)[0]]
     set_tags(ds, add=["to_review"], ids=flagged)
     set_tags(ds, add=["outlier"], ids=outliers)
     set_tags(ds, add=["near_duplicate"], ids=list(near_dup_of))
