@@ -7,7 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from fieldguide.dashboards import context, queries
+from fieldguide.dashboards import charts, context, queries
 
 STATUSES = ("pushed", "answered", "skipped")
 
@@ -72,7 +72,9 @@ def tasks_section(tasks: pd.DataFrame, outcomes: pd.DataFrame) -> None:
                      .rename(columns={"label_at_push": "from", "answer": "to", "size": "tasks"})
                      .sort_values(["tasks", "from"], ascending=[False, True]))
             st.markdown("Most frequent changes:")
-            st.dataframe(moves, hide_index=True, alt="label changes")
+            moves["change"] = moves["from"] + " → " + moves["to"]
+            st.altair_chart(charts.count_bars(moves.head(20), "change", "tasks", title="tasks"), width="stretch")
+            st.dataframe(moves[["from", "to", "tasks"]], hide_index=True, alt="label changes")
 
 
 def annotators_section(people: pd.DataFrame) -> None:
@@ -121,9 +123,7 @@ def main() -> None:
     if not events.empty:
         st.subheader("Label changes")
         by_source = events.groupby("source", as_index=False).size().rename(columns={"size": "changes"})
-        st.altair_chart(alt.Chart(by_source).mark_bar().encode(
-            x=alt.X("changes:Q"), y=alt.Y("source:N", sort="-x"), tooltip=["source", "changes"],
-        ).properties(height=max(80, 32 * len(by_source))), width="stretch")
+        st.altair_chart(charts.count_bars(by_source, "source", "changes", title="label changes"), width="stretch")
         st.dataframe(events, hide_index=True, alt="label events")
 
 
