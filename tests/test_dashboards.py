@@ -404,6 +404,124 @@ def test_the_matrix_size_and_the_app_port_come_from_the_project_file(full_projec
     assert "Showing the 3 classes in the most-confused pairs." in texts(at)
 
 
+def test_review_page_counts_review_states_when_the_snapshot_has_them(full_project):
+    wh = Warehouse(full_project.warehouse_path)
+    states = {"to_review": 3, "pushed": 2, "resolved": 1}
+    ids = [sid for sid, _, _ in FLAGGED]
+    with wh.connect() as con:  # the column another step adds to the snapshot
+        con.execute("ALTER TABLE samples ADD COLUMN review_state VARCHAR")
+        start = 0
+        for state, n in states.items():
+            for sid in ids[start:start + n]:
+                con.execute("UPDATE samples SET review_state = ? WHERE sample_id = ?", [state, sid])
+            start += n
+    at = render("sections/review.py")
+    assert frame(at, "review states").set_index("state")["samples"].to_dict() == states
+
+
+# ---- a project the real loop ran on (conftest's looped) ------------------------------------------
+@pytest.fixture
+def looped_env(looped, monkeypatch):
+    project, truth = looped
+    monkeypatch.setenv(PROJECT_ENV, str(project.root))
+    return project, truth
+
+
+def chart_of(at: AppTest, *columns: str) -> tuple[dict, pd.DataFrame]:
+    """The one chart whose data has ``columns``: its spec and that data."""
+    found = [(spec, d) for spec, data in vega_charts(at) for d in data if set(columns) <= set(d.columns)]
+    assert len(found) == 1, f"{len(found)} charts plot {columns}"
+    return found[0]
+
+
+def test_loop_health_page_shows_what_ingest_and_flag_report(looped_env):
+    project, truth = looped_env
+    status, report = truth["status"], truth["flag"]
+    at = render()
+    shown = metrics(at)
+    assert (shown["Samples"], shown["Classes"]) == (str(status["samples"]), str(status["classes"]))
+    assert shown["Rejects (last ingest)"] == str(status["rejects"]) == "2"
+    # Datalab's flags: what flag reports and what the App's outliers and near_duplicates views hold
+    assert report.outliers > 0 and report.near_duplicates > 0
+    assert shown["Outliers"] == str(report.outliers) == str(truth["views"]["outliers"])
+    assert shown["Near-duplicates"] == str(report.near_duplicates) == str(truth["views"]["near_duplicates"])
+    assert sorted(frame(at, "outliers")["sample_id"]) == truth["tagged"]["outlier"]
+    assert sorted(frame(at, "near duplicates")["sample_id"]) == truth["tagged"]["near_duplicate"]
+    # (a threshold on outlier_score, as the page once counted, gives another number here)
+    wh = Warehouse(project.warehouse_path)
+    low = wh.query("SELECT count(*) FROM signals WHERE run_id = ? AND signal = ? AND value <= 0.2",
+                   [report.run_id, names.OUTLIER_SCORE]).iloc[0, 0]
+    assert low != report.outliers
+
+    assert frame(at, "per split").set_index("split")["n"].to_dict() == status["splits"]
+    assert frame(at, "per origin").set_index("origin")["n"].to_dict() == status["origins"]
+    for field, counts in (("split", status["splits"]), ("origin", status["origins"])):
+        spec, data = chart_of(at, field)
+        # one horizontal bar per category, named on its axis, its count written beside it, a bar's
+        # height per category (not a fixed height the axes squeeze the bars out of)
+        bars, label = spec["layer"]
+        assert bars["encoding"]["y"] == {**bars["encoding"]["y"], "field": field, "type": "nominal"}
+        assert label["mark"]["type"] == "text" and label["encoding"]["text"]["field"] == "n"
+        assert spec["height"] == {"step": charts.BAR_STEP}
+        assert data.set_index(field)["n"].to_dict() == counts
+    per_class = chart_of(at, "kind", "train")[1].set_index("class")["samples"].to_dict()
+    assert per_class == status["per_class"]
+
+
+def test_loop_review_page_shows_what_flag_reports(looped_env):
+    project, truth = looped_env
+    report, first = truth["flag"], truth["flag_1"]
+    at = render("sections/review.py")
+    shown = metrics(at)
+    assert shown["Flagged now"] == str(truth["label_issue"]) == str(truth["views"]["to_review"])
+    assert shown["Flagged by the last run"] == str(report.flagged)
+    assert shown["Flag runs"] == "2"
+    assert sorted(frame(at, "flagged signals")["sample_id"]) == truth["tagged"]["to_review"]
+    flags = frame(at, "signal flags").set_index("signal")["flagged"].to_dict()
+    assert flags[names.LABEL_ISSUE] == report.flagged
+    assert flags[names.IS_OUTLIER] == report.outliers
+    assert flags[names.IS_NEAR_DUPLICATE] == report.near_duplicates
+    scores = frame(at, "signal scores")
+    assert {names.NOISE_SCORE, names.OUTLIER_SCORE, names.NEAR_DUPLICATE_SCORE} <= set(scores["signal"])
+    assert set(scores["run_id"]) == {report.run_id}
+    spec, history = chart_of(at, "flagged", "started")
+    assert history["run_id"].tolist() == [first.run_id, report.run_id]
+    assert history["flagged"].tolist() == [first.flagged, report.flagged]
+    x = spec["layer"][0]["encoding"]["x"]
+    assert x["type"] == "temporal" and x["axis"]["format"] == "%H:%M:%S"  # runs seconds apart
+
+
+def test_loop_models_page_shows_what_training_and_evaluate_report(looped_env):
+    project, truth = looped_env
+    ev, trained, retrained = truth["evaluate"], truth["train"], truth["retrain"][0]
+    at = render("sections/models.py")
+    board = frame(at, "leaderboard").set_index("run_id")
+    assert set(board.index) == {ev["run_id"], trained.run_id, retrained.run_id}
+    assert board.loc[ev["run_id"], ["top1", "macro_f1"]].tolist() == pytest.approx([ev["top1"], ev["macro_f1"]])
+    for run in (trained, retrained):
+        assert board.loc[run.run_id, ["top1", "macro_f1"]].tolist() == pytest.approx([run.top1, run.macro_f1])
+    # the evaluate run's backbone is its predict run's
+    assert set(board["backbone"]) == {project.config.models.backbone}
+
+    curves = frame(at, "curve summary").set_index("run_id")
+    for run in (trained, retrained):
+        last = truth["last_epoch"][run.run_id]
+        row = curves.loc[run.run_id]
+        assert row["method"] == run.method
+        assert row["epochs"] == run.epochs
+        assert row["final_eval_acc"] == pytest.approx(run.top1)  # the last epoch's model is the run's
+        assert row["final_train_acc"] == pytest.approx(last[names.TRAIN_ACC])
+        assert row["final_loss"] == pytest.approx(last[names.LOSS])
+        assert row["final_mean_entropy"] == pytest.approx(last[names.MEAN_ENTROPY])
+    assert curves["method"].to_dict() == {trained.run_id: "two-stage-entropy", retrained.run_id: "ce"}
+    assert not any(spec.get("title") == "accuracy against speed" for spec, _ in vega_charts(at))  # one backbone
+
+    at.selectbox(key="confusion_run").set_value(f"{ev['run_id']} (test)").run()
+    pairs = frame(at, "most confused")
+    assert [dict(true=t, predicted=p, count=n) for t, p, n in
+            zip(pairs["true_label"], pairs["predicted_label"], pairs["count"])] == ev["most_confused"]
+
+
 def test_benchmark_page_shows_project_tables(full_project):
     folder = full_project.runs_dir / "benchmarks"
     folder.mkdir(parents=True)
