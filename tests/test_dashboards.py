@@ -391,6 +391,15 @@ def test_models_page_leaderboard_curves_f1_confusions(full_project):
     assert (shown["Classes better"], shown["Classes worse"], shown["Mean F1 change"]) == ("1", "4", "-0.080")
 
 
+def test_runs_at_one_speed_draw_no_accuracy_speed_plot(full_project):
+    Warehouse(full_project.warehouse_path).write("metrics", [
+        {"run_id": "evaluate-b", "split": "test", "name": names.IMAGES_PER_S, "value": 850.0}])
+    at = render("sections/models.py")
+    assert frame(at, "leaderboard")[names.IMAGES_PER_S].tolist() == [850.0, 850.0]
+    assert not any(spec.get("title") == "accuracy against speed" for spec, _ in vega_charts(at))
+    assert "runs at 850.0 images/s (efficientnet_lite0, vit_small): no accuracy-speed trade-off" in texts(at)
+
+
 def test_the_matrix_size_and_the_app_port_come_from_the_project_file(full_project):
     from fieldguide.config import dump_config
 

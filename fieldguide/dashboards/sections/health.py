@@ -67,7 +67,7 @@ def fill_table(fill: pd.DataFrame, per_class: pd.DataFrame, scarce_below: int) -
 def fill_chart(table: pd.DataFrame, scarce_below: int) -> alt.Chart:
     data = table.melt(id_vars="class", value_vars=FILL_KINDS, var_name="kind", value_name="samples")
     bars = alt.Chart(data).mark_bar().encode(
-        x=alt.X("samples:Q", stack="zero", title="samples"),
+        x=alt.X("samples:Q", stack="zero", title="samples", axis=alt.Axis(format="d", tickMinStep=1)),
         y=alt.Y("class:N", sort=table["class"].tolist(), title=None),
         color=alt.Color("kind:N", scale=alt.Scale(domain=FILL_KINDS, range=FILL_COLORS), title=None),
         order=alt.Order("kind_order:Q"),
@@ -180,7 +180,7 @@ def issue_table(found: pd.DataFrame | None, issue: str, alt_text: str) -> None:
                    f"the App's view shows them with their images.")
         st.dataframe(found[["sample_id", "label", "score", "filepath"]].rename(columns={"score": f"{issue}_score"}),
                      hide_index=True, alt=alt_text,
-                     column_config={f"{issue}_score": st.column_config.NumberColumn(format="%.3f")})
+                     column_config={f"{issue}_score": st.column_config.NumberColumn(format="%.3g")})
 
 
 main()

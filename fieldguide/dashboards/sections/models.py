@@ -59,15 +59,17 @@ def speed_section(board: pd.DataFrame) -> None:
     speeds = known[names.IMAGES_PER_S].round(1).unique()
     if len(speeds) < 2:
         if len(known):
-            st.caption(f"Every run with a measured speed uses one backbone ({known['backbone'].iloc[0]}, "
-                       f"{speeds[0]:.1f} images/s): no accuracy-speed trade-off to plot.")
+            backbones = ", ".join(sorted(known["backbone"].dropna().unique())) or "backbone unknown"
+            st.caption(f"Every run with a measured speed runs at {speeds[0]:.1f} images/s ({backbones}): "
+                       "no accuracy-speed trade-off to plot.")
         return
     base = alt.Chart(known).encode(
-        x=alt.X(f"{names.IMAGES_PER_S}:Q", title="images/s (more is faster)", scale=alt.Scale(zero=False, nice=True)),
+        x=alt.X(f"{names.IMAGES_PER_S}:Q", title="images/s (more is faster)",
+                scale=alt.Scale(zero=False, nice=True, padding=60)),
         y=alt.Y(f"{names.MACRO_F1}:Q", title="macro-F1", scale=alt.Scale(domain=[0, 1])),
         tooltip=["run_id", "kind", "backbone", names.MACRO_F1, names.IMAGES_PER_S],
     )
-    points = base.mark_circle(size=140, opacity=0.8).encode(color=alt.Color("backbone:N"))
+    points = base.mark_circle(size=140, opacity=0.8).encode(color=alt.Color("backbone:N", legend=None))
     labels = base.mark_text(align="left", dx=9, color="#333").encode(text="backbone:N")
     st.altair_chart(alt.layer(points, labels).properties(height=300, title="accuracy against speed"),
                     width="stretch")
@@ -89,12 +91,12 @@ def curves_section(wh) -> None:
     labelled = data.assign(run=[f"{r} ({method.get(r) or 'method unknown'})" for r in data["run_id"]])
     chart = alt.Chart(labelled).mark_line(point=True).encode(
         x=alt.X("step:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
-        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format=".3~g")),
         color=alt.Color("run:N", title="run", legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=400)),
         tooltip=["run_id", "name", "step", "value"],
-    ).properties(height=170, width=300).facet(
+    ).properties(height=160, width=230).facet(
         facet=alt.Facet("name:N", title=None, sort=list(names.CURVES)), columns=3)
-    st.altair_chart(chart.resolve_scale(y="independent"))
+    st.altair_chart(chart.resolve_scale(y="independent"), width="content")
     rows = []
     for run_id, curve in data.groupby("run_id"):
         last = curve.sort_values("step").groupby("name")["value"].last()
@@ -172,7 +174,7 @@ def confusion_section(wh, max_classes: int) -> None:
         st.caption(f"Showing the {len(classes)} classes in the most-confused pairs.")
     shown = matrix[matrix["true_label"].isin(classes) & matrix["predicted_label"].isin(classes)]
     base = alt.Chart(shown).encode(
-        x=alt.X("predicted_label:N", sort=classes, title="predicted"),
+        x=alt.X("predicted_label:N", sort=classes, title="predicted", axis=alt.Axis(labelAngle=-40)),
         y=alt.Y("true_label:N", sort=classes, title="true"),
         tooltip=["true_label", "predicted_label", "count"],
     )
@@ -182,8 +184,8 @@ def confusion_section(wh, max_classes: int) -> None:
         layers.append(base.mark_text(fontSize=11).encode(
             text="count:Q", color=alt.condition(alt.datum.count > shown["count"].max() / 2,
                                                 alt.value("white"), alt.value("#333"))))
-    size = min(640, 28 * len(classes) + 80)
-    st.altair_chart(alt.layer(*layers).properties(width=size, height=size))
+    cell = max(12, min(44, 640 // max(len(classes), 1)))
+    st.altair_chart(alt.layer(*layers).properties(width=alt.Step(cell), height=alt.Step(cell)), width="content")
     if pairs.empty:
         return
     st.markdown("**Most-confused pairs**")

@@ -47,10 +47,14 @@ def tasks_section(tasks: pd.DataFrame, outcomes: pd.DataFrame) -> None:
     ]).dropna()
     if not timeline.empty:
         per_day = timeline.groupby(["day", "event"], as_index=False).size().rename(columns={"size": "tasks"})
-        st.altair_chart(alt.Chart(per_day).mark_bar().encode(
-            x=alt.X("day:T", title="day"), y=alt.Y("tasks:Q"), color=alt.Color("event:N"),
-            xOffset="event:N", tooltip=["day", "event", "tasks"],
-        ).properties(height=220), width="stretch")
+        per_day["day"] = per_day["day"].dt.strftime("%Y-%m-%d")
+        base = alt.Chart(per_day).encode(  # a pair of labelled bars per day: pushed, answered
+            y=alt.Y("day:N", title=None, sort="ascending"), yOffset=alt.YOffset("event:N", sort=["pushed", "answered"]),
+            x=alt.X("tasks:Q", axis=alt.Axis(format="d", tickMinStep=1)), tooltip=["day", "event", "tasks"],
+        )
+        bars = base.mark_bar().encode(color=alt.Color("event:N", title=None, sort=["pushed", "answered"]))
+        labels = base.mark_text(align="left", dx=4, color="#333").encode(text="tasks:Q")
+        st.altair_chart(alt.layer(bars, labels).properties(height=alt.Step(charts.BAR_STEP // 2)), width="stretch")
 
     st.subheader("Kept or changed")
     if known.empty:
