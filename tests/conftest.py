@@ -42,17 +42,22 @@ def blobs(n_classes: int = 8, per_class: int = 40, dim: int = 16, spread: float 
 CLASS_COLORS = {"red_bird": (200, 40, 40), "green_bird": (40, 180, 60), "blue_bird": (40, 60, 200)}
 
 
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    """``folder`` layout: train/<class>/*.jpg (6 each) and test/<class>/*.jpg (2 each)."""
-    root = tmp_path / "images"
+def class_folder(root: Path, train: int, test: int) -> Path:
+    """``folder`` layout under ``root``: train/<class>/*.jpg (``train`` each) and test/<class>/*.jpg
+    (``test`` each), one colour per class of :data:`CLASS_COLORS`."""
     seed = 0
-    for split, n in (("train", 6), ("test", 2)):
+    for split, n in (("train", train), ("test", test)):
         for cls, color in CLASS_COLORS.items():
             for i in range(n):
                 seed += 1
                 make_image(root / split / cls / f"{cls}_{split}_{i}.jpg", color, seed=seed)
     return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """``folder`` layout: train/<class>/*.jpg (6 each) and test/<class>/*.jpg (2 each)."""
+    return class_folder(tmp_path / "images", 6, 2)
 
 
 @pytest.fixture
@@ -168,13 +173,7 @@ def looped(tmp_path_factory, tiny_weights):
     from fieldguide.platform.status import project_status
 
     area = tmp_path_factory.mktemp("looped")
-    images = area / "images"
-    seed = 0
-    for split, n in (("train", 8), ("test", 3)):
-        for cls, color in CLASS_COLORS.items():
-            for i in range(n):
-                seed += 1
-                make_image(images / split / cls / f"{cls}_{split}_{i}.jpg", color, seed=seed)
+    images = class_folder(area / "images", 8, 3)
     rng = np.random.default_rng(7)
     for i, cls in enumerate(CLASS_COLORS):  # odd ones out: uniform noise
         noise = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)

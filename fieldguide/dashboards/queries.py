@@ -250,11 +250,8 @@ def answer_decision(answer: object) -> str | None:
     (None for a tie or no decision), or the answer itself when it is a plain label."""
     if not isinstance(answer, str) or not answer:
         return None
-    try:
-        data = json.loads(answer)
-    except json.JSONDecodeError:
-        return answer
-    if not isinstance(data, dict):
+    data = _json_object(answer)
+    if data is None:
         return answer
     decision = data.get("decision")
     return str(decision) if decision else None
@@ -324,14 +321,20 @@ def metric_splits(wh: Warehouse) -> list[str]:
     return sorted(splits, key=lambda s: (s != "test", s != "val", s))
 
 
-def _backbone(config: object) -> str | None:
-    if not isinstance(config, str) or not config:
+def _json_object(text: object) -> dict | None:
+    """``text`` parsed as a JSON object, or None (not a string, not JSON, not an object)."""
+    if not isinstance(text, str) or not text:
         return None
     try:
-        data = json.loads(config)
+        data = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def _backbone(config: object) -> str | None:
+    data = _json_object(config)
+    if data is None:
         return None
     models = data.get("models")
     value = data.get("backbone") or (models.get("backbone") if isinstance(models, dict) else None)
