@@ -182,6 +182,11 @@ def test_dashboard_reads_while_the_cli_writes(dashboard, tmp_path):
     assert sentence in text
 
 
+def js_number(x: float) -> str:
+    """``x`` as the page's DOM writes a table cell (JavaScript's shortest round-trip form)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
 def test_looped_pages_show_what_the_steps_reported(looped, tmp_path):
     """Every page by its own URL (a link or a bookmark, /health too): the numbers the steps reported."""
     project, truth = looped
@@ -193,7 +198,9 @@ def test_looped_pages_show_what_the_steps_reported(looped, tmp_path):
         "review": ["Review queue", f"Flagged now {truth['views']['to_review']}",
                    f"Flagged by the last run {report.flagged}", "Flag runs 2"],
         "models": ["Models", f"{trained.run_id} two-stage-entropy {trained.epochs}",
-                   f"{retrained.run_id} ce {retrained.epochs}", f"{retrained.top1:.3f}"],
+                   f"{retrained.run_id} ce {retrained.epochs}",
+                   " ".join([retrained.run_id, "retrain", project.config.models.backbone,
+                             *map(js_number, (retrained.top1, retrained.top5, retrained.macro_f1))])],
     }
     with serving(project, tmp_path) as url:
         for path, expect in pages.items():
