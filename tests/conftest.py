@@ -42,17 +42,22 @@ def blobs(n_classes: int = 8, per_class: int = 40, dim: int = 16, spread: float 
 CLASS_COLORS = {"red_bird": (200, 40, 40), "green_bird": (40, 180, 60), "blue_bird": (40, 60, 200)}
 
 
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    """``folder`` layout: train/<class>/*.jpg (6 each) and test/<class>/*.jpg (2 each)."""
-    root = tmp_path / "images"
+def class_folder(root: Path, train: int, test: int) -> Path:
+    """``folder`` layout under ``root``: train/<class>/*.jpg (``train`` each) and test/<class>/*.jpg
+    (``test`` each), one colour per class of :data:`CLASS_COLORS`."""
     seed = 0
-    for split, n in (("train", 6), ("test", 2)):
+    for split, n in (("train", train), ("test", test)):
         for cls, color in CLASS_COLORS.items():
             for i in range(n):
                 seed += 1
                 make_image(root / split / cls / f"{cls}_{split}_{i}.jpg", color, seed=seed)
     return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """``folder`` layout: train/<class>/*.jpg (6 each) and test/<class>/*.jpg (2 each)."""
+    return class_folder(tmp_path / "images", 6, 2)
 
 
 @pytest.fixture
@@ -142,3 +147,63 @@ def predicted(ingested, tiny_weights):
     embed(p)
     predict(p, head="logreg", folds=3)
     return p
+
+
+# ---- a tiny project through the real loop (the dashboards' fixture) ----------------------------------------
+@pytest.fixture(scope="session")
+def looped(tmp_path_factory, tiny_weights):
+    """A tiny project through the real steps, as the CLI runs them: ingest, embed, predict, evaluate,
+    train (two-stage entropy), flag, retrain (ce), flag again. Yields ``(project, truth)``: what
+    the steps reported and what the store holds, for the dashboards to be checked against.
+
+    The images: 3 colour classes, plus odd ones (noise images, a green bird filed as red in train
+    and in test) so that flag has outliers and label issues and the test split a confusion, a
+    lossless copy (a near-duplicate), and two files ingest rejects. The embedded database is
+    stopped once the truth is read: the pages read only the warehouse.
+    """
+    from fieldguide.config import init_project
+    from fieldguide.curation.flag import flag
+    from fieldguide.models.embed import embed
+    from fieldguide.models.checkpoints import load_checkpoint
+    from fieldguide.models.evaluate import evaluate
+    from fieldguide.models.predict import predict
+    from fieldguide.models.train import retrain, train
+    from fieldguide.platform import store
+    from fieldguide.platform.ingest import ingest
+    from fieldguide.platform.status import project_status
+
+    area = tmp_path_factory.mktemp("looped")
+    images = class_folder(area / "images", 8, 3)
+    rng = np.random.default_rng(7)
+    for i, cls in enumerate(CLASS_COLORS):  # odd ones out: uniform noise
+        noise = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(images / "train" / cls / f"noise_{i}.jpg", quality=90)
+    make_image(images / "train" / "red_bird" / "filed_wrong.jpg", CLASS_COLORS["green_bird"], seed=500)
+    make_image(images / "test" / "red_bird" / "filed_wrong.jpg", CLASS_COLORS["green_bird"], seed=501)
+    (images / "train" / "green_bird" / "empty.jpg").write_bytes(b"")
+    (images / "train" / "blue_bird" / "cut.jpg").write_bytes((images / "train" / "blue_bird" / "noise_2.jpg").read_bytes()[:300])
+    Image.open(images / "train" / "blue_bird" / "blue_bird_train_0.jpg").save(
+        images / "train" / "blue_bird" / "blue_bird_copy.png")  # the same pixels, other bytes
+
+    project = use_tiny_backbone(init_project(area / "proj", "looped"), tiny_weights)
+    truth: dict = {}
+    try:
+        ingest(project, images, fmt="folder")
+        embed(project)
+        predict(project, head="logreg", folds=3)
+        truth["evaluate"] = evaluate(project, split="test")
+        truth["train"] = train(project, method="two-stage-entropy", epochs=6, progress=False)
+        truth["flag_1"] = flag(project)
+        truth["retrain"] = retrain(project, method="ce", epochs=4, flagged="downweight", progress=False)
+        truth["flag"] = flag(project)
+        ds = store.dataset(project, create=False)
+        truth["views"] = {name: len(ds.load_saved_view(name)) for name in ("to_review", "outliers", "near_duplicates")}
+        truth["tags"] = ds.count_sample_tags()
+        truth["label_issue"] = ds.count_values("label_issue").get(True, 0)
+        truth["tagged"] = {tag: sorted(ds.match_tags(tag).values("id")) for tag in ("outlier", "near_duplicate", "to_review")}
+        truth["last_epoch"] = {r.run_id: load_checkpoint(project, r.run_id)["state"].curves[-1]
+                               for r in (truth["train"], truth["retrain"][0])}
+        truth["status"] = project_status(project)
+    finally:
+        store.release_database()
+    yield project, truth

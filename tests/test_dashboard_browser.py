@@ -1,5 +1,6 @@
-"""`fieldguide dashboard` serves the app; headless Chromium loads the main page and shows the
-warehouse's numbers (the rendered DOM and a screenshot)."""
+"""`fieldguide dashboard` serves the app; headless Chromium loads the pages and shows the
+warehouse's numbers (the rendered DOM and a screenshot): a warehouse written by the tests, and a
+project the real loop ran on (conftest's ``looped``), whose pages must show what the steps reported."""
 
 from __future__ import annotations
 
@@ -105,6 +106,13 @@ def rendered_screenshot(url: str, workdir: Path, expect: str, timeout_s: float =
 def dashboard(project, tmp_path):
     """``fieldguide --project DIR dashboard --port P`` on a full warehouse; yields (url, project)."""
     build_warehouse(project)
+    with serving(project, tmp_path) as url:
+        yield url, project
+
+
+@contextlib.contextmanager
+def serving(project, tmp_path: Path):
+    """``fieldguide --project DIR dashboard --port P`` until the block ends; yields its URL."""
     port = free_port()
     log = (tmp_path / "dashboard.log").open("w")
     env = {k: v for k, v in os.environ.items() if k != PROJECT_ENV}
@@ -125,7 +133,7 @@ def dashboard(project, tmp_path):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "dashboard.log").read_text()
             time.sleep(0.5)
-        yield url, project
+        yield url
     finally:
         server.terminate()
         try:
@@ -172,3 +180,31 @@ def test_dashboard_reads_while_the_cli_writes(dashboard, tmp_path):
     text = rendered_text(url, tmp_path / "after", ["Rejects (last ingest) 1", sentence])  # (drawn in turn)
     assert "Rejects (last ingest) 1" in text
     assert sentence in text
+
+
+def js_number(x: float) -> str:
+    """``x`` as the page's DOM writes a table cell (JavaScript's shortest round-trip form)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def test_looped_pages_show_what_the_steps_reported(looped, tmp_path):
+    """Every page by its own URL (a link or a bookmark, /health too): the numbers the steps reported."""
+    project, truth = looped
+    report, trained, retrained = truth["flag"], truth["train"], truth["retrain"][0]
+    pages = {
+        "": ["Dataset health", f"Outliers {report.outliers}", f"Near-duplicates {report.near_duplicates}",
+             f"Samples {truth['status']['samples']}"],
+        "health": ["Dataset health", f"Outliers {report.outliers}", f"Near-duplicates {report.near_duplicates}"],
+        "review": ["Review queue", f"Flagged now {truth['views']['to_review']}",
+                   f"Flagged by the last run {report.flagged}", "Flag runs 2"],
+        "models": ["Models", f"{trained.run_id} two-stage-entropy {trained.epochs}",
+                   f"{retrained.run_id} ce {retrained.epochs}",
+                   " ".join([retrained.run_id, "retrain", project.config.models.backbone,
+                             *map(js_number, (retrained.top1, retrained.top5, retrained.macro_f1))])],
+    }
+    with serving(project, tmp_path) as url:
+        for path, expect in pages.items():
+            text = rendered_text(url + path, tmp_path / (path or "root"), expect)
+            assert "Page not found" not in text, path
+            for e in expect:
+                assert e in text, (path, e, text[-3000:])

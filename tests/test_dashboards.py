@@ -1,5 +1,11 @@
-"""The Streamlit dashboards, rendered with AppTest on a real DuckDB warehouse in a temporary
-project (runs, metrics, curves, signals, relabel tasks, thumbnails) and on empty projects."""
+"""The Streamlit dashboards, rendered with AppTest.
+
+Two kinds of project: ``looped`` (conftest), a tiny project the real steps ran on (ingest, embed,
+predict, evaluate, train, flag, retrain, flag), whose pages must show the numbers the steps
+reported and the store holds; and a warehouse written here for what that loop does not reach
+(filled classes, pseudo-labels, Label Studio tasks, annotators, two backbones), every name from
+:mod:`fieldguide.names` and every answer in the form the pull writes. Empty projects too.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from fieldguide import names
 from fieldguide.config import PROJECT_ENV
-
+from fieldguide.dashboards import charts
 from fieldguide.platform.warehouse import Warehouse
 from conftest import make_image
 
@@ -45,6 +52,17 @@ def t(minutes: float) -> dt.datetime:
 def run_row(run_id: str, kind: str, minute: float, **config) -> dict:
     return {"run_id": run_id, "kind": kind, "config": json.dumps(config), "status": "completed",
             "started": t(minute), "finished": t(minute + 1), "message": None}
+
+
+def pulled_answer(sample_id: str, decision: str | None, samples: list[dict]) -> str | None:
+    """A task's ``answer`` as ``relabel pull`` stores it (JSON: votes, the label given, the decision)."""
+    if decision is None:
+        return None
+    given = next(s["label"] for s in samples if s["sample_id"] == sample_id)
+    return json.dumps({"fingerprint": [[1, "2025-05-01", decision, False]], "run_id": "relabel_pull-1",
+                       "given": given, "votes": [["curator@fieldguide.local", decision]], "rule": "majority",
+                       "outcome": "accepted" if decision == given else "changed", "decision": decision},
+                      sort_keys=True)
 
 
 def build_warehouse(project) -> Warehouse:
@@ -82,7 +100,7 @@ def build_warehouse(project) -> Warehouse:
         run_row("embed-1", "embed", 10, backbone="efficientnet_lite0"),
         run_row("predict-1", "predict", 15, head="logreg", folds=5),
         run_row("flag-1", "flag", 20), run_row("evaluate-a", "evaluate", 25, backbone="efficientnet_lite0"),
-        run_row("train-1", "train", 30, backbone="efficientnet_lite0", entropy="two_stage"),
+        run_row("train-1", "train", 30, backbone="efficientnet_lite0", method="two-stage-entropy"),
         run_row("relabel_push-1", "relabel_push", 35), run_row("relabel_pull-1", "relabel_pull", 50),
         run_row("retrain-1", "retrain", 55, backbone="efficientnet_lite0"),
         run_row("flag-2", "flag", 60),
@@ -97,8 +115,8 @@ def build_warehouse(project) -> Warehouse:
          "kind": "notice"},
     ])
     wh.write("metrics", [
-        {"run_id": "flag-1", "split": "all", "name": "flagged", "value": 9},
-        {"run_id": "flag-2", "split": "all", "name": "flagged", "value": 6},
+        {"run_id": "flag-1", "split": "all", "name": names.FLAGGED, "value": 9},
+        {"run_id": "flag-2", "split": "all", "name": names.FLAGGED, "value": 6},
         *({"run_id": "evaluate-a", "split": "test", "name": k, "value": v} for k, v in
           {"top1": 0.71, "top5": 0.93, "macro_f1": 0.62, "ece": 0.08, "cost_score": 0.35}.items()),
         *({"run_id": "evaluate-b", "split": "test", "name": k, "value": v} for k, v in
@@ -111,8 +129,9 @@ def build_warehouse(project) -> Warehouse:
     curves = []
     for step in range(1, 21):
         lam = 0.1 if step < 17 else -0.05  # two-stage entropy: explore, then exploit from step 17
-        for name, value in (("loss", 2.0 / step), ("accuracy", min(0.95, 0.3 + step * 0.03)),
-                            ("mean_entropy", 1.5 - step * 0.05), ("lambda", lam)):
+        for name, value in ((names.LOSS, 2.0 / step), (names.TRAIN_ACC, min(0.95, 0.3 + step * 0.03)),
+                            (names.EVAL_ACC, 0.5 + step * 0.01), (names.MEAN_ENTROPY, 1.5 - step * 0.05),
+                            (names.LAMBDA, lam)):
             curves.append({"run_id": "train-1", "step": step, "name": name, "value": value})
     wh.write("curves", curves)
     f1 = {"evaluate-a": {"red_bird": 0.8, "green_bird": 0.7, "blue_bird": 0.5, "yellow_bird": 0.6, "black_bird": 0.5},
@@ -135,14 +154,18 @@ def build_warehouse(project) -> Warehouse:
         for run in ("flag-1", "flag-2"):
             issue = sid in flagged if run == "flag-2" else sid in flagged or sid.endswith("train-9")
             signals += [
-                {"run_id": run, "sample_id": sid, "signal": "label_issue", "value": float(issue)},
-                {"run_id": run, "sample_id": sid, "signal": "noise_score", "value": s["noise_score"]},
+                {"run_id": run, "sample_id": sid, "signal": names.LABEL_ISSUE, "value": float(issue)},
+                {"run_id": run, "sample_id": sid, "signal": names.NOISE_SCORE, "value": s["noise_score"]},
             ]
         signals += [
-            {"run_id": "flag-2", "sample_id": sid, "signal": "cleanlab_label_quality", "value": 1 - s["noise_score"]},
-            {"run_id": "flag-2", "sample_id": sid, "signal": "outlier_score", "value": OUTLIERS.get(sid, 0.8)},
-            {"run_id": "flag-2", "sample_id": sid, "signal": "near_duplicate", "value": float(sid in NEAR_DUPLICATES)},
-            {"run_id": "flag-2", "sample_id": sid, "signal": "knn_disagreement",
+            {"run_id": "flag-2", "sample_id": sid, "signal": names.LABEL_QUALITY, "value": 1 - s["noise_score"]},
+            {"run_id": "flag-2", "sample_id": sid, "signal": names.OUTLIER_SCORE, "value": OUTLIERS.get(sid, 0.8)},
+            {"run_id": "flag-2", "sample_id": sid, "signal": names.IS_OUTLIER, "value": float(sid in OUTLIERS)},
+            {"run_id": "flag-2", "sample_id": sid, "signal": names.IS_NEAR_DUPLICATE,
+             "value": float(sid in NEAR_DUPLICATES)},
+            {"run_id": "flag-2", "sample_id": sid, "signal": names.NEAR_DUPLICATE_SCORE,
+             "value": 0.01 if sid in NEAR_DUPLICATES else 0.9},
+            {"run_id": "flag-2", "sample_id": sid, "signal": names.KNN_DISAGREEMENT,
              "value": 0.9 if sid in flagged else 0.1},
         ]
     wh.write("signals", signals)
@@ -160,7 +183,7 @@ def build_warehouse(project) -> Warehouse:
              (FLAGGED[1][0], "pushed", None), ("s-black_bird-train-0", "skipped", None)]
     wh.write("relabel_tasks", [
         {"project": "fieldguide-review", "sample_id": sid, "task_id": 100 + i, "status": status, "pushed": t(35),
-         "answered": t(45 + i) if status != "pushed" else None, "answer": answer}
+         "answered": t(45 + i) if status != "pushed" else None, "answer": pulled_answer(sid, answer, samples)}
         for i, (sid, status, answer) in enumerate(tasks)
     ])
     # accepting the answers changed two labels (the store's snapshot holds the new ones); an older
@@ -209,7 +232,7 @@ def frame(at: AppTest, alt: str) -> pd.DataFrame:
     return found[0].value
 
 
-def charts(at: AppTest) -> list[tuple[dict, list[pd.DataFrame]]]:
+def vega_charts(at: AppTest) -> list[tuple[dict, list[pd.DataFrame]]]:
     """Every Vega-Lite chart shown: its spec and the data frames it plots."""
     out = []
     for chart in at.get("vega_lite_chart"):
@@ -250,13 +273,15 @@ def test_health_page_counts_classes_splits_origins_rejects(full_project):
     assert fill.loc["green_bird", ["real", "pseudo_pending", "train_labels"]].tolist() == [12, 1, 12]
     assert fill["still_scarce"].tolist() == [True, True, False]
     assert "2 of 3 classes still under 10" in texts(at)
-    shown = charts(at)
+    shown = vega_charts(at)
     assert len(shown) == 4  # the long tail, class fill, per split, per origin
     fill_data = next(d for d in shown[1][1] if "kind" in d)
     assert fill_data.groupby("kind")["samples"].sum().to_dict() == {
         "real": 18, "synthetic": 2, "pseudo_accepted": 3, "pseudo_pending": 2}
     spec, data = shown[0]
-    assert spec["layer"][0]["encoding"]["x"]["sort"] == ["red_bird", "green_bird", "blue_bird", "yellow_bird", "black_bird"]
+    bars_spec = spec["layer"][0]["layer"][0]  # labelled horizontal bars, most samples first
+    assert bars_spec["encoding"]["y"]["sort"] == ["red_bird", "green_bird", "blue_bird", "yellow_bird", "black_bird"]
+    assert spec["height"] == {"step": charts.BAR_STEP}
     bars = next(d for d in data if "kind" in d)
     assert bars.set_index("class")["kind"].to_dict() == {
         "red_bird": "enough", "green_bird": "enough", "blue_bird": "enough", "yellow_bird": "scarce", "black_bird": "scarce"}
@@ -277,14 +302,23 @@ def test_review_page_shows_queue_thumbnails_and_signals(full_project):
     assert any(c.value == f"fieldguide --project {full_project.root} app --view to_review" for c in at.code)
     table = frame(at, "flagged signals")
     assert table["sample_id"].tolist() == [sid for sid, _, _ in FLAGGED]
-    assert {"cleanlab_label_quality", "outlier_score", "near_duplicate", "knn_disagreement",
-            "label_issue"} <= set(table.columns)
+    assert {names.LABEL_QUALITY, names.OUTLIER_SCORE, names.IS_NEAR_DUPLICATE, names.KNN_DISAGREEMENT,
+            names.LABEL_ISSUE} <= set(table.columns)
     assert table["label_issue"].tolist() == [1.0] * 6  # the newest flag run's values
     assert table["knn_disagreement"].tolist() == [0.9] * 6
-    summary = frame(at, "signal summary").set_index("signal")
-    assert summary.loc["label_issue", "flagged"] == 6 and summary.loc["label_issue", "run_id"] == "flag-2"
-    assert summary.loc["near_duplicate", "flagged"] == 2
-    assert summary.loc["outlier_score", "min"] == pytest.approx(0.05)
+    flags = frame(at, "signal flags").set_index("signal")["flagged"].to_dict()
+    assert flags == {names.LABEL_ISSUE: 6, names.IS_NEAR_DUPLICATE: 2, names.IS_OUTLIER: 3}
+    scores = frame(at, "signal scores").set_index("signal")
+    assert scores.loc[names.OUTLIER_SCORE, "min"] == pytest.approx(0.05)
+    assert scores.loc[names.LABEL_QUALITY, "run_id"] == "flag-2"
+    assert names.LABEL_ISSUE not in scores.index
+    # the two flag runs on a time axis that tells them apart, the counts written by the points
+    spec, data = next((sp, d) for sp, d in vega_charts(at) if any("flagged" in x for x in d))
+    history = next(d for d in data if "flagged" in d)
+    assert history["flagged"].tolist() == [9, 6]
+    x = spec["layer"][0]["encoding"]["x"]
+    assert x["type"] == "temporal" and x["axis"]["format"] == "%H:%M:%S"  # 40 minutes apart
+    assert "review states" not in [d.proto.alt for d in at.dataframe]  # no review_state column yet
 
     at.slider[0].set_value(4).run()  # fewer thumbnails
     assert len([c for img in at.image for c in img.captions]) == 4
@@ -324,10 +358,17 @@ def test_models_page_leaderboard_curves_f1_confusions(full_project):
     assert board["images_per_s"].tolist() == pytest.approx([310.0, 850.0])
 
     curves = frame(at, "curve summary").iloc[0]
-    assert curves["run_id"] == "train-1" and curves["steps"] == 20
-    assert bool(curves["two_stage_entropy"]) and curves["lambda_switch_step"] == 17
+    assert curves["run_id"] == "train-1" and curves["epochs"] == 20
+    assert curves["method"] == "two-stage-entropy" and curves["lambda_switch_epoch"] == 17
     assert curves["final_loss"] == pytest.approx(0.1)
+    assert curves["final_train_acc"] == pytest.approx(0.9) and curves["final_eval_acc"] == pytest.approx(0.7)
     assert curves["final_mean_entropy"] == pytest.approx(0.5)
+    # two backbones at two speeds: macro-F1 against images/s, on a 0..1 scale
+    spec, data = next((sp, d) for sp, d in vega_charts(at) if sp.get("title") == "accuracy against speed")
+    points = next(d for d in data if names.IMAGES_PER_S in d)
+    assert sorted(zip(points["backbone"], points[names.IMAGES_PER_S])) == [("efficientnet_lite0", 850.0),
+                                                                           ("vit_small", 310.0)]
+    assert spec["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 1]
 
     shown = metrics(at)
     assert (shown["Classes better"], shown["Classes worse"], shown["Mean F1 change"]) == ("4", "1", "+0.080")
@@ -350,20 +391,144 @@ def test_models_page_leaderboard_curves_f1_confusions(full_project):
     assert (shown["Classes better"], shown["Classes worse"], shown["Mean F1 change"]) == ("1", "4", "-0.080")
 
 
-def test_thresholds_and_the_app_port_come_from_the_project_file(full_project):
+def test_runs_at_one_speed_draw_no_accuracy_speed_plot(full_project):
+    Warehouse(full_project.warehouse_path).write("metrics", [
+        {"run_id": "evaluate-b", "split": "test", "name": names.IMAGES_PER_S, "value": 850.0}])
+    at = render("sections/models.py")
+    assert frame(at, "leaderboard")[names.IMAGES_PER_S].tolist() == [850.0, 850.0]
+    assert not any(spec.get("title") == "accuracy against speed" for spec, _ in vega_charts(at))
+    assert "runs at 850.0 images/s (efficientnet_lite0, vit_small): no accuracy-speed trade-off" in texts(at)
+
+
+def test_the_matrix_size_and_the_app_port_come_from_the_project_file(full_project):
     from fieldguide.config import dump_config
 
     config = full_project.config
-    config.dashboards.outlier_threshold = 0.1
     config.dashboards.matrix_max_classes = 3
     config.app.port = 6123
     full_project.config_path.write_text(dump_config(config))
-    at = render()
-    assert metrics(at)["Outliers"] == str(sum(v <= 0.1 for v in OUTLIERS.values()))
     at = render("sections/review.py")
     assert "http://127.0.0.1:6123/datasets/" in texts(at)
     at = render("sections/models.py")
     assert "Showing the 3 classes in the most-confused pairs." in texts(at)
+
+
+def test_review_page_counts_review_states_when_the_snapshot_has_them(full_project):
+    wh = Warehouse(full_project.warehouse_path)
+    states = {"to_review": 3, "pushed": 2, "resolved": 1}
+    ids = [sid for sid, _, _ in FLAGGED]
+    with wh.connect() as con:  # the column another step adds to the snapshot
+        con.execute("ALTER TABLE samples ADD COLUMN review_state VARCHAR")
+        start = 0
+        for state, n in states.items():
+            for sid in ids[start:start + n]:
+                con.execute("UPDATE samples SET review_state = ? WHERE sample_id = ?", [state, sid])
+            start += n
+    at = render("sections/review.py")
+    assert frame(at, "review states").set_index("state")["samples"].to_dict() == states
+
+
+# ---- a project the real loop ran on (conftest's looped) ------------------------------------------
+@pytest.fixture
+def looped_env(looped, monkeypatch):
+    project, truth = looped
+    monkeypatch.setenv(PROJECT_ENV, str(project.root))
+    return project, truth
+
+
+def chart_of(at: AppTest, *columns: str) -> tuple[dict, pd.DataFrame]:
+    """The one chart whose data has ``columns``: its spec and that data."""
+    found = [(spec, d) for spec, data in vega_charts(at) for d in data if set(columns) <= set(d.columns)]
+    assert len(found) == 1, f"{len(found)} charts plot {columns}"
+    return found[0]
+
+
+def test_loop_health_page_shows_what_ingest_and_flag_report(looped_env):
+    project, truth = looped_env
+    status, report = truth["status"], truth["flag"]
+    at = render()
+    shown = metrics(at)
+    assert (shown["Samples"], shown["Classes"]) == (str(status["samples"]), str(status["classes"]))
+    assert shown["Rejects (last ingest)"] == str(status["rejects"]) == "2"
+    # Datalab's flags: what flag reports and what the App's outliers and near_duplicates views hold
+    assert report.outliers > 0 and report.near_duplicates > 0
+    assert shown["Outliers"] == str(report.outliers) == str(truth["views"]["outliers"])
+    assert shown["Near-duplicates"] == str(report.near_duplicates) == str(truth["views"]["near_duplicates"])
+    assert sorted(frame(at, "outliers")["sample_id"]) == truth["tagged"]["outlier"]
+    assert sorted(frame(at, "near duplicates")["sample_id"]) == truth["tagged"]["near_duplicate"]
+    # (a threshold on outlier_score, as the page once counted, gives another number here)
+    wh = Warehouse(project.warehouse_path)
+    low = wh.query("SELECT count(*) FROM signals WHERE run_id = ? AND signal = ? AND value <= 0.2",
+                   [report.run_id, names.OUTLIER_SCORE]).iloc[0, 0]
+    assert low != report.outliers
+
+    assert frame(at, "per split").set_index("split")["n"].to_dict() == status["splits"]
+    assert frame(at, "per origin").set_index("origin")["n"].to_dict() == status["origins"]
+    for field, counts in (("split", status["splits"]), ("origin", status["origins"])):
+        spec, data = chart_of(at, field)
+        # one horizontal bar per category, named on its axis, its count written beside it, a bar's
+        # height per category (not a fixed height the axes squeeze the bars out of)
+        bars, label = spec["layer"]
+        assert bars["encoding"]["y"] == {**bars["encoding"]["y"], "field": field, "type": "nominal"}
+        assert label["mark"]["type"] == "text" and label["encoding"]["text"]["field"] == "n"
+        assert spec["height"] == {"step": charts.BAR_STEP}
+        assert data.set_index(field)["n"].to_dict() == counts
+    per_class = chart_of(at, "kind", "train")[1].set_index("class")["samples"].to_dict()
+    assert per_class == status["per_class"]
+
+
+def test_loop_review_page_shows_what_flag_reports(looped_env):
+    project, truth = looped_env
+    report, first = truth["flag"], truth["flag_1"]
+    at = render("sections/review.py")
+    shown = metrics(at)
+    assert shown["Flagged now"] == str(truth["label_issue"]) == str(truth["views"]["to_review"])
+    assert shown["Flagged by the last run"] == str(report.flagged)
+    assert shown["Flag runs"] == "2"
+    assert sorted(frame(at, "flagged signals")["sample_id"]) == truth["tagged"]["to_review"]
+    flags = frame(at, "signal flags").set_index("signal")["flagged"].to_dict()
+    assert flags[names.LABEL_ISSUE] == report.flagged
+    assert flags[names.IS_OUTLIER] == report.outliers
+    assert flags[names.IS_NEAR_DUPLICATE] == report.near_duplicates
+    scores = frame(at, "signal scores")
+    assert {names.NOISE_SCORE, names.OUTLIER_SCORE, names.NEAR_DUPLICATE_SCORE} <= set(scores["signal"])
+    assert set(scores["run_id"]) == {report.run_id}
+    spec, history = chart_of(at, "flagged", "started")
+    assert history["run_id"].tolist() == [first.run_id, report.run_id]
+    assert history["flagged"].tolist() == [first.flagged, report.flagged]
+    x = spec["layer"][0]["encoding"]["x"]
+    assert x["type"] == "temporal" and x["axis"]["format"] == "%H:%M:%S"  # runs seconds apart
+
+
+def test_loop_models_page_shows_what_training_and_evaluate_report(looped_env):
+    project, truth = looped_env
+    ev, trained, retrained = truth["evaluate"], truth["train"], truth["retrain"][0]
+    at = render("sections/models.py")
+    board = frame(at, "leaderboard").set_index("run_id")
+    assert set(board.index) == {ev["run_id"], trained.run_id, retrained.run_id}
+    assert board.loc[ev["run_id"], ["top1", "macro_f1"]].tolist() == pytest.approx([ev["top1"], ev["macro_f1"]])
+    for run in (trained, retrained):
+        assert board.loc[run.run_id, ["top1", "macro_f1"]].tolist() == pytest.approx([run.top1, run.macro_f1])
+    # the evaluate run's backbone is its predict run's
+    assert set(board["backbone"]) == {project.config.models.backbone}
+
+    curves = frame(at, "curve summary").set_index("run_id")
+    for run in (trained, retrained):
+        last = truth["last_epoch"][run.run_id]
+        row = curves.loc[run.run_id]
+        assert row["method"] == run.method
+        assert row["epochs"] == run.epochs
+        assert row["final_eval_acc"] == pytest.approx(run.top1)  # the last epoch's model is the run's
+        assert row["final_train_acc"] == pytest.approx(last[names.TRAIN_ACC])
+        assert row["final_loss"] == pytest.approx(last[names.LOSS])
+        assert row["final_mean_entropy"] == pytest.approx(last[names.MEAN_ENTROPY])
+    assert curves["method"].to_dict() == {trained.run_id: "two-stage-entropy", retrained.run_id: "ce"}
+    assert not any(spec.get("title") == "accuracy against speed" for spec, _ in vega_charts(at))  # one backbone
+
+    at.selectbox(key="confusion_run").set_value(f"{ev['run_id']} (test)").run()
+    pairs = frame(at, "most confused")
+    assert [dict(true=t, predicted=p, count=n) for t, p, n in
+            zip(pairs["true_label"], pairs["predicted_label"], pairs["count"])] == ev["most_confused"]
 
 
 def test_benchmark_page_shows_project_tables(full_project):
@@ -431,7 +596,7 @@ def test_after_ingest_only_pages_point_to_the_next_steps(empty_project):
                           "origin": "real", "label_issue": False} for i in range(3)])
     at = render()
     assert metrics(at)["Samples"] == "3" and metrics(at)["Scarce classes"] == "1"
-    assert "No outlier_score signal yet (run flag)." in texts(at)
+    assert "No outlier signal yet (run flag)." in texts(at)
 
     at = render("sections/review.py")
     codes = [c.value for c in at.code]

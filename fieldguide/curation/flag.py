@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fieldguide import names
 from fieldguide.config import Project
 from fieldguide.curation import signals as sig
 from fieldguide.curation.noise_score import flag_top, noise_score
@@ -139,8 +140,8 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             score = noise_score(values, weights, sig.directions())
             n_issues = int(values.get("cl_issue", np.zeros(len(assess))).sum())
             flagged = flag_top(score, n_issues)
-            values["noise_score"] = score
-            values["label_issue"] = flagged.astype(float)
+            values[names.NOISE_SCORE] = score
+            values[names.LABEL_ISSUE] = flagged.astype(float)
             if "near_duplicate_of" in values:
                 dup = values.pop("near_duplicate_of")
                 near_dup_of = {assess[i]: assess[int(j)] for i, j in enumerate(dup) if not np.isnan(j)}
@@ -167,14 +168,15 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
         report = FlagReport(
             run_id=run_id, assessed=len(assess), not_assessable=len(table) - len(assess),
             flagged=int(flagged.sum()),
-            outliers=int(np.nansum(values.get("is_outlier", np.zeros(0)))),
+            outliers=int(np.nansum(values.get(names.IS_OUTLIER, np.zeros(0)))),
             near_duplicates=len(near_dup_of), signals=sorted(values), not_assessable_reasons=reasons, top=top,
             queued=requeued.queued, kept_decided=requeued.kept_decided, test_left_out=requeued.test_left_out,
         )
         wh.write("metrics", [{"run_id": run_id, "split": "all", "name": k, "value": float(v)} for k, v in (
-            ("assessed", report.assessed), ("not_assessable", report.not_assessable),
-            ("flagged", report.flagged), ("outliers", report.outliers), ("near_duplicates", report.near_duplicates),
-            ("queued", report.queued), ("kept_decided", report.kept_decided), ("test_left_out", report.test_left_out))])
+            (names.ASSESSED, report.assessed), (names.NOT_ASSESSABLE, report.not_assessable), (names.FLAGGED, report.flagged),
+            (names.OUTLIERS, report.outliers), (names.NEAR_DUPLICATES, report.near_duplicates),
+            (names.QUEUED, report.queued), (names.KEPT_DECIDED, report.kept_decided),
+            (names.TEST_LEFT_OUT, report.test_left_out))])
     return report
 
 
@@ -221,7 +223,7 @@ def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names
             for sid in all_ids}
     write_values(ds, columns)
     flagged = [assess[i] for i in np.where(values.get("label_issue", np.zeros(n)) > 0)[0]]
-    outliers = [assess[i] for i in np.where(np.nan_to_num(values.get("is_outlier", np.zeros(n))) > 0)[0]]
+    outliers = [assess[i] for i in np.where(np.nan_to_num(values.get(names.IS_OUTLIER, np.zeros(n))) > 0)[0]]
     set_tags(ds, add=["outlier"], ids=outliers)
     set_tags(ds, add=["near_duplicate"], ids=list(near_dup_of))
     return flagged

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fieldguide import names
 from fieldguide.errors import ConfigError
 from fieldguide.registry import Registry
 
@@ -113,7 +114,7 @@ class SignalUnavailable(Exception):
 
 
 # ---- cleanlab ---------------------------------------------------------------------------------------
-@register_signal("cleanlab", noisy_when={"label_quality": "low", "cl_issue": "high"})
+@register_signal("cleanlab", noisy_when={names.LABEL_QUALITY: "low", names.CL_ISSUE: "high"})
 def cleanlab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Confident learning: self-confidence label quality and the confident-joint issue set."""
     from cleanlab.filter import find_label_issues
@@ -123,11 +124,11 @@ def cleanlab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         issues = find_label_issues(inp.labels, inp.pred_probs)
-    return {"label_quality": quality, "cl_issue": issues.astype(float)}
+    return {names.LABEL_QUALITY: quality, names.CL_ISSUE: issues.astype(float)}
 
 
 # ---- kNN label disagreement -----------------------------------------------------------------------------
-@register_signal("knn", noisy_when={"knn_disagreement": "high"})
+@register_signal("knn", noisy_when={names.KNN_DISAGREEMENT: "high"})
 def knn_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Share of a sample's k nearest neighbours (cosine, itself excluded) whose label differs."""
     from sklearn.neighbors import NearestNeighbors
@@ -141,16 +142,15 @@ def knn_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     nn = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(inp.features)
     _, idx = nn.kneighbors(inp.features)
     idx = np.array([row[row != i][:k] for i, row in enumerate(idx)])
-    return {"knn_disagreement": (inp.labels[idx] != inp.labels[:, None]).mean(axis=1)}
+    return {names.KNN_DISAGREEMENT: (inp.labels[idx] != inp.labels[:, None]).mean(axis=1)}
 
 
 # ---- Datalab -------------------------------------------------------------------------------------------
 DATALAB_ISSUES = ("outlier", "near_duplicate", "non_iid", "class_imbalance", "underperforming_group")
 
 
-@register_signal("datalab", noisy_when={"datalab_label_score": "low", "outlier_score": "low",
-                                        "near_duplicate_score": "low", "non_iid_score": "low",
-                                        "class_imbalance_score": "low", "underperforming_group_score": "low"})
+@register_signal("datalab", noisy_when={names.DATALAB_LABEL_SCORE: "low",
+                                        **{names.issue_score(t): "low" for t in DATALAB_ISSUES}})
 def datalab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """cleanlab's Datalab on the embeddings: label, outlier, near-duplicate, non-iid, imbalance, groups.
 
@@ -171,8 +171,8 @@ def datalab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for t in ("label", *DATALAB_ISSUES):
         if f"{t}_score" in issues:
-            out[f"datalab_{t}_score" if t == "label" else f"{t}_score"] = issues[f"{t}_score"].to_numpy()
-            out[f"is_{t}"] = issues[f"is_{t}_issue"].to_numpy().astype(float)
+            out[names.DATALAB_LABEL_SCORE if t == "label" else names.issue_score(t)] = issues[f"{t}_score"].to_numpy()
+            out[names.issue_flag(t)] = issues[f"is_{t}_issue"].to_numpy().astype(float)
     dup = np.full(len(inp.labels), np.nan)
     try:
         sets = lab.get_issues("near_duplicate")["near_duplicate_sets"]
@@ -186,7 +186,7 @@ def datalab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
 
 
 # ---- crowd votes -------------------------------------------------------------------------------------
-@register_signal("multiannotator", noisy_when={"consensus_quality": "low", "consensus_disagrees": "high"})
+@register_signal("multiannotator", noisy_when={names.CONSENSUS_QUALITY: "low", names.CONSENSUS_DISAGREES: "high"})
 def multiannotator_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Consensus of the crowd votes on the samples that have any (NaN elsewhere), from one annotator up.
 
@@ -214,9 +214,9 @@ def multiannotator_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     else:
         consensus, quality, stats = _single_vote_consensus(votes, probs)
     inp.extra["annotator_stats"] = stats  # per-annotator quality, picked up by the flag step
-    return {"consensus_quality": _spread(quality, voted), "consensus_label": _spread(consensus, voted),
-            "annotator_agreement": _spread(_agreement(votes, consensus), voted),
-            "consensus_disagrees": _spread((consensus != inp.labels[voted]).astype(float), voted)}
+    return {names.CONSENSUS_QUALITY: _spread(quality, voted), names.CONSENSUS_LABEL: _spread(consensus, voted),
+            names.ANNOTATOR_AGREEMENT: _spread(_agreement(votes, consensus), voted),
+            names.CONSENSUS_DISAGREES: _spread((consensus != inp.labels[voted]).astype(float), voted)}
 
 
 def _known_class_votes(votes: pd.DataFrame | None, n_classes: int) -> pd.DataFrame:
@@ -276,7 +276,8 @@ def _spread(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 # ---- training trajectories (noise-tolerant training) ----------------------------------------------------------
 # its weight (signals.weights.entropy_aum, 0.1 by default) is a second opinion's: see config/sections.py
-@register_signal("entropy", noisy_when={"entropy_aum": "low", "entropy_agreement": "low", "entropy_mean": "high"})
+@register_signal("entropy", noisy_when={names.ENTROPY_AUM: "low", names.ENTROPY_AGREEMENT: "low",
+                                        names.ENTROPY_MEAN: "high"})
 def entropy_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     """Per-sample trajectories of a two-stage entropy (or CE / GRPO) training run, summarised:
     the area under the margin of the given label (``entropy_aum``; low = the model kept
@@ -288,5 +289,5 @@ def entropy_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     aum = np.asarray(inp.extra["aum"], dtype=float)
     if np.isnan(aum).all():
         raise SignalUnavailable("the training run saw none of these samples")
-    return {"entropy_aum": aum, "entropy_agreement": np.asarray(inp.extra["agreement"], dtype=float),
-            "entropy_mean": np.asarray(inp.extra["mean_entropy"], dtype=float)}
+    return {names.ENTROPY_AUM: aum, names.ENTROPY_AGREEMENT: np.asarray(inp.extra["agreement"], dtype=float),
+            names.ENTROPY_MEAN: np.asarray(inp.extra["mean_entropy"], dtype=float)}

@@ -20,7 +20,10 @@ def main() -> None:
     st.set_page_config(page_title="fieldguide dashboards", layout="wide")
     nav = st.navigation(
         [
-            st.Page(SECTIONS / "health.py", title="Dataset health", url_path="health", default=True),
+            # the default page is served at / only (Streamlit reserves its url_path and serves nothing
+            # there), so the same page, hidden from the menu, answers a link or bookmark to /health
+            st.Page(SECTIONS / "health.py", title="Dataset health", url_path="home", default=True),
+            st.Page(SECTIONS / "health.py", title="Dataset health", url_path="health", visibility="hidden"),
             st.Page(SECTIONS / "review.py", title="Review queue", url_path="review"),
             st.Page(SECTIONS / "relabel.py", title="Relabeling", url_path="relabel"),
             st.Page(SECTIONS / "models.py", title="Models", url_path="models"),

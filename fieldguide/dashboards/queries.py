@@ -12,14 +12,13 @@ import json
 import duckdb
 import pandas as pd
 
+from fieldguide import names
 from fieldguide.platform.warehouse import Warehouse
 
 # metrics a leaderboard shows, in this order (missing ones are left out)
 LEADERBOARD_METRICS = (
-    "top1", "top5", "macro_f1", "ece", "cost_score", "params", "macs", "images_per_s",
+    names.TOP1, names.TOP5, names.MACRO_F1, names.ECE, names.COST_SCORE, *names.COST_METRICS,
 )
-# signals that are 0/1 flags rather than scores
-FLAG_SIGNALS = ("label_issue", "near_duplicate")
 
 
 def _query(wh: Warehouse, sql: str, params: list | None = None) -> pd.DataFrame:
@@ -99,7 +98,7 @@ def ingest_rejects(wh: Warehouse) -> pd.DataFrame:
 def latest_signal(wh: Warehouse, signal: str) -> pd.DataFrame:
     """One signal from the newest run that wrote it, with the sample's file and labels.
 
-    Columns: run_id, sample_id, value, filepath, label, predicted_label.
+    Columns: run_id, sample_id, value, filepath, label, predicted_label; highest value first.
     """
     return _query(
         wh,
@@ -118,6 +117,25 @@ def latest_signal(wh: Warehouse, signal: str) -> pd.DataFrame:
     )
 
 
+def datalab_issue(wh: Warehouse, issue: str) -> pd.DataFrame | None:
+    """The samples Datalab marks with ``issue`` (``outlier``, ``near_duplicate``) in the newest
+    flag run, with the issue's score: :func:`latest_signal`'s columns less ``value``, plus
+    ``score`` (low: more severe), most severe first. None when no run wrote the issue yet.
+
+    These are the samples ``flag`` tags (the App's ``outliers`` and ``near_duplicates`` views) and
+    counts in its report.
+    """
+    flags = latest_signal(wh, names.issue_flag(issue))
+    if flags.empty:
+        return None
+    flags = flags[flags["value"] >= 0.5].drop(columns="value")
+    scores = latest_signal(wh, names.issue_score(issue))
+    if scores.empty:
+        return flags.assign(score=float("nan"))
+    flags = flags.merge(scores[["sample_id", "value"]].rename(columns={"value": "score"}), on="sample_id", how="left")
+    return flags.sort_values(["score", "sample_id"], na_position="last").reset_index(drop=True)
+
+
 # ---- review queue ---------------------------------------------------------------------
 def flagged_over_runs(wh: Warehouse) -> pd.DataFrame:
     """Flagged samples per run, oldest first: run_id, kind, started, flagged.
@@ -129,14 +147,30 @@ def flagged_over_runs(wh: Warehouse) -> pd.DataFrame:
         """
         SELECT r.run_id, r.kind, r.started, coalesce(m.flagged, s.flagged) AS flagged
         FROM runs r
-        LEFT JOIN (SELECT run_id, max(value) AS flagged FROM metrics WHERE name = 'flagged'
+        LEFT JOIN (SELECT run_id, max(value) AS flagged FROM metrics WHERE name = ?
                    GROUP BY run_id) m USING (run_id)
         LEFT JOIN (SELECT run_id, count(*) FILTER (WHERE value >= 0.5) AS flagged FROM signals
-                   WHERE signal = 'label_issue' GROUP BY run_id) s USING (run_id)
+                   WHERE signal = ? GROUP BY run_id) s USING (run_id)
         WHERE m.flagged IS NOT NULL OR s.flagged IS NOT NULL
         ORDER BY r.started
         """,
+        [names.FLAGGED, names.LABEL_ISSUE],
     )
+
+
+def review_states(wh: Warehouse) -> pd.DataFrame:
+    """Samples per review state (``review_state`` of the samples snapshot): state, samples, most first.
+
+    Empty when the snapshot has no such column (a warehouse from before review states) or no state.
+    """
+    try:
+        return _query(
+            wh,
+            "SELECT review_state AS state, count(*) AS samples FROM samples WHERE review_state IS NOT NULL "
+            "GROUP BY review_state ORDER BY samples DESC, state",
+        )
+    except duckdb.BinderException:
+        return pd.DataFrame()
 
 
 def flagged_samples(wh: Warehouse, limit: int = 24) -> pd.DataFrame:
@@ -179,7 +213,8 @@ def latest_signals(wh: Warehouse, sample_ids: list[str]) -> pd.DataFrame:
 def signal_summary(wh: Warehouse) -> pd.DataFrame:
     """Every signal in the newest run that wrote it: signal, run_id, samples, mean, min, max, flagged.
 
-    ``flagged`` counts values of at least 0.5 for the 0/1 signals and is empty for scores.
+    ``flagged`` counts values of at least 0.5 for the 0/1 signals (``names.FLAG_SIGNALS``) and is
+    empty for scores.
     """
     df = _query(
         wh,
@@ -196,7 +231,7 @@ def signal_summary(wh: Warehouse) -> pd.DataFrame:
         """,
     )
     if not df.empty:
-        df["flagged"] = df["flagged"].where(df["signal"].isin(FLAG_SIGNALS))
+        df["flagged"] = df["flagged"].where(df["signal"].isin(names.FLAG_SIGNALS))
     return df
 
 
@@ -210,12 +245,24 @@ def relabel_tasks(wh: Warehouse) -> pd.DataFrame:
     )
 
 
+def answer_decision(answer: object) -> str | None:
+    """The label a task's stored answer decided: the ``decision`` of the JSON the pull writes
+    (None for a tie or no decision), or the answer itself when it is a plain label."""
+    if not isinstance(answer, str) or not answer:
+        return None
+    data = _json_object(answer)
+    if data is None:
+        return answer
+    decision = data.get("decision")
+    return str(decision) if decision else None
+
+
 def relabel_outcomes(wh: Warehouse) -> pd.DataFrame:
     """Answered tasks with the label the sample had when it was pushed, and kept / changed.
 
-    The label at push time is the ``old`` of the first label event after the push, else the
-    sample's label now (no event since). Columns: project, sample_id, answer, answered,
-    label_at_push, outcome.
+    ``answer`` is the label the answer decided (:func:`answer_decision`). The label at push time
+    is the ``old`` of the first label event after the push, else the sample's label now (no event
+    since). Columns: project, sample_id, answer, answered, label_at_push, outcome.
     """
     df = _query(
         wh,
@@ -230,6 +277,7 @@ def relabel_outcomes(wh: Warehouse) -> pd.DataFrame:
         """,
     )
     if not df.empty:
+        df["answer"] = df["answer"].map(answer_decision)
         df["outcome"] = [
             "unknown" if pd.isna(before) or pd.isna(answer) else ("kept" if answer == before else "changed")
             for answer, before in zip(df["answer"], df["label_at_push"])
@@ -267,20 +315,26 @@ def label_events(wh: Warehouse, limit: int = 200) -> pd.DataFrame:
 def metric_splits(wh: Warehouse) -> list[str]:
     """Splits that have model metrics (top1 or macro_f1), ``test`` first."""
     df = _query(
-        wh, "SELECT DISTINCT split FROM metrics WHERE name IN ('top1', 'macro_f1') ORDER BY split"
+        wh, "SELECT DISTINCT split FROM metrics WHERE name IN (?, ?) ORDER BY split", [names.TOP1, names.MACRO_F1]
     )
     splits = [] if df.empty else [s for s in df["split"] if s is not None]
     return sorted(splits, key=lambda s: (s != "test", s != "val", s))
 
 
-def _backbone(config: object) -> str | None:
-    if not isinstance(config, str) or not config:
+def _json_object(text: object) -> dict | None:
+    """``text`` parsed as a JSON object, or None (not a string, not JSON, not an object)."""
+    if not isinstance(text, str) or not text:
         return None
     try:
-        data = json.loads(config)
+        data = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def _backbone(config: object) -> str | None:
+    data = _json_object(config)
+    if data is None:
         return None
     models = data.get("models")
     value = data.get("backbone") or (models.get("backbone") if isinstance(models, dict) else None)
@@ -295,17 +349,20 @@ def leaderboard(wh: Warehouse, split: str) -> pd.DataFrame:
     """
     df = _query(
         wh,
-        "SELECT r.run_id, r.kind, r.started, r.config, m.name, m.value FROM metrics m "
-        "JOIN runs r USING (run_id) WHERE m.split = ? AND r.run_id IN "
-        "(SELECT run_id FROM metrics WHERE split = ? AND name IN ('top1', 'macro_f1'))",
-        [split, split],
+        "SELECT r.run_id, r.kind, r.started, coalesce(r.config, '{}') AS config, m.name, m.value, "
+        "coalesce(p.config, '{}') AS predict_config FROM metrics m JOIN runs r USING (run_id) "
+        "LEFT JOIN runs p ON p.run_id = json_extract_string(r.config, '$.predict_run') "
+        "WHERE (m.split = ? OR m.split = ?) AND r.run_id IN "
+        "(SELECT run_id FROM metrics WHERE split = ? AND name IN (?, ?))",
+        [split, names.COST_SPLIT, split, names.TOP1, names.MACRO_F1],
     )
     if df.empty:
         return df
     values = df.pivot_table(index="run_id", columns="name", values="value", aggfunc="first")
-    info = df.drop_duplicates("run_id").set_index("run_id")[["kind", "started", "config"]]
+    info = df.drop_duplicates("run_id").set_index("run_id")[["kind", "started", "config", "predict_config"]]
     wide = info.join(values).rename_axis("run_id").reset_index()
-    wide["backbone"] = wide["config"].map(_backbone)
+    # an evaluate run names the predict run it scored; that run names the backbone
+    wide["backbone"] = wide["config"].map(_backbone).fillna(wide["predict_config"].map(_backbone))
     costs = _query(wh, "SELECT backbone, params, macs, images_per_s FROM backbone_costs")
     if not costs.empty:
         costs = costs.set_index("backbone")
@@ -313,17 +370,18 @@ def leaderboard(wh: Warehouse, split: str) -> pd.DataFrame:
             from_costs = wide["backbone"].map(costs[col])
             wide[col] = wide[col].fillna(from_costs) if col in wide else from_costs
     metrics = [m for m in LEADERBOARD_METRICS if m in wide and wide[m].notna().any()]
-    order = [m for m in ("macro_f1", "top1") if m in metrics]
+    order = [m for m in (names.MACRO_F1, names.TOP1) if m in metrics]
     wide = wide.sort_values(order + ["started"], ascending=False, na_position="last")
     return wide[["run_id", "kind", "backbone", *metrics, "started"]].reset_index(drop=True)
 
 
 def curve_runs(wh: Warehouse) -> pd.DataFrame:
-    """Runs with training curves, newest first: run_id, kind, started, steps, has_lambda."""
+    """Runs with training curves, newest first: run_id, kind, method (the run's training method,
+    ``two-stage-entropy``, ``ce``, ...; from its config), started, steps."""
     return _query(
         wh,
-        "SELECT c.run_id, any_value(r.kind) AS kind, any_value(r.started) AS started, "
-        "max(c.step) AS steps, bool_or(c.name = 'lambda') AS has_lambda "
+        "SELECT c.run_id, any_value(r.kind) AS kind, any_value(json_extract_string(r.config, '$.method')) AS method, "
+        "any_value(r.started) AS started, max(c.step) AS steps "
         "FROM curves c LEFT JOIN runs r USING (run_id) GROUP BY c.run_id "
         "ORDER BY started DESC NULLS LAST, c.run_id",
     )

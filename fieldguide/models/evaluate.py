@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
 
+from fieldguide import names
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.platform import store
@@ -89,12 +90,12 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
     pairs = np.argwhere(off > 0)
     pairs = sorted(((int(off[i, j]), classes[i], classes[j]) for i, j in pairs), reverse=True)
     return {
-        "n": int(len(y)),
-        "top1": float((pred == y).mean()),
-        "top5": top_k_accuracy(y, probs, 5),
-        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
-        "ece": expected_calibration_error(y, probs),
-        "cost_score": cost_score(y, pred, cost if cost is not None else 1 - np.eye(len(classes))),
+        names.N: int(len(y)),
+        names.TOP1: float((pred == y).mean()),
+        names.TOP5: top_k_accuracy(y, probs, 5),
+        names.MACRO_F1: float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        names.ECE: expected_calibration_error(y, probs),
+        names.COST_SCORE: cost_score(y, pred, cost if cost is not None else 1 - np.eye(len(classes))),
         "per_class": [
             {"class": c, "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
              "support": int(support[i])}
@@ -110,7 +111,7 @@ def record_metrics(wh, run_id: str, split: str, m: dict, classes: list[str], *, 
     ``class_metrics`` and ``confusions`` under ``run_id``."""
     if headline:
         wh.write("metrics", [{"run_id": run_id, "split": split, "name": k, "value": float(m[k])}
-                             for k in ("n", "top1", "top5", "macro_f1", "ece", "cost_score")])
+                             for k in names.HEADLINE_METRICS])
     wh.write("class_metrics", [dict(run_id=run_id, split=split, **r) for r in m["per_class"]])
     cm = m["confusion"]
     wh.write("confusions", [
@@ -146,15 +147,15 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
                     len(changed), split)
     with wh.run("evaluate", {"split": split, "predict_run": pp.run_id}) as run_id:
         rows = [{"run_id": run_id, "split": split, "name": k, "value": float(m[k])}
-                for k in ("n", "top1", "top5", "macro_f1", "ece", "cost_score")]
-        rows.append({"run_id": run_id, "split": split, "name": "labels_changed", "value": float(len(changed))})
+                for k in names.HEADLINE_METRICS]
+        rows.append({"run_id": run_id, "split": split, "name": names.LABELS_CHANGED, "value": float(len(changed))})
         costs = wh.query("SELECT * FROM backbone_costs WHERE backbone = ?",
                          [_predict_backbone(wh, pp.run_id) or project.config.models.backbone])
         if not costs.empty:
-            for k in ("params", "macs", "images_per_s"):
+            for k in names.COST_METRICS:
                 v = costs.iloc[0][k]
                 if v is not None and not (isinstance(v, float) and np.isnan(v)):
-                    rows.append({"run_id": run_id, "split": "cost", "name": k, "value": float(v)})
+                    rows.append({"run_id": run_id, "split": names.COST_SPLIT, "name": k, "value": float(v)})
         wh.write("metrics", rows)
         record_metrics(wh, run_id, split, m, pp.classes, headline=False)
         png = plot_confusion(m["confusion"], pp.classes, project.run_dir(run_id) / "confusion.png",

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fieldguide import names
 from fieldguide.errors import ConfigError
 from fieldguide.models.batches import head_batches
 from fieldguide.models.entropy import METHODS, EntropySchedule, training_loss
@@ -91,11 +92,11 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, 
                 ent_sum += float(ent.detach().sum())
         mean_entropy = ent_sum / max(total, 1)
         schedule.observe(mean_entropy, (epoch + 1) / epochs)
-        row = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),
-               "mean_entropy": mean_entropy, "lambda": lam}
+        row = {"epoch": epoch + 1, names.LOSS: loss_sum / max(total, 1), names.TRAIN_ACC: correct / max(total, 1),
+               names.MEAN_ENTROPY: mean_entropy, names.LAMBDA: lam}
         if evaluate is not None:
             model.eval()
-            row["eval_acc"] = evaluate(model)
+            row[names.EVAL_ACC] = evaluate(model)
         state.curves.append(row)
         state.epoch = epoch + 1
         bar.set_postfix(loss=f"{row['loss']:.3f}", H=f"{mean_entropy:.2f}", lam=f"{lam:+.2f}")

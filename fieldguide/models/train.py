@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fieldguide import names
 from fieldguide.config import Project
 from fieldguide.errors import ConfigError, NotReadyError
 from fieldguide.models.checkpoints import checkpoint_writer, load_checkpoint, save_trajectories
@@ -138,8 +139,8 @@ def train(project: Project, *, method: str | None = None, mode: str | None = Non
         wh.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
         raise
     report.seconds = time.perf_counter() - start
-    wh.write("metrics", [{"run_id": run_id, "split": "all", "name": "seconds", "value": report.seconds},
-                         {"run_id": run_id, "split": "train", "name": "n", "value": float(report.n_train)}])
+    wh.write("metrics", [{"run_id": run_id, "split": "all", "name": names.SECONDS, "value": report.seconds},
+                         {"run_id": run_id, "split": "train", "name": names.N, "value": float(report.n_train)}])
     wh.finish_run(run_id, "completed")
     return report
 
@@ -163,7 +164,7 @@ def _finish(project: Project, run_id: str, config: dict, classes: list[str], sta
     run_dir = project.run_dir(run_id)
     save_trajectories(project, run_id, train_ids, state)
     rows = [{"run_id": run_id, "step": c["epoch"], "name": name, "value": float(c[name])}
-            for c in state.curves for name in ("loss", "train_acc", "mean_entropy", "lambda", "eval_acc") if name in c]
+            for c in state.curves for name in names.CURVES if name in c]
     wh.write("curves", rows)
     title = f"{config['method']} ({config['mode']}), {len(train_ids)} samples"
     if probs_test is not None and len(y_test):

@@ -7,9 +7,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from fieldguide.dashboards import context, queries
+from fieldguide.dashboards import charts, context, queries
 
 SCARCE_COLOR, COMMON_COLOR = "#d62728", "#4c78a8"
+LABELLED_CLASSES = 60  # up to this many classes, one labelled bar each; above, the long tail's shape
 
 
 def class_counts(counts: pd.DataFrame, scarce_below: int) -> pd.DataFrame:
@@ -25,20 +26,23 @@ def class_counts(counts: pd.DataFrame, scarce_below: int) -> pd.DataFrame:
     return out.sort_values(["samples", "class"], ascending=[False, True]).reset_index(drop=True)
 
 
-def long_tail_chart(per_class: pd.DataFrame, scarce_below: int) -> alt.Chart:
+def long_tail_chart(per_class: pd.DataFrame, scarce_below: int) -> alt.LayerChart:
+    """Samples per class, most first, scarce ones red, the scarce line dashed: a labelled
+    horizontal bar per class, or (over :data:`LABELLED_CLASSES`) the long tail's shape."""
     order = per_class["class"].tolist()
     data = per_class.assign(kind=per_class["scarce"].map({True: "scarce", False: "enough"}))
+    color = alt.Color("kind:N", scale=alt.Scale(domain=["scarce", "enough"], range=[SCARCE_COLOR, COMMON_COLOR]),
+                      title=None)
+    if len(order) <= LABELLED_CLASSES:
+        bars = charts.count_bars(data, "class", "samples", sort=order, color=color)
+        rule = alt.Chart(pd.DataFrame({"x": [scarce_below]})).mark_rule(strokeDash=[4, 4]).encode(x="x:Q")
+        return alt.layer(bars, rule).properties(height=alt.Step(charts.BAR_STEP))
     bars = alt.Chart(data).mark_bar().encode(
-        x=alt.X("class:N", sort=order, title="class (most samples first)",
-                axis=alt.Axis(labels=len(order) <= 60, labelAngle=-60)),
-        y=alt.Y("samples:Q", title="samples"),
-        color=alt.Color("kind:N", scale=alt.Scale(domain=["scarce", "enough"],
-                                                   range=[SCARCE_COLOR, COMMON_COLOR]),
-                        title=None),
-        tooltip=["class", "samples", "train"],
+        x=alt.X("class:N", sort=order, title="classes, most samples first", axis=alt.Axis(labels=False, ticks=False)),
+        y=alt.Y("samples:Q", title="samples"), color=color, tooltip=["class", "samples", "train"],
     )
     rule = alt.Chart(pd.DataFrame({"y": [scarce_below]})).mark_rule(strokeDash=[4, 4]).encode(y="y:Q")
-    return (bars + rule).properties(height=320)
+    return alt.layer(bars, rule).properties(height=320)
 
 
 FILL_KINDS = ["real", "synthetic", "pseudo_accepted", "pseudo_pending"]
@@ -63,14 +67,14 @@ def fill_table(fill: pd.DataFrame, per_class: pd.DataFrame, scarce_below: int) -
 def fill_chart(table: pd.DataFrame, scarce_below: int) -> alt.Chart:
     data = table.melt(id_vars="class", value_vars=FILL_KINDS, var_name="kind", value_name="samples")
     bars = alt.Chart(data).mark_bar().encode(
-        x=alt.X("samples:Q", stack="zero", title="samples"),
+        x=alt.X("samples:Q", stack="zero", title="samples", axis=alt.Axis(format="d", tickMinStep=1)),
         y=alt.Y("class:N", sort=table["class"].tolist(), title=None),
         color=alt.Color("kind:N", scale=alt.Scale(domain=FILL_KINDS, range=FILL_COLORS), title=None),
         order=alt.Order("kind_order:Q"),
         tooltip=["class", "kind", "samples"],
     ).transform_calculate(kind_order=f"indexof({FILL_KINDS}, datum.kind)")
     rule = alt.Chart(pd.DataFrame({"x": [scarce_below]})).mark_rule(strokeDash=[4, 4]).encode(x="x:Q")
-    return (bars + rule).properties(height=max(120, 22 * len(table)))
+    return (bars + rule).properties(height=alt.Step(charts.BAR_STEP))
 
 
 def show_fill(wh, per_class: pd.DataFrame, scarce_below: int) -> None:
@@ -91,13 +95,6 @@ def show_fill(wh, per_class: pd.DataFrame, scarce_below: int) -> None:
     st.dataframe(table, hide_index=True, alt="class fill")
 
 
-def count_chart(df: pd.DataFrame, field: str) -> alt.Chart:
-    return alt.Chart(df).mark_bar().encode(
-        x=alt.X("n:Q", title="samples"), y=alt.Y(f"{field}:N", sort="-x", title=None),
-        tooltip=[field, "n"],
-    ).properties(height=max(80, 32 * len(df)))
-
-
 def main() -> None:
     ctx = context.current()
     st.title("Dataset health")
@@ -112,9 +109,8 @@ def main() -> None:
     per_class = class_counts(counts, scarce_below) if not counts.empty else pd.DataFrame(
         columns=["class", "samples", "train", "scarce"])
     last_rejects = rejects[rejects["run_id"] == rejects["run_id"].iloc[0]] if not rejects.empty else rejects
-    dup_flags = queries.latest_signal(wh, "near_duplicate")
-    dups = dup_flags[dup_flags["value"] >= 0.5] if not dup_flags.empty else dup_flags
-    outlier_scores = queries.latest_signal(wh, "outlier_score")
+    dups = queries.datalab_issue(wh, "near_duplicate")
+    outliers = queries.datalab_issue(wh, "outlier")
 
     cols = st.columns(6)
     cols[0].metric("Samples", int(counts["n"].sum()) if not counts.empty else 0)
@@ -122,10 +118,10 @@ def main() -> None:
     cols[2].metric("Scarce classes", int(per_class["scarce"].sum()),
                    help=f"fewer than {scarce_below} training samples (curation.scarce_class_count)")
     cols[3].metric("Rejects (last ingest)", len(last_rejects))
-    cols[4].metric("Near-duplicates", len(dups))
-    threshold = ctx.project.config.dashboards.outlier_threshold
-    outliers = outlier_scores[outlier_scores["value"] <= threshold] if not outlier_scores.empty else outlier_scores
-    cols[5].metric("Outliers", len(outliers), help=f"outlier_score at most {threshold} (lower: more atypical; dashboards.outlier_threshold)")
+    cols[4].metric("Near-duplicates", "n/a" if dups is None else len(dups),
+                   help="samples Datalab marks is_near_duplicate in the last flag run (the App's near_duplicates view)")
+    cols[5].metric("Outliers", "n/a" if outliers is None else len(outliers),
+                   help="samples Datalab marks is_outlier in the last flag run (the App's outliers view)")
 
     if not per_class.empty:
         st.subheader("Samples per class")
@@ -146,11 +142,11 @@ def main() -> None:
         by_origin = counts.groupby("origin", as_index=False)["n"].sum().sort_values("n", ascending=False)
         with left:
             st.subheader("Per split")
-            st.altair_chart(count_chart(by_split, "split"), width="stretch")
+            st.altair_chart(charts.count_bars(by_split, "split"), width="stretch")
             st.dataframe(by_split, hide_index=True, alt="per split")
         with right:
             st.subheader("Per origin")
-            st.altair_chart(count_chart(by_origin, "origin"), width="stretch")
+            st.altair_chart(charts.count_bars(by_origin, "origin"), width="stretch")
             st.dataframe(by_origin, hide_index=True, alt="per origin")
 
     st.subheader("Rejects at ingest")
@@ -167,20 +163,24 @@ def main() -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Near-duplicates")
-        if dups.empty:
-            st.caption("No near-duplicate signal yet (run flag)." if dup_flags.empty
-                       else "No near-duplicates found.")
-        else:
-            st.dataframe(dups[["sample_id", "label", "filepath"]], hide_index=True, alt="near duplicates")
+        issue_table(dups, "near_duplicate", "near duplicates")
     with right:
         st.subheader("Outliers")
-        if outlier_scores.empty:
-            st.caption("No outlier_score signal yet (run flag).")
-        else:
-            lowest = outlier_scores.sort_values(["value", "sample_id"]).head(20)
-            st.caption("Lowest outlier_score first (cleanlab: lower means more atypical).")
-            st.dataframe(lowest[["sample_id", "value", "label", "filepath"]]
-                         .rename(columns={"value": "outlier_score"}), hide_index=True, alt="outliers")
+        issue_table(outliers, "outlier", "outliers")
+
+
+def issue_table(found: pd.DataFrame | None, issue: str, alt_text: str) -> None:
+    """The samples Datalab marks with ``issue``, most severe first, or why there are none."""
+    if found is None:
+        st.caption(f"No {issue} signal yet (run flag).")
+    elif found.empty:
+        st.caption(f"Datalab found no {issue.replace('_', '-')} in the last flag run.")
+    else:
+        st.caption(f"Lowest {issue}_score first (cleanlab: lower is more severe); "
+                   f"the App's view shows them with their images.")
+        st.dataframe(found[["sample_id", "label", "score", "filepath"]].rename(columns={"score": f"{issue}_score"}),
+                     hide_index=True, alt=alt_text,
+                     column_config={f"{issue}_score": st.column_config.NumberColumn(format="%.3g")})
 
 
 main()

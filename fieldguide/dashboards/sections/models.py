@@ -7,6 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from fieldguide import names
 from fieldguide.dashboards import context, queries
 
 
@@ -15,11 +16,10 @@ def most_confused(matrix: pd.DataFrame, limit: int = 15) -> pd.DataFrame:
 
     Columns: true_label, predicted_label, count, share (of the true class's samples).
     """
-    if matrix.empty:
+    off = matrix[(matrix["true_label"] != matrix["predicted_label"]) & (matrix["count"] > 0)].copy()
+    if off.empty:
         return pd.DataFrame(columns=["true_label", "predicted_label", "count", "share"])
     totals = matrix.groupby("true_label")["count"].sum()
-    off = matrix[matrix["true_label"] != matrix["predicted_label"]].copy()
-    off = off[off["count"] > 0]
     off["share"] = off["count"] / off["true_label"].map(totals)
     off = off.sort_values(["count", "true_label", "predicted_label"], ascending=[False, True, True])
     return off.head(limit).reset_index(drop=True)
@@ -27,7 +27,7 @@ def most_confused(matrix: pd.DataFrame, limit: int = 15) -> pd.DataFrame:
 
 def lambda_switch(curve: pd.DataFrame) -> int | None:
     """The first step where λ turns negative after being positive (explore -> exploit), if any."""
-    lam = curve[curve["name"] == "lambda"].sort_values("step")
+    lam = curve[curve["name"] == names.LAMBDA].sort_values("step")
     was_positive = False
     for step, value in zip(lam["step"], lam["value"]):
         if value > 0:
@@ -48,11 +48,31 @@ def leaderboard_section(wh) -> None:
     fmt["images_per_s"] = st.column_config.NumberColumn("images/s", format="%.1f")
     fmt["cost_score"] = st.column_config.NumberColumn("cost_score", format="%.3f")
     st.dataframe(board, hide_index=True, alt="leaderboard", column_config=fmt)
-    if {"macro_f1", "images_per_s"} <= set(board.columns) and board["images_per_s"].notna().any():
-        st.altair_chart(alt.Chart(board).mark_circle(size=120).encode(
-            x=alt.X("images_per_s:Q", title="images/s"), y=alt.Y("macro_f1:Q", title="macro-F1"),
-            color="kind:N", tooltip=["run_id", "backbone", "macro_f1", "images_per_s"],
-        ).properties(height=260, title="accuracy against speed"), width="stretch")
+    speed_section(board)
+
+
+def speed_section(board: pd.DataFrame) -> None:
+    """Macro-F1 against images/s, one point per backbone measured: a trade-off needs two speeds."""
+    if not {names.MACRO_F1, names.IMAGES_PER_S} <= set(board.columns):
+        return
+    known = board.dropna(subset=[names.MACRO_F1, names.IMAGES_PER_S])
+    speeds = known[names.IMAGES_PER_S].round(1).unique()
+    if len(speeds) < 2:
+        if len(known):
+            backbones = ", ".join(sorted(known["backbone"].dropna().unique())) or "backbone unknown"
+            st.caption(f"Every run with a measured speed runs at {speeds[0]:.1f} images/s ({backbones}): "
+                       "no accuracy-speed trade-off to plot.")
+        return
+    base = alt.Chart(known).encode(
+        x=alt.X(f"{names.IMAGES_PER_S}:Q", title="images/s (more is faster)",
+                scale=alt.Scale(zero=False, nice=True, padding=60)),
+        y=alt.Y(f"{names.MACRO_F1}:Q", title="macro-F1", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["run_id", "kind", "backbone", names.MACRO_F1, names.IMAGES_PER_S],
+    )
+    points = base.mark_circle(size=140, opacity=0.8).encode(color=alt.Color("backbone:N", legend=None))
+    labels = base.mark_text(align="left", dx=9, color="#333").encode(text="backbone:N")
+    st.altair_chart(alt.layer(points, labels).properties(height=300, title="accuracy against speed"),
+                    width="stretch")
 
 
 def curves_section(wh) -> None:
@@ -61,31 +81,39 @@ def curves_section(wh) -> None:
     if runs.empty:
         st.caption("No training curves yet (fieldguide train writes loss, accuracy, mean entropy and λ).")
         return
+    method = dict(zip(runs["run_id"], runs["method"]))
     default = runs["run_id"].head(2).tolist()
     chosen = st.multiselect("Runs", runs["run_id"].tolist(), default=default, key="curve_runs")
     data = queries.curves(wh, chosen)
     if data.empty:
         st.caption("Pick at least one run.")
         return
-    chart = alt.Chart(data).mark_line().encode(
-        x=alt.X("step:Q"), y=alt.Y("value:Q", title=None), color=alt.Color("run_id:N", title="run"),
+    labelled = data.assign(run=[f"{r} ({method.get(r) or 'method unknown'})" for r in data["run_id"]])
+    chart = alt.Chart(labelled).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format=".3~g")),
+        color=alt.Color("run:N", title="run", legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=400)),
         tooltip=["run_id", "name", "step", "value"],
-    ).properties(height=180, width=320).facet(facet=alt.Facet("name:N", title=None), columns=2)
-    st.altair_chart(chart.resolve_scale(y="independent"))
+    ).properties(height=160, width=230).facet(
+        facet=alt.Facet("name:N", title=None, sort=list(names.CURVES)), columns=3)
+    st.altair_chart(chart.resolve_scale(y="independent"), width="content")
     rows = []
     for run_id, curve in data.groupby("run_id"):
-        names = set(curve["name"])
         last = curve.sort_values("step").groupby("name")["value"].last()
         rows.append({
             "run_id": run_id,
-            "steps": int(curve["step"].max()),
-            "two_stage_entropy": "lambda" in names,
-            "lambda_switch_step": lambda_switch(curve),
-            "final_loss": last.get("loss"),
-            "final_accuracy": last.get("accuracy"),
-            "final_mean_entropy": last.get("mean_entropy"),
+            "method": method.get(run_id),
+            "epochs": int(curve["step"].max()),
+            "lambda_switch_epoch": lambda_switch(curve),
+            "final_loss": last.get(names.LOSS),
+            "final_train_acc": last.get(names.TRAIN_ACC),
+            "final_eval_acc": last.get(names.EVAL_ACC),
+            "final_mean_entropy": last.get(names.MEAN_ENTROPY),
         })
-    st.dataframe(pd.DataFrame(rows), hide_index=True, alt="curve summary")
+    acc = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, alt="curve summary",
+                 column_config={c: acc for c in ("final_loss", "final_train_acc", "final_eval_acc",
+                                                 "final_mean_entropy")})
 
 
 def class_f1_section(wh) -> None:
@@ -111,14 +139,16 @@ def class_f1_section(wh) -> None:
     cols[0].metric("Classes better", int((known["change"] > 0).sum()))
     cols[1].metric("Classes worse", int((known["change"] < 0).sum()))
     cols[2].metric("Mean F1 change", f"{known['change'].mean():+.3f}" if len(known) else "n/a")
-    if len(known):
+    if (known["change"] != 0).any():
         shown = pd.concat([known.head(15), known.tail(15)]).drop_duplicates("class")
         st.altair_chart(alt.Chart(shown).mark_bar().encode(
             x=alt.X("change:Q", title="F1 change (B - A)"),
             y=alt.Y("class:N", sort="x", title=None),
             color=alt.condition("datum.change < 0", alt.value("#d62728"), alt.value("#2ca02c")),
             tooltip=["class", "f1_a", "f1_b", "change", "support"],
-        ).properties(height=max(120, 18 * len(shown))), width="stretch")
+        ).properties(height=alt.Step(22)), width="stretch")
+    elif len(known):
+        st.caption(f"Every class has the same F1 in {run_a} and {run_b}.")
     st.dataframe(change, hide_index=True, alt="class f1 change")
 
 
@@ -136,19 +166,28 @@ def confusion_section(wh, max_classes: int) -> None:
     matrix = queries.confusions(wh, row["run_id"], row["split"])
     pairs = most_confused(matrix)
     classes = sorted(set(matrix["true_label"]) | set(matrix["predicted_label"]))
-    if len(classes) > max_classes:
+    if pairs.empty:
+        st.caption(f"No confusion: every {row['split']} sample of {row['run_id']} is predicted as its label.")
+    if len(classes) > max_classes and not pairs.empty:
         involved = pd.concat([pairs["true_label"], pairs["predicted_label"]]).unique().tolist()
         classes = sorted(involved)[:max_classes]
         st.caption(f"Showing the {len(classes)} classes in the most-confused pairs.")
     shown = matrix[matrix["true_label"].isin(classes) & matrix["predicted_label"].isin(classes)]
-    heat = alt.Chart(shown).mark_rect().encode(
-        x=alt.X("predicted_label:N", sort=classes, title="predicted"),
+    base = alt.Chart(shown).encode(
+        x=alt.X("predicted_label:N", sort=classes, title="predicted", axis=alt.Axis(labelAngle=-40)),
         y=alt.Y("true_label:N", sort=classes, title="true"),
-        color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")),
         tooltip=["true_label", "predicted_label", "count"],
     )
-    size = min(640, 28 * len(classes) + 80)
-    st.altair_chart(heat.properties(width=size, height=size))
+    heat = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
+    layers = [heat]
+    if len(classes) <= 25:  # the counts fit in the cells
+        layers.append(base.mark_text(fontSize=11).encode(
+            text="count:Q", color=alt.condition(alt.datum.count > shown["count"].max() / 2,
+                                                alt.value("white"), alt.value("#333"))))
+    cell = max(12, min(44, 640 // max(len(classes), 1)))
+    st.altair_chart(alt.layer(*layers).properties(width=alt.Step(cell), height=alt.Step(cell)), width="content")
+    if pairs.empty:
+        return
     st.markdown("**Most-confused pairs**")
     st.dataframe(pairs, hide_index=True, alt="most confused",
                  column_config={"share": st.column_config.NumberColumn("share", format="%.2f")})

@@ -7,7 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from fieldguide.dashboards import context, queries
+from fieldguide.dashboards import charts, context, queries
 
 STATUSES = ("pushed", "answered", "skipped")
 
@@ -47,10 +47,14 @@ def tasks_section(tasks: pd.DataFrame, outcomes: pd.DataFrame) -> None:
     ]).dropna()
     if not timeline.empty:
         per_day = timeline.groupby(["day", "event"], as_index=False).size().rename(columns={"size": "tasks"})
-        st.altair_chart(alt.Chart(per_day).mark_bar().encode(
-            x=alt.X("day:T", title="day"), y=alt.Y("tasks:Q"), color=alt.Color("event:N"),
-            xOffset="event:N", tooltip=["day", "event", "tasks"],
-        ).properties(height=220), width="stretch")
+        per_day["day"] = per_day["day"].dt.strftime("%Y-%m-%d")
+        base = alt.Chart(per_day).encode(  # a pair of labelled bars per day: pushed, answered
+            y=alt.Y("day:N", title=None, sort="ascending"), yOffset=alt.YOffset("event:N", sort=["pushed", "answered"]),
+            x=alt.X("tasks:Q", axis=alt.Axis(format="d", tickMinStep=1)), tooltip=["day", "event", "tasks"],
+        )
+        bars = base.mark_bar().encode(color=alt.Color("event:N", title=None, sort=["pushed", "answered"]))
+        labels = base.mark_text(align="left", dx=4, color="#333").encode(text="tasks:Q")
+        st.altair_chart(alt.layer(bars, labels).properties(height=alt.Step(charts.BAR_STEP // 2)), width="stretch")
 
     st.subheader("Kept or changed")
     if known.empty:
@@ -72,7 +76,9 @@ def tasks_section(tasks: pd.DataFrame, outcomes: pd.DataFrame) -> None:
                      .rename(columns={"label_at_push": "from", "answer": "to", "size": "tasks"})
                      .sort_values(["tasks", "from"], ascending=[False, True]))
             st.markdown("Most frequent changes:")
-            st.dataframe(moves, hide_index=True, alt="label changes")
+            moves["change"] = moves["from"] + " → " + moves["to"]
+            st.altair_chart(charts.count_bars(moves.head(20), "change", "tasks", title="tasks"), width="stretch")
+            st.dataframe(moves[["from", "to", "tasks"]], hide_index=True, alt="label changes")
 
 
 def annotators_section(people: pd.DataFrame) -> None:
@@ -121,9 +127,7 @@ def main() -> None:
     if not events.empty:
         st.subheader("Label changes")
         by_source = events.groupby("source", as_index=False).size().rename(columns={"size": "changes"})
-        st.altair_chart(alt.Chart(by_source).mark_bar().encode(
-            x=alt.X("changes:Q"), y=alt.Y("source:N", sort="-x"), tooltip=["source", "changes"],
-        ).properties(height=max(80, 32 * len(by_source))), width="stretch")
+        st.altair_chart(charts.count_bars(by_source, "source", "changes", title="label changes"), width="stretch")
         st.dataframe(events, hide_index=True, alt="label events")
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
-from fieldguide.dashboards import context, queries
+from fieldguide.dashboards import charts, context, queries
 
 GRID_COLUMNS = 4
 
@@ -44,7 +43,8 @@ def main() -> None:
         return
 
     cols = st.columns(3)
-    cols[0].metric("Flagged now", total, help="samples with label_issue in the store's last snapshot")
+    cols[0].metric("Flagged now", total, help="samples with label_issue in the store's last snapshot "
+                                             "(the App's to_review view after flag)")
     if not history.empty:
         last = int(history["flagged"].iloc[-1])
         delta = last - int(history["flagged"].iloc[-2]) if len(history) > 1 else None
@@ -52,11 +52,11 @@ def main() -> None:
         cols[2].metric("Flag runs", len(history))
 
         st.subheader("Flagged samples over runs")
-        chart = alt.Chart(history).mark_line(point=True).encode(
-            x=alt.X("started:T", title="run started"), y=alt.Y("flagged:Q", title="flagged samples"),
-            tooltip=["run_id", "kind", "started", "flagged"],
-        ).properties(height=260)
-        st.altair_chart(chart, width="stretch")
+        if len(history) > 1:
+            st.altair_chart(charts.runs_over_time(history, "flagged", title="flagged samples"), width="stretch")
+        else:
+            st.caption(f"One flag run so far ({history['run_id'].iloc[0]}): the next one draws the trend.")
+    review_states_section(wh)
 
     st.subheader("Open it in the FiftyOne App")
     st.code(ctx.command("app --view to_review"), language="bash")
@@ -71,6 +71,21 @@ def main() -> None:
     st.subheader(f"Top {len(top)} flagged samples")
     thumbnails(top)
 
+    signals_section(wh, top)
+
+
+def review_states_section(wh) -> None:
+    """Samples per review state, where the snapshot has them (``review_state``)."""
+    states = queries.review_states(wh)
+    if states.empty:
+        return
+    st.subheader("Review states")
+    left, right = st.columns([2, 1])
+    left.altair_chart(charts.count_bars(states, "state", "samples"), width="stretch")
+    right.dataframe(states, hide_index=True, alt="review states")
+
+
+def signals_section(wh, top: pd.DataFrame) -> None:
     st.subheader("Per-signal breakdown")
     signals = queries.latest_signals(wh, top["sample_id"].tolist())
     table = top[["sample_id", "label", "predicted_label", "confidence", "noise_score"]]
@@ -81,9 +96,20 @@ def main() -> None:
                      "noise_score", min_value=0.0, format="%.2f",
                      max_value=float(max(1.0, table["noise_score"].max(skipna=True) or 0.0)))})
     summary = queries.signal_summary(wh)
-    if not summary.empty:
-        st.markdown("Each signal over its latest run (`flagged`: samples with the 0/1 flag set):")
-        st.dataframe(summary, hide_index=True, alt="signal summary")
+    if summary.empty:
+        return
+    flags = summary[summary["flagged"].notna()]
+    scores = summary[summary["flagged"].isna()]
+    if not flags.empty:
+        st.markdown(f"**Flags** of the latest flag run (`{flags['run_id'].iloc[0]}`): samples each 0/1 signal sets.")
+        flags = flags.assign(flagged=flags["flagged"].astype(int))
+        left, right = st.columns([2, 1])
+        left.altair_chart(charts.count_bars(flags, "signal", "flagged", title="flagged samples"), width="stretch")
+        right.dataframe(flags[["signal", "flagged", "samples"]], hide_index=True, alt="signal flags")
+    if not scores.empty:
+        st.markdown("**Scores**: each score signal over its latest run.")
+        st.dataframe(scores.drop(columns="flagged"), hide_index=True, alt="signal scores",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("mean", "min", "max")})
 
 
 main()
