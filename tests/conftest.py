@@ -168,7 +168,7 @@ def looped(tmp_path_factory, tiny_weights):
     from fieldguide.models.evaluate import evaluate
     from fieldguide.models.predict import predict
     from fieldguide.models.train import retrain, train
-    from fieldguide.platform import store
+    from fieldguide.platform import review, store
     from fieldguide.platform.ingest import ingest
     from fieldguide.platform.status import project_status
 
@@ -200,6 +200,7 @@ def looped(tmp_path_factory, tiny_weights):
         truth["views"] = {name: len(ds.load_saved_view(name)) for name in ("to_review", "outliers", "near_duplicates")}
         truth["tags"] = ds.count_sample_tags()
         truth["label_issue"] = ds.count_values("label_issue").get(True, 0)
+        truth["review_counts"] = review.counts(ds)
         truth["tagged"] = {tag: sorted(ds.match_tags(tag).values("id")) for tag in ("outlier", "near_duplicate", "to_review")}
         truth["last_epoch"] = {r.run_id: load_checkpoint(project, r.run_id)["state"].curves[-1]
                                for r in (truth["train"], truth["retrain"][0])}

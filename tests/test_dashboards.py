@@ -24,7 +24,6 @@ from fieldguide.dashboards import charts
 from fieldguide.platform.warehouse import Warehouse
 from conftest import make_image
 
-REPO_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # what the page shows
 
 APP = Path(__file__).resolve().parents[1] / "fieldguide" / "dashboards" / "app.py"
 PAGES = ["sections/health.py", "sections/review.py", "sections/relabel.py", "sections/models.py",
@@ -417,8 +416,7 @@ def test_review_page_counts_review_states_when_the_snapshot_has_them(full_projec
     wh = Warehouse(full_project.warehouse_path)
     states = {"to_review": 3, "pushed": 2, "resolved": 1}
     ids = [sid for sid, _, _ in FLAGGED]
-    with wh.connect() as con:  # the column another step adds to the snapshot
-        con.execute("ALTER TABLE samples ADD COLUMN review_state VARCHAR")
+    with wh.connect() as con:
         start = 0
         for state, n in states.items():
             for sid in ids[start:start + n]:
@@ -482,7 +480,11 @@ def test_loop_review_page_shows_what_flag_reports(looped_env):
     report, first = truth["flag"], truth["flag_1"]
     at = render("sections/review.py")
     shown = metrics(at)
-    assert shown["Flagged now"] == str(truth["label_issue"]) == str(truth["views"]["to_review"])
+    assert shown["Flagged now"] == str(truth["label_issue"])
+    # the review states the store holds (the queue: flagged train samples, fieldguide.platform.review)
+    states = frame(at, "review states").set_index("state")["samples"].to_dict()
+    assert states == {k: v for k, v in truth["review_counts"].items() if v}
+    assert states.get("to_review", 0) == truth["views"]["to_review"] == report.queued
     assert shown["Flagged by the last run"] == str(report.flagged)
     assert shown["Flag runs"] == "2"
     assert sorted(frame(at, "flagged signals")["sample_id"]) == truth["tagged"]["to_review"]
@@ -531,27 +533,6 @@ def test_loop_models_page_shows_what_training_and_evaluate_report(looped_env):
             zip(pairs["true_label"], pairs["predicted_label"], pairs["count"])] == ev["most_confused"]
 
 
-def test_benchmark_page_shows_project_tables(full_project):
-    folder = full_project.runs_dir / "benchmarks"
-    folder.mkdir(parents=True)
-    pd.DataFrame({"noise_rate": [0.1, 0.2], "method": ["cleanlab", "entropy"],
-                  "f1_issue_detection": [0.81, 0.74]}).to_csv(folder / "noise_detection.csv", index=False)
-    at = render("sections/benchmarks.py")
-    assert at.title[0].value == "Noise benchmark"
-    assert "noise_detection" in [s.value for s in at.subheader]
-    table = frame(at, "noise_detection table")
-    assert table["method"].tolist() == ["cleanlab", "entropy"]
-    assert table["f1_issue_detection"].tolist() == pytest.approx([0.81, 0.74])
-
-
-def test_benchmark_page_shows_the_shipped_reference_results(full_project):
-    shipped = {p.stem: pd.read_csv(p) for p in REPO_RESULTS.glob("*.csv")}
-    assert "closed_loop" in shipped  # benchmarks/closed_loop.py's table is part of the repository
-    at = render("sections/benchmarks.py")
-    table = frame(at, "closed_loop table")
-    assert table["arm"].tolist() == shipped["closed_loop"]["arm"].tolist()
-
-
 def test_sidebar_names_the_project(full_project):
     at = render()
     assert "testproj" in [m.value.strip("*") for m in at.sidebar.markdown]
@@ -567,14 +548,8 @@ def test_every_page_on_a_new_project_says_what_to_run(empty_project, page):
     if page != "sections/benchmarks.py":
         assert not at.dataframe
         assert f"fieldguide --project {empty_project.root} ingest IMAGES_DIR" in [c.value for c in at.code]
-    else:
-        assert "No benchmark tables in this project yet" in shown
-        # only the repository's reference results (benchmarks/results/*.csv) are tables here
-        shipped = sorted(REPO_RESULTS.glob("*.csv"))
-        assert len(at.dataframe) == len(shipped)
-        if shipped:
-            assert [h.value for h in at.header] == ["Reference results"]
-            assert {p.stem for p in shipped} <= {s.value for s in at.subheader}
+    else:  # the benchmark page reads the warehouse only (tests/test_bench_results.py shows it full)
+        assert "No benchmark recorded yet" in shown and not at.dataframe
 
 
 @pytest.mark.parametrize("page", PAGES)

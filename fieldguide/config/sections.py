@@ -155,7 +155,9 @@ class AppSection(_Section):
 class DashboardsSection(_Section):
     port: int = Field(default=8501, ge=1, le=65535, description="port of 'fieldguide dashboard' (on 127.0.0.1)")
     outlier_threshold: float = Field(
-        default=0.2, ge=0, le=1, description="Dataset health: an outlier has outlier_score at most this"
+        default=0.2, ge=0, le=1,
+        description="unused (kept so that older project files load): the Dataset health page counts the "
+                    "outliers flag found (Datalab's is_outlier), as the App's outliers view does"
     )
     matrix_max_classes: int = Field(
         default=40, ge=2, description="Models: a bigger confusion matrix shows the classes with the most confusions"
