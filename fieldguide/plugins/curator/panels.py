@@ -33,7 +33,7 @@ def sample_markdown(card: dict) -> str:
     """A sample's card (:func:`fieldguide.platform.panels.sample_card`) as markdown."""
     pred = card["predicted"]
     conf = f", {card['confidence']:.2f}" if card.get("confidence") is not None else ""
-    lines = [f"### {card['label'] or 'no label'}", "",
+    lines = [f"**{card['label'] or 'no label'}**", "",
              f"predicted **{pred}**{conf}" if pred else "no prediction yet", "",
              f"**review** {card['review_state'] or 'not flagged'} · **noise score** {_cell(card['noise_score'])}"
              f" · **tags** {', '.join(card['tags']) or '—'}", ""]
@@ -44,16 +44,16 @@ def sample_markdown(card: dict) -> str:
         link = f" · [open task {task['task_id']} in Label Studio]({task['url']})" if task["url"] else ""
         lines.append(f"**Label Studio** task {task['task_id']} · **{task['status']}** · pushed {task['pushed']}"
                      + (f" · answered {task['answered']}" if task["answered"] else "") + link)
-    lines += ["", "#### Label history", ""]
+    lines += ["", "**Label history**", ""]
     if card["history"]:
         lines += _table(["old → new", "source", "actor", "time", "run"],
                         [[f"{h['old'] or '—'} → {h['new']}", h["source"], h["actor"], h["time"], h["run_id"]]
                          for h in reversed(card["history"])])
     else:
         lines.append("no change since ingest")
-    lines += ["", "#### Votes", ""]
+    lines += ["", "**Votes**", ""]
     lines.append(" · ".join(f"{v['annotator'] or '?'}: {v['label']}" for v in card["votes"]) or "no crowd votes")
-    lines += ["", "#### Signals", ""]
+    lines += ["", "**Signals**", ""]
     signals = {k: v for k, v in card["signals"].items() if k != "noise_score"}
     lines += _table(["signal", "value"], [[k, v] for k, v in signals.items()]) if signals else ["no signals yet"]
     return "\n".join(lines)
@@ -62,13 +62,13 @@ def sample_markdown(card: dict) -> str:
 def project_markdown(counts: dict) -> str:
     """The project's counts (:func:`fieldguide.platform.panels.project_counts`) as markdown."""
     review = counts["review"]
-    lines = ["### Review", "", *_table([s.replace("_", " ") for s in STATES], [[review[s] for s in STATES]]),
-             "", f"{counts['samples']} samples", "", "### Label Studio tasks", ""]
+    lines = ["**Review**", "", *_table([s.replace("_", " ") for s in STATES], [[review[s] for s in STATES]]),
+             "", f"{counts['samples']} samples", "", "**Label Studio tasks**", ""]
     tasks = counts["tasks"]
     lines += _table(list(tasks), [list(tasks.values())]) if tasks else ["no task pushed yet"]
     if counts.get("labelstudio"):
         lines += ["", f"server: [{counts['labelstudio']}]({counts['labelstudio']})"]
-    lines += ["", "### Last run", ""]
+    lines += ["", "**Last run**", ""]
     run = counts["last_run"]
     if run is None:
         lines.append("no training run yet")
