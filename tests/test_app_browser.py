@@ -119,8 +119,9 @@ def keep_shot(driver, path: Path) -> Path:
 
 
 def test_panels_show_the_store_and_follow_a_set_label(app, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     url, project, queued = app
     ds = store.dataset(project)
@@ -160,8 +161,27 @@ def test_panels_show_the_store_and_follow_a_set_label(app, tmp_path):
         after = review.counts(ds)
         assert after["to_review"] == before["to_review"] - 1 and after["resolved"] == before["resolved"] + 1
 
-        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)  # back to the grid
+        deadline = time.monotonic() + 60
+        while any(m.is_displayed() for m in driver.find_elements(By.CSS_SELECTOR, "[data-cy='modal']")):
+            if time.monotonic() > deadline:
+                keep_shot(driver, tmp_path / "modal_not_closed.png")
+                raise AssertionError("the modal did not close")
+            actions = ActionBuilder(driver)  # a click on the backdrop, left of the modal
+            actions.pointer_action.move_to_location(12, WINDOW[1] // 2).click()
+            actions.perform()
+            time.sleep(1)
         wait_for(driver, [review_row(after)], within="panel-content-fieldguide_project")
-        wait_for(driver, [f"{len(queued) - 1} sample"])  # the queue the grid shows, reloaded
-        open_panel(driver, "fieldguide: sample")
+        wait_for(driver, [f"{len(queued) - 1} sample"], within="entry-counts")  # the queue the grid shows
+        assert len(driver.find_elements(By.CSS_SELECTOR, "[data-cy='looker']")) == len(queued) - 1
         keep_shot(driver, tmp_path / "grid_project_panel_after.png")
+
+        # the sample panel in the grid follows the selection
+        rest = next(s for s in queued if s != sid)
+        open_panel(driver, "fieldguide: sample")
+        wait_for(driver, ["Open or select a sample"], within="panel-content-fieldguide_sample")
+        ActionChains(driver).move_to_element(driver.find_element(By.CSS_SELECTOR, "[data-cy='looker']")).perform()
+        box = driver.find_element(By.CSS_SELECTOR, "[data-cy='looker'] input[type='checkbox']")
+        driver.execute_script("arguments[0].click()", box)  # the thumbnail's selection box
+        wait_for(driver, [cards[rest][0], f"review {review.TO_REVIEW}", "Label history"],
+                 within="panel-content-fieldguide_sample")
+        keep_shot(driver, tmp_path / "grid_sample_panel.png")

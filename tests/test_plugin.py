@@ -253,8 +253,8 @@ def test_set_label_decides_and_the_app_reloads_the_view_and_the_panels(predicted
     # the App reloads what changed and refreshes both open panels
     asked = app_requests(result)
     assert ("reload_dataset", {}) in asked
-    assert (f"{PLUGIN}/fieldguide_project#refresh", {"panel_id": "panel-project"}) in asked
-    assert (f"{PLUGIN}/fieldguide_sample#refresh", {"panel_id": "panel-sample"}) in asked
+    assert (f"{PLUGIN}/fieldguide_project", {"panel_id": "panel-project", "__method__": "refresh"}) in asked
+    assert (f"{PLUGIN}/fieldguide_sample", {"panel_id": "panel-sample", "__method__": "refresh"}) in asked
     # ... and the refreshed panels show the decision
     _, sample_view = open_panel(ds, "fieldguide_sample", "panel-sample", current_sample=sid)
     text = shown_text(sample_view)

@@ -67,17 +67,20 @@ def forget_panel(ctx) -> None:
 
 
 def refresh_panels(ctx) -> list[str]:
-    """Trigger ``refresh`` on every open fieldguide panel; returns the triggered URIs."""
+    """Trigger ``refresh`` on every open fieldguide panel; returns the ids of the panels.
+
+    The App sends a triggered ``uri#method`` to the server as it is (and the server knows no such
+    operator), so the method goes in ``__method__``, as the App does for a panel's own events."""
     if ctx.delegated or ctx.dataset is None:
         return []
     panels = ctx.store(PANELS_STORE)
-    uris = []
+    refreshed = []
     for panel_id in panels.list_keys():
         name = panels.get(panel_id)
         if name:
-            uris.append(f"{PLUGIN}/{name}#refresh")
-            ctx.trigger(uris[-1], params={"panel_id": panel_id})
-    return uris
+            ctx.trigger(f"{PLUGIN}/{name}", params={"panel_id": panel_id, "__method__": "refresh"})
+            refreshed.append(panel_id)
+    return refreshed
 
 
 def show_changes(ctx, *, view: str | None = None) -> None:
@@ -88,7 +91,8 @@ def show_changes(ctx, *, view: str | None = None) -> None:
     if view is not None:
         ctx.ops.set_view(name=view)
     else:
-        ctx.ops.reload_dataset()
+        ctx.ops.reload_dataset()  # the view: a decided sample leaves the to_review queue
+    ctx.ops.reload_samples()  # the grid's and the modal's labels
     refresh_panels(ctx)
 
 
