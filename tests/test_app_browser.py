@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from fieldguide.config import PROJECT_ENV
 from fieldguide.platform import review, store
 from conftest import free_port
+from tests.test_app import stop_app
 from tests.test_dashboard_browser import browser, page_text
 from tests.test_plugin import flagged_project, fresh_execution_store  # noqa: F401 - fixture
 
@@ -53,11 +53,7 @@ def app(predicted, tmp_path):
                 time.sleep(1)
         yield url, predicted, queued
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_app(server)
         log.close()
 
 
@@ -89,11 +85,7 @@ def click(driver, xpath: str, timeout_s: float = 60) -> None:
             driver.find_elements(By.XPATH, xpath)[-1].click()
             return
         except (IndexError, WebDriverException):
-            if time.monotonic() > deadline:
-                import re
-                driver.save_screenshot("/tmp/appx/fail.png")
-                cys = sorted(set(re.findall(r'data-cy="([^"]*)"', driver.page_source)))
-                raise AssertionError(f"nothing to click at {xpath}: {[c for c in cys if 'sidebar' not in c]}")
+            assert time.monotonic() < deadline, f"nothing to click at {xpath}"
             time.sleep(0.5)
 
 

@@ -124,7 +124,31 @@ def _count_notice(ctx, inputs, what: str) -> str:
     return f"{what} of {n} sample(s)"
 
 
-class SetLabel(FieldguideOperator):
+class _DecisionOperator(FieldguideOperator):
+    """A curator's decision about the samples of :func:`decided_ids`, through :mod:`fieldguide.platform.review`."""
+
+    what = ""  # "set" or "confirm", for the messages
+
+    def decide(self, ctx, project, ids: list[str]):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def run(self, ctx):
+        from fieldguide.errors import FieldguideError
+
+        ids = decided_ids(ctx)
+        if not ids:
+            raise FieldguideError(f"select samples (or open one) to {self.what} their label")
+        decision = self.decide(ctx, project_of(ctx), ids)
+        show_changes(ctx)
+        return decision.as_dict()
+
+    def resolve_output(self, ctx):
+        return _decision_output(ctx, f"Label {self.what}: the samples left the review queue")
+
+
+class SetLabel(_DecisionOperator):
+    what = "set"
+
     @property
     def config(self):
         return foo.OperatorConfig(name="set_label", label="fieldguide: set the label",
@@ -144,25 +168,16 @@ class SetLabel(FieldguideOperator):
         _sample_ids_input(inputs)
         return types.Property(inputs, view=types.View(label=_count_notice(ctx, inputs, "Set the label")))
 
-    def run(self, ctx):
-        from fieldguide.errors import FieldguideError
+    def decide(self, ctx, project, ids):
         from fieldguide.platform import review
 
-        ids = decided_ids(ctx)
-        if not ids:
-            raise FieldguideError("select samples (or open one) to set their label")
-        project = project_of(ctx)
-        label = ctx.params.get("label")
-        decision = review.decide(project, dict.fromkeys(ids, label), actor=project.config.project.curator,
-                                 source="curator")
-        show_changes(ctx)
-        return decision.as_dict()
-
-    def resolve_output(self, ctx):
-        return _decision_output(ctx, "Label set: the samples left the review queue")
+        return review.decide(project, dict.fromkeys(ids, ctx.params.get("label")),
+                             actor=project.config.project.curator, source="curator")
 
 
-class ConfirmLabel(FieldguideOperator):
+class ConfirmLabel(_DecisionOperator):
+    what = "confirm"
+
     @property
     def config(self):
         return foo.OperatorConfig(name="confirm_label", label="fieldguide: confirm the label",
@@ -175,20 +190,10 @@ class ConfirmLabel(FieldguideOperator):
         _sample_ids_input(inputs)
         return types.Property(inputs, view=types.View(label=_count_notice(ctx, inputs, "Confirm the label")))
 
-    def run(self, ctx):
-        from fieldguide.errors import FieldguideError
+    def decide(self, ctx, project, ids):
         from fieldguide.platform import review
 
-        ids = decided_ids(ctx)
-        if not ids:
-            raise FieldguideError("select samples (or open one) to confirm their label")
-        project = project_of(ctx)
-        decision = review.confirm(project, ids, actor=project.config.project.curator)
-        show_changes(ctx)
-        return decision.as_dict()
-
-    def resolve_output(self, ctx):
-        return _decision_output(ctx, "Label confirmed: the samples left the review queue")
+        return review.confirm(project, ids, actor=project.config.project.curator)
 
 
 class Retrain(FieldguideOperator):
