@@ -82,11 +82,16 @@ def test_app_serves_the_projects_dataset(ingested, tmp_path):
             docs.mkdir(exist_ok=True)
             (docs / "app.png").write_bytes(shot.read_bytes())
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_app(server)
+
+
+def stop_app(server: subprocess.Popen) -> None:
+    """Stop `fieldguide app` (started in its own session) and everything it started."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
 
 
 def _app_screenshot(url: str, workdir: Path, dataset_name: str) -> Path:

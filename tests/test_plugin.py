@@ -8,20 +8,42 @@ import json
 import pytest
 
 from fieldguide.errors import FieldguideError
-from fieldguide.platform import store
+from fieldguide.platform import review, store
 from fieldguide.platform.panels import project_counts, sample_card
 
 PLUGIN = "@fieldguide/curator"
 
 
+@pytest.fixture(autouse=True)
+def fresh_execution_store():
+    """FiftyOne's repository factory keeps the database handle of the first project this process
+    opened (``fiftyone.factory.repo_factory._db``) and ``release_database`` does not reset it: each
+    test's project has its own mongod, so its panels' execution store must not reuse the last one's."""
+    import fiftyone.factory.repo_factory as repo_factory
+
+    repo_factory._db = None
+    repo_factory.RepositoryFactory.repos.clear()
+    yield
+
+
 def run_op(name: str, ds, *, params=None, selected=None, view=None, current_sample=None):
+    return execute(name, ds, params=params, selected=selected, view=view, current_sample=current_sample).result
+
+
+def execute(name: str, ds, *, params=None, selected=None, view=None, current_sample=None):
+    """Run an operator (or a panel's method: ``params={"__method__": ..., "panel_id": ...}``)
+    through FiftyOne's executor; the ExecutionResult keeps what it asked the App to do."""
     import fiftyone.operators as foo
 
-    result = foo.execute_operator(f"{PLUGIN}/{name}", ctx={
+    return foo.execute_operator(f"{PLUGIN}/{name}", ctx={
         "dataset": ds.name, "view": view if view is not None else ds.view(), "params": params or {},
         "selected": selected or [], "current_sample": current_sample,
     })
-    return result.result
+
+
+def app_requests(result) -> list[tuple[str, dict]]:
+    """The operators an execution triggered in the App (its reloads and panel refreshes), with their params."""
+    return [(r["operator_uri"], r["params"]) for r in result.executor.to_json()["requests"]]
 
 
 def op_error(name: str, ds, **ctx) -> str:
@@ -43,8 +65,8 @@ def test_plugin_is_found_with_every_operator_and_panel(project):
     store.dataset(project)  # configures FiftyOne: plugins dir inside the package, nothing in $HOME
     assert PLUGIN in [p.name for p in fop.list_plugins()]
     uris = {o.uri for o in foo.list_operators()}
-    for name in ("flag_label_issues", "push_to_label_studio", "pull_from_label_studio", "set_label", "retrain",
-                 "open_dashboard", "fieldguide_sample", "fieldguide_project"):
+    for name in ("flag_label_issues", "push_to_label_studio", "pull_from_label_studio", "set_label", "confirm_label",
+                 "retrain", "open_dashboard", "fieldguide_sample", "fieldguide_project"):
         assert f"{PLUGIN}/{name}" in uris
 
 
@@ -63,7 +85,8 @@ def test_flag_set_label_and_retrain_operators(predicted):
     old = ds[sid].ground_truth.label
     new = "green_bird" if old != "green_bird" else "red_bird"
     out = run_op("set_label", ds, params={"label": new}, selected=[sid])
-    assert out == {"samples": 1, "changed": 1, "confirmed": 0}
+    assert {k: out[k] for k in ("samples", "changed", "confirmed", "problems")} == {
+        "samples": 1, "changed": 1, "confirmed": 0, "problems": []}
     ds.reload()
     last = ds[sid].label_history[-1]
     assert (last.old, last.new, last.source, last.actor) == (old, new, "curator", p.config.project.curator)
@@ -90,8 +113,9 @@ def test_flag_set_label_and_retrain_operators(predicted):
     assert [h["source"] for h in card["history"]][-2:] == ["curator", "curator"]
     assert "noise_score" in card["signals"]
     counts = project_counts(p)
-    assert counts["to_review"] == ds.count_sample_tags().get("to_review", 0)
+    assert counts["review"] == review.counts(store.dataset(p))
     assert counts["last_run"]["run_id"] == out["run_id"]
+    assert counts["last_run"]["metrics"]["top1"] == pytest.approx(top1)
 
 
 def test_push_without_label_studio_is_one_clear_error(predicted):
@@ -157,3 +181,126 @@ def test_form_defaults_come_from_the_project_file(project):
     assert retrain["method"].type.values == list(METHODS)  # every registered method
     dashboard = foo.get_operator(f"{PLUGIN}/open_dashboard").resolve_input(ctx).type.properties
     assert dashboard["port"].default == 8600
+
+
+# ---- decisions in the App, and the panels that show them ------------------------------------------------
+def flagged_project(predicted):
+    """``predicted`` with three wrong train labels, predicted again and flagged by the real ``flag``
+    (through its operator); returns (dataset, the sample ids it queued)."""
+    from fieldguide.config import dump_config
+    from fieldguide.models.predict import predict
+
+    predicted.config_path.write_text(dump_config(predicted.config))  # the App reads the project's file
+    ds = store.dataset(predicted)
+    wrong = {s.id: "blue_bird" for s in ds.match_tags("train").match({"ground_truth.label": "red_bird"}).limit(3)}
+    store.set_labels(predicted, ds, wrong, source="crowd", actor="test")
+    predict(predicted, head="logreg", folds=3)
+    run_op("flag_label_issues", ds)
+    ds.reload()
+    queued = [sid for sid, state in zip(*ds.match_tags(review.QUEUE_TAG).values(["id", "review_state"]))
+              if state == review.TO_REVIEW]
+    assert len(queued) >= 2, "the fixture flags too few samples to test decisions"
+    return ds, queued
+
+
+def open_panel(ds, name: str, panel_id: str, **ctx):
+    """Load a panel the way the App does (its ``on_load``); returns (its state, its rendered properties)."""
+    result = execute(name, ds, params={"__method__": "on_load", "panel_id": panel_id, "panel_state": {}}, **ctx)
+    state, rendered = {}, None
+    for op, params in app_requests(result):
+        if op == "patch_panel_state":
+            state.update(params["state"])
+        elif op == "show_panel_output":
+            rendered = params["output"]
+    assert rendered is not None, f"{name} rendered nothing"
+    return state, rendered
+
+
+def shown_text(rendered: dict) -> str:
+    """The markdown a rendered panel shows: each markdown view's text, unless the panel's state
+    holds a value under the view's name (then the App shows that value instead)."""
+    props = rendered["type"]["properties"]
+    return "\n".join(p.get("default") or "" for p in props.values() if p["view"]["name"] == "MarkdownView")
+
+
+def test_set_label_decides_and_the_app_reloads_the_view_and_the_panels(predicted):
+    ds, queued = flagged_project(predicted)
+    sid = queued[0]
+    old = ds[sid].ground_truth.label
+    new = next(c for c in store.classes(ds) if c != old)
+    project_state, project_view = open_panel(ds, "fieldguide_project", "panel-project")
+    sample_state, sample_view = open_panel(ds, "fieldguide_sample", "panel-sample", current_sample=sid)
+    # the panels' markdown is not hidden behind their state (a dict under a view's name shows as [object Object])
+    for state, rendered in ((project_state, project_view), (sample_state, sample_view)):
+        assert not set(state) & set(rendered["type"]["properties"])
+    before = review.counts(ds)
+    assert (f"| {before['to_review']} | {before['pushed']} | {before['answered']} | {before['resolved']} | "
+            f"{before['dismissed']} |") in shown_text(project_view)
+    assert f"**review** {review.TO_REVIEW}" in shown_text(sample_view)
+
+    result = execute("set_label", ds, params={"label": new}, current_sample=sid)
+    out = result.result
+    assert (out["samples"], out["changed"], out["confirmed"], out["problems"]) == (1, 1, 0, [])
+    runs = store.warehouse(predicted).query("SELECT kind, status FROM runs WHERE run_id = ?", [out["run_id"]])
+    assert runs.values.tolist() == [["set_label", "completed"]]
+    ds.reload()
+    sample = ds[sid]
+    assert sample.ground_truth.label == new and sample.review_state == review.RESOLVED
+    assert review.QUEUE_TAG not in sample.tags
+    last = sample.label_history[-1]
+    assert (last.old, last.new, last.source, last.run_id) == (old, new, "curator", out["run_id"])
+    assert review.counts(ds)["to_review"] == before["to_review"] - 1
+    # the App reloads what changed and refreshes both open panels
+    asked = app_requests(result)
+    assert ("reload_dataset", {}) in asked
+    assert (f"{PLUGIN}/fieldguide_project", {"panel_id": "panel-project", "__method__": "refresh"}) in asked
+    assert (f"{PLUGIN}/fieldguide_sample", {"panel_id": "panel-sample", "__method__": "refresh"}) in asked
+    # ... and the refreshed panels show the decision
+    _, sample_view = open_panel(ds, "fieldguide_sample", "panel-sample", current_sample=sid)
+    text = shown_text(sample_view)
+    assert f"| {old} → {new} | curator | {predicted.config.project.curator} |" in text
+    assert f"**review** {review.RESOLVED}" in text
+    _, project_view = open_panel(ds, "fieldguide_project", "panel-project")
+    after = review.counts(ds)
+    assert f"| {after['to_review']} | {after['pushed']} | {after['answered']} | {after['resolved']} |" in \
+        shown_text(project_view)
+
+
+def test_confirm_label_dismisses_and_set_label_shows_label_studio_problems(predicted):
+    ds, queued = flagged_project(predicted)
+    sid, pushed = queued[0], queued[1]
+    given = ds[sid].ground_truth.label
+    out = run_op("confirm_label", ds, selected=[sid])
+    assert (out["samples"], out["changed"], out["confirmed"]) == (1, 0, 1)
+    ds.reload()
+    assert ds[sid].review_state == review.DISMISSED and review.QUEUE_TAG not in ds[sid].tags
+    assert ds[sid].ground_truth.label == given and ds[sid].label_history[-1].run_id == out["run_id"]
+    wh = store.warehouse(predicted)
+    assert wh.query("SELECT kind FROM runs WHERE run_id = ?", [out["run_id"]]).iloc[0, 0] == "set_label"
+
+    # a sample with an open Label Studio task, and no Label Studio running: the decision stands, the
+    # operator's output says the task stays open
+    from fieldguide.platform.labelstudio.records import pushed_record
+
+    wh.write("relabel_tasks", [pushed_record(predicted.config.project.name, pushed, 4242)])
+    card = sample_card(predicted, pushed)
+    assert (card["task"]["task_id"], card["task"]["status"], card["task"]["url"]) == (4242, "pushed", None)
+    label = next(c for c in store.classes(ds) if c != ds[pushed].ground_truth.label)
+    out = run_op("set_label", ds, params={"label": label, "sample_ids": [pushed]})  # a panel's button
+    assert out["closed_tasks"] == 0 and len(out["problems"]) == 1 and "task" in out["problems"][0]
+    ds.reload()
+    assert ds[pushed].ground_truth.label == label and ds[pushed].review_state == review.RESOLVED
+
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}, "results": out})
+    shown = foo.get_operator(f"{PLUGIN}/set_label").resolve_output(ctx).type.properties
+    assert shown["problems_notice"].view.label == out["problems"][0]
+
+
+def test_decisions_need_samples(predicted):
+    ds = store.dataset(predicted)
+    message = op_error("confirm_label", ds)
+    assert message.startswith("fieldguide: select samples") and "\n" not in message
+    assert store.warehouse(predicted).query("SELECT count(*) FROM runs WHERE kind = 'set_label'").iloc[0, 0] == 0

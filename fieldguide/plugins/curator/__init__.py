@@ -9,53 +9,16 @@ one line: :class:`fieldguide.errors.FieldguideError` messages, never a traceback
 
 from __future__ import annotations
 
-import os
-
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-
-def _project(ctx):
-    from fieldguide.config import PROJECT_ENV, open_project
-
-    root = (ctx.dataset.info or {}).get("fieldguide_project") if ctx.dataset is not None else None
-    return open_project(root or os.environ.get(PROJECT_ENV))
+from fieldguide.plugins.curator.context import (
+    FieldguideOperator, decided_ids, project_of, refresh_panels, settings_of, show_changes, target_ids,
+)
+from fieldguide.plugins.curator.panels import ProjectPanel, SamplePanel
 
 
-def _settings(ctx):
-    """The project's configuration, for the forms' defaults (the sections' defaults when no project opens)."""
-    from fieldguide.config.sections import Config, ProjectSection
-    from fieldguide.errors import FieldguideError
-
-    try:
-        return _project(ctx).config
-    except FieldguideError:
-        return Config(project=ProjectSection(name="unknown"))
-
-
-def _target_ids(ctx) -> list[str]:
-    """The selected samples, else the current view's."""
-    if ctx.selected:
-        return list(ctx.selected)
-    return ctx.target_view().values("id") if hasattr(ctx, "target_view") else ctx.view.values("id")
-
-
-class _FieldguideOperator(foo.Operator):
-    """Turns a fieldguide error into one clear line in the App."""
-
-    def execute(self, ctx):
-        from fieldguide.errors import FieldguideError
-
-        try:
-            return self.run(ctx)
-        except FieldguideError as e:
-            raise RuntimeError(f"fieldguide: {e}") from None
-
-    def run(self, ctx):  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
-
-class FlagLabelIssues(_FieldguideOperator):
+class FlagLabelIssues(FieldguideOperator):
     @property
     def config(self):
         return foo.OperatorConfig(name="flag_label_issues", label="fieldguide: flag label issues",
@@ -70,9 +33,8 @@ class FlagLabelIssues(_FieldguideOperator):
     def run(self, ctx):
         from fieldguide.curation.flag import flag
 
-        report = flag(_project(ctx), backbone=ctx.params.get("backbone") or None)
-        if not ctx.delegated:
-            ctx.ops.set_view(name="to_review")
+        report = flag(project_of(ctx), backbone=ctx.params.get("backbone") or None)
+        show_changes(ctx, view="to_review")
         return {"assessed": report.assessed, "flagged": report.flagged, "outliers": report.outliers,
                 "not_assessable": report.not_assessable}
 
@@ -83,7 +45,7 @@ class FlagLabelIssues(_FieldguideOperator):
         return types.Property(outputs, view=types.View(label="Flagged; the to_review view is loaded"))
 
 
-class PushToLabelStudio(_FieldguideOperator):
+class PushToLabelStudio(FieldguideOperator):
     @property
     def config(self):
         return foo.OperatorConfig(name="push_to_label_studio", label="fieldguide: push to Label Studio",
@@ -102,9 +64,10 @@ class PushToLabelStudio(_FieldguideOperator):
         limit = ctx.params.get("limit")
         if limit is not None and int(limit) < 0:
             raise RuntimeError("fieldguide: the limit must be 0 or more")
-        ids = _target_ids(ctx)
+        ids = target_ids(ctx)
         ids = ids[: int(limit)] if limit is not None else ids
-        report = push(_project(ctx), sample_ids=ids)
+        report = push(project_of(ctx), sample_ids=ids)
+        show_changes(ctx)
         return {"pushed": report.pushed, "already_pushed": report.already_pushed, "url": report.url,
                 "project_id": report.project_id}
 
@@ -116,7 +79,7 @@ class PushToLabelStudio(_FieldguideOperator):
         return types.Property(outputs)
 
 
-class PullFromLabelStudio(_FieldguideOperator):
+class PullFromLabelStudio(FieldguideOperator):
     @property
     def config(self):
         return foo.OperatorConfig(name="pull_from_label_studio", label="fieldguide: pull from Label Studio",
@@ -125,9 +88,8 @@ class PullFromLabelStudio(_FieldguideOperator):
     def run(self, ctx):
         from fieldguide.platform.labelstudio import pull
 
-        report = pull(_project(ctx))
-        if not ctx.delegated:
-            ctx.ops.reload_dataset()
+        report = pull(project_of(ctx))
+        show_changes(ctx)
         return {"applied": report.applied, "changed": report.changed, "accepted": report.accepted,
                 "unsure": report.unsure, "skipped": report.skipped, "pending": report.pending}
 
@@ -138,11 +100,60 @@ class PullFromLabelStudio(_FieldguideOperator):
         return types.Property(outputs)
 
 
-class SetLabel(_FieldguideOperator):
+def _decision_output(ctx, title: str):
+    outputs = types.Object()
+    outputs.str("run_id", label="Run")
+    for key in ("samples", "changed", "confirmed", "closed_tasks"):
+        outputs.int(key, label=key.replace("_", " "))
+    problems = (ctx.results or {}).get("problems") or []
+    if problems:
+        outputs.view("problems_notice", types.Warning(label="; ".join(problems)))
+    outputs.list("problems", types.String(), label="Problems")
+    return types.Property(outputs, view=types.View(label=title))
+
+
+def _sample_ids_input(inputs) -> None:
+    """The samples a panel's button decides about (hidden; else the selection or the open sample)."""
+    inputs.list("sample_ids", types.String(), required=False, view=types.HiddenView())
+
+
+def _count_notice(ctx, inputs, what: str) -> str:
+    n = len(decided_ids(ctx))
+    if n == 0:
+        inputs.view("none", types.Warning(label="Select samples (or open one) first"))
+    return f"{what} of {n} sample(s)"
+
+
+class _DecisionOperator(FieldguideOperator):
+    """A curator's decision about the samples of :func:`decided_ids`, through :mod:`fieldguide.platform.review`."""
+
+    what = ""  # "set" or "confirm", for the messages
+
+    def decide(self, ctx, project, ids: list[str]):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def run(self, ctx):
+        from fieldguide.errors import FieldguideError
+
+        ids = decided_ids(ctx)
+        if not ids:
+            raise FieldguideError(f"select samples (or open one) to {self.what} their label")
+        decision = self.decide(ctx, project_of(ctx), ids)
+        show_changes(ctx)
+        return decision.as_dict()
+
+    def resolve_output(self, ctx):
+        return _decision_output(ctx, f"Label {self.what}: the samples left the review queue")
+
+
+class SetLabel(_DecisionOperator):
+    what = "set"
+
     @property
     def config(self):
-        return foo.OperatorConfig(name="set_label", label="fieldguide: set or confirm the label",
-                                  description="the curator's decision for the selected samples, kept in label_history",
+        return foo.OperatorConfig(name="set_label", label="fieldguide: set the label",
+                                  description="the curator's decision for the selected samples: label history, "
+                                              "a set_label run, the review queue, the Label Studio task",
                                   dynamic=True)
 
     def resolve_input(self, ctx):
@@ -154,34 +165,38 @@ class SetLabel(_FieldguideOperator):
         for c in classes:
             choices.add_choice(c, label=c)
         inputs.enum("label", classes, label="Label", required=True, view=choices)
-        n = len(ctx.selected) if ctx.selected else (1 if ctx.current_sample else 0)
-        if n == 0:
-            inputs.view("none", types.Warning(label="Select samples (or open one) first"))
-        return types.Property(inputs, view=types.View(label=f"Set the label of {n} sample(s)"))
+        _sample_ids_input(inputs)
+        return types.Property(inputs, view=types.View(label=_count_notice(ctx, inputs, "Set the label")))
 
-    def run(self, ctx):
-        from fieldguide.platform import store
+    def decide(self, ctx, project, ids):
+        from fieldguide.platform import review
 
-        ids = list(ctx.selected) or ([ctx.current_sample] if ctx.current_sample else [])
-        if not ids:
-            raise RuntimeError("fieldguide: select samples (or open one) to set their label")
-        label = ctx.params.get("label")
-        project = _project(ctx)
-        ds = store.dataset(project, create=False)
-        changed = store.set_labels(project, ds, {sid: label for sid in ids}, source="curator",
-                                   actor=project.config.project.curator)
-        if not ctx.delegated:
-            ctx.ops.reload_samples()
-        return {"samples": len(ids), "changed": changed, "confirmed": len(ids) - changed}
-
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        for key in ("samples", "changed", "confirmed"):
-            outputs.int(key, label=key)
-        return types.Property(outputs)
+        return review.decide(project, dict.fromkeys(ids, ctx.params.get("label")),
+                             actor=project.config.project.curator, source="curator")
 
 
-class Retrain(_FieldguideOperator):
+class ConfirmLabel(_DecisionOperator):
+    what = "confirm"
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="confirm_label", label="fieldguide: confirm the label",
+                                  description="the given label of the selected samples is right: they leave the "
+                                              "review queue (dismissed)",
+                                  dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _sample_ids_input(inputs)
+        return types.Property(inputs, view=types.View(label=_count_notice(ctx, inputs, "Confirm the label")))
+
+    def decide(self, ctx, project, ids):
+        from fieldguide.platform import review
+
+        return review.confirm(project, ids, actor=project.config.project.curator)
+
+
+class Retrain(FieldguideOperator):
     @property
     def config(self):
         return foo.OperatorConfig(name="retrain", label="fieldguide: retrain",
@@ -192,7 +207,7 @@ class Retrain(_FieldguideOperator):
     def resolve_input(self, ctx):
         from fieldguide.models.entropy import METHODS
 
-        train = _settings(ctx).train
+        train = settings_of(ctx).train
         inputs = types.Object()
         inputs.enum("method", list(METHODS), default=train.method, label="Method")
         inputs.enum("flagged", ["downweight", "exclude", "keep"], default=train.flagged,
@@ -204,10 +219,11 @@ class Retrain(_FieldguideOperator):
 
         if ctx.delegated:
             ctx.set_progress(progress=0.05, label="training")
-        report, comparison = retrain(_project(ctx), method=ctx.params.get("method"),
+        report, comparison = retrain(project_of(ctx), method=ctx.params.get("method"),
                                      flagged=ctx.params.get("flagged"), progress=False)
         if ctx.delegated:
             ctx.set_progress(progress=1.0, label="done")
+        refresh_panels(ctx)  # the project panel's last run
         return {"run_id": report.run_id, "top1": report.top1, "macro_f1": report.macro_f1,
                 "previous": comparison.get("previous"), "delta_top1": comparison.get("delta_top1"),
                 "delta_macro_f1": comparison.get("delta_macro_f1")}
@@ -221,21 +237,21 @@ class Retrain(_FieldguideOperator):
         return types.Property(outputs)
 
 
-class OpenDashboard(_FieldguideOperator):
+class OpenDashboard(FieldguideOperator):
     @property
     def config(self):
         return foo.OperatorConfig(name="open_dashboard", label="fieldguide: open the dashboards")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.int("port", default=_settings(ctx).dashboards.port, label="Port", required=True)
+        inputs.int("port", default=settings_of(ctx).dashboards.port, label="Port", required=True)
         return types.Property(inputs)
 
     def run(self, ctx):
         from fieldguide.dashboards.server import ensure_running
 
         port = ctx.params.get("port")
-        url = ensure_running(_project(ctx), int(port) if port else None)
+        url = ensure_running(project_of(ctx), int(port) if port else None)
         return {"url": url}
 
     def resolve_output(self, ctx):
@@ -245,73 +261,7 @@ class OpenDashboard(_FieldguideOperator):
         return types.Property(outputs)
 
 
-class SamplePanel(foo.Panel):
-    """The current sample: label history, votes, signals and noise score."""
-
-    @property
-    def config(self):
-        return foo.PanelConfig(name="fieldguide_sample", label="fieldguide: sample", surfaces="grid modal")
-
-    def on_load(self, ctx):
-        self._refresh(ctx)
-
-    def on_change_current_sample(self, ctx):
-        self._refresh(ctx)
-
-    def on_change_selected(self, ctx):
-        self._refresh(ctx)
-
-    def _refresh(self, ctx):
-        from fieldguide.platform.panels import sample_card
-
-        sid = ctx.current_sample or (ctx.selected[0] if ctx.selected else None)
-        ctx.panel.state.card = sample_card(_project(ctx), sid) if sid else None
-
-    def render(self, ctx):
-        panel = types.Object()
-        card = ctx.panel.state.card
-        if not card:
-            panel.md("Open or select a sample to see its label history, votes and signals.", name="empty")
-            return types.Property(panel, view=types.GridView())
-        lines = [f"**{card['label']}** (predicted {card['predicted']})", "", "| old | new | source | actor | time |",
-                 "|---|---|---|---|---|"]
-        lines += [f"| {h['old']} | {h['new']} | {h['source']} | {h['actor']} | {h['time']} |" for h in card["history"]]
-        if card["votes"]:
-            lines += ["", "**votes**: " + ", ".join(f"{v['annotator']}: {v['label']}" for v in card["votes"])]
-        if card["signals"]:
-            lines += ["", "**signals**: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                      for k, v in card["signals"].items())]
-        panel.md("\n".join(lines), name="card")
-        return types.Property(panel, view=types.GridView(orientation="vertical"))
-
-
-class ProjectPanel(foo.Panel):
-    """The project: to review / pushed / answered, and the last run's metrics."""
-
-    @property
-    def config(self):
-        return foo.PanelConfig(name="fieldguide_project", label="fieldguide: project")
-
-    def on_load(self, ctx):
-        from fieldguide.platform.panels import project_counts
-
-        ctx.panel.state.counts = project_counts(_project(ctx))
-
-    def render(self, ctx):
-        panel = types.Object()
-        c = ctx.panel.state.counts or {}
-        lines = [f"**to review** {c.get('to_review', 0)} · **pushed** {c.get('pushed', 0)} · "
-                 f"**answered** {c.get('answered', 0)} · samples {c.get('samples', 0)}"]
-        run = c.get("last_run")
-        if run:
-            lines.append(f"last run {run['run_id']}: top-1 {run.get('top1', float('nan')):.3f}, "
-                         f"macro-F1 {run.get('macro_f1', float('nan')):.3f}")
-        panel.md("\n\n".join(lines), name="counts")
-        panel.btn("refresh", label="Refresh", on_click=self.on_load)
-        return types.Property(panel, view=types.GridView(orientation="vertical"))
-
-
 def register(p):
-    for cls in (FlagLabelIssues, PushToLabelStudio, PullFromLabelStudio, SetLabel, Retrain, OpenDashboard,
-                SamplePanel, ProjectPanel):
+    for cls in (FlagLabelIssues, PushToLabelStudio, PullFromLabelStudio, SetLabel, ConfirmLabel, Retrain,
+                OpenDashboard, SamplePanel, ProjectPanel):
         p.register(cls)
