@@ -14,18 +14,6 @@ from fieldguide.platform.panels import project_counts, sample_card
 PLUGIN = "@fieldguide/curator"
 
 
-@pytest.fixture(autouse=True)
-def fresh_execution_store():
-    """FiftyOne's repository factory keeps the database handle of the first project this process
-    opened (``fiftyone.factory.repo_factory._db``) and ``release_database`` does not reset it: each
-    test's project has its own mongod, so its panels' execution store must not reuse the last one's."""
-    import fiftyone.factory.repo_factory as repo_factory
-
-    repo_factory._db = None
-    repo_factory.RepositoryFactory.repos.clear()
-    yield
-
-
 def run_op(name: str, ds, *, params=None, selected=None, view=None, current_sample=None):
     return execute(name, ds, params=params, selected=selected, view=view, current_sample=current_sample).result
 

@@ -192,6 +192,7 @@ def _stop_service() -> None:
     fod._connection_kwargs.pop("port", None)
     fod._connection_kwargs.pop("host", None)
     os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)  # FiftyOne set it when it started mongod
+    _forget_repositories()
     service = getattr(fod, "_db_service", None)
     if service is not None:
         try:
@@ -199,6 +200,16 @@ def _stop_service() -> None:
         except Exception:  # noqa: BLE001 - an already-stopped service is fine
             pass
         fod._db_service = None
+
+
+def _forget_repositories() -> None:
+    """FiftyOne's repository factory keeps the first database handle it made (the execution store
+    of panels and the delegated operations' queue): forget it with the connection, or the next
+    project's panels would use a closed client."""
+    import fiftyone.factory.repo_factory as repo_factory
+
+    repo_factory._db = None
+    repo_factory.RepositoryFactory.repos.clear()
 
 
 def _reconnect(project: Project, db_dir: str, uri: str) -> None:
