@@ -21,7 +21,7 @@ from fieldguide.platform import review, store
 from conftest import free_port
 from tests.test_app import stop_app
 from tests.test_dashboard_browser import browser, page_text
-from tests.test_plugin import flagged_project, fresh_execution_store  # noqa: F401 - fixture
+from tests.test_plugin import flagged_project  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
