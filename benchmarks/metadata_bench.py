@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +69,7 @@ def collection_arrays(collection, cache: Path) -> dict:
     from fieldguide.models.embed import embedded_table
     from fieldguide.platform import samples, store
     from fieldguide.suite.collections import collection_features, suite_split
+    from fieldguide.suite.plan import SPLIT_SEED
 
     features = collection_features(collection, cache)  # ingests and embeds what the cache lacks
     project = init_project(cache / collection.name, collection.name)
@@ -81,22 +81,21 @@ def collection_arrays(collection, cache: Path) -> dict:
         store.release_database()
     labeled = table["label"].notna().to_numpy() & table["split"].isin(("train", "val", "test")).to_numpy()
     table, X = table[labeled], X[labeled]
-    classes = sorted(table["label"].unique())
-    y = np.array([classes.index(c) for c in table["label"]])
-    test = (table["split"] == "test").to_numpy()
+    y = np.array([features.classes.index(c) for c in table["label"]])
+    in_store = (table["split"] == "test").to_numpy()
     observations = table["observation_id"].tolist() if "observation_id" in extra else None
-    resplit = None
-    if not test.any():
-        def resplit(seed: int) -> np.ndarray:
-            return suite_split(table["label"], table["filepath"], observations, seed=seed)
 
-        test = suite_split(table["label"], table["filepath"], observations)
-    assert (len(y) - test.sum(), test.sum()) == (len(features.y_train), len(features.y_test))  # the suite's split
+    def resplit(seed: int) -> np.ndarray:
+        return suite_split(table["label"], table["filepath"], observations, seed=seed)
+
+    test = in_store if in_store.any() else resplit(SPLIT_SEED)
+    # the rows are the suite's, in its order
+    assert np.array_equal(y[~test], features.y_train) and np.array_equal(y[test], features.y_test)
     none = [None] * len(table)
     M = md.encode(table["observed_at"].tolist() if "observed_at" in extra else none,
                   [md.location_point(v) for v in table["location"]] if "location" in extra else none)
-    return {"X": X, "y": y, "M": M, "test": test, "n_classes": len(classes), "split": features.split,
-            "resplit": resplit}
+    return {"X": X, "y": y, "M": M, "test": test, "n_classes": features.n_classes, "split": features.split,
+            "resplit": None if in_store.any() else resplit}
 
 
 def with_prior(head_oof, head_test, M_tr, y_tr, M_te, fold, n_classes, make_prior):
@@ -130,10 +129,9 @@ def run_collection(name: str, a: dict, test: np.ndarray, split: str) -> list[dic
                      "weight": "" if weight is None else weight, "note": note})
         log.info("%s %s: %s", name, arm, rows[-1])
 
-    t = time.time()
     oof, fold = cross_val_pred_probs(make_head("logreg"), X[tr], y[tr], k, folds=5, seed=0)
     head = aligned_proba(clone(make_head("logreg")).fit(X[tr], y[tr]), X[te], k)
-    row("head", head, note=f"logreg, {time.time() - t:.0f} s")
+    row("head", head, note="logreg (predict's default head)")
     if groups:
         for label, make_prior in (("kde", md.KdePrior), ("lr", LrPrior)):
             probs, w, full = with_prior(oof, head, M[tr], y[tr], M[te], fold, k, make_prior)

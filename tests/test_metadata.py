@@ -6,7 +6,6 @@ import datetime as dt
 import json
 
 import numpy as np
-import pytest
 from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
