@@ -33,17 +33,22 @@ def predict(
     head: Optional[str] = typer.Option(None, help="logreg | mlp | knn | ensemble (default: predict.head)."),
     folds: Optional[int] = typer.Option(None, help="K for the stratified K-fold (default: predict.folds)."),
     backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
+    metadata: Optional[str] = typer.Option(None, help="auto | none: combine with a date/place prior when the "
+                                           "samples have dates or places (default: models.metadata)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Out-of-sample predictions for every sample (K-fold for labeled training samples)."""
     from fieldguide.models.predict import predict as run_predict
 
-    report = run_predict(_project(), head=head, folds=folds, backbone=backbone)
+    report = run_predict(_project(), head=head, folds=folds, backbone=backbone, metadata=metadata)
     if as_json:
         _echo_json(report.as_dict())
         return
     typer.echo(f"{report.head}: {report.n_cross_validated} samples by {report.folds}-fold "
                f"(out-of-fold top-1 {report.oof_top1:.3f}), {report.n_fit_all} by a head fit on all of them")
+    if report.metadata:
+        typer.echo(f"metadata prior ({', '.join(report.metadata)}): weight {report.metadata_weight:g}"
+                   + (" (the head alone did as well)" if report.metadata_weight == 0 else ""))
 
 
 def evaluate(

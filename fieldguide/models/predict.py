@@ -5,6 +5,11 @@ other sample (test, unlabeled, val) by a head fit on all labeled training sample
 goes to the store as ``prediction`` (a Classification with logits and confidence) in one bulk
 write, and to ``runs/<run>/pred_probs.npz`` (sample ids, classes, probabilities, fold) for the
 curation step.
+
+With ``metadata="auto"`` and samples that carry a date or a place (``observed_at``, ``location``),
+a spatio-temporal prior (:mod:`fieldguide.models.metadata`) is fitted beside the head inside each
+fold, on that fold's training part only, and combined with the head's probabilities with a weight
+chosen on the out-of-fold rows (0: the head alone). Without metadata, ``auto`` is ``none``.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import numpy as np
 from sklearn.base import clone
 
 from fieldguide.config import Project
-from fieldguide.errors import NotReadyError
+from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
 from fieldguide.models.embed import embedded_table
 from fieldguide.models.heads import make_head
-from fieldguide.platform import store
+from fieldguide.models import metadata as md
+from fieldguide.platform import samples, store
 from fieldguide.platform.fields import write_values
 from fieldguide.platform.lock import writes
 
@@ -40,6 +46,8 @@ class PredictReport:
     n_without_embedding: int
     oof_top1: float
     pred_probs_path: str
+    metadata: list[str]
+    metadata_weight: float
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -47,15 +55,20 @@ class PredictReport:
 
 @writes('predict')
 def predict(project: Project, *, head: str | None = None, folds: int | None = None,
-            backbone: str | None = None, seed: int | None = None) -> PredictReport:
-    """Out-of-sample predictions for every sample with an embedding; see the module docstring."""
+            backbone: str | None = None, seed: int | None = None, metadata: str | None = None) -> PredictReport:
+    """Out-of-sample predictions for every sample with an embedding; see the module docstring.
+    ``metadata``: auto | none (default: models.metadata)."""
     cfg = project.config.predict
     head = head or cfg.head
     folds = folds or cfg.folds
     seed = cfg.seed if seed is None else seed
+    metadata = metadata or project.config.models.metadata
+    if metadata not in md.MODES:
+        raise FieldguideError(f"metadata {metadata!r}: use one of {', '.join(md.MODES)}")
     make_head(head)  # unknown names fail before any work
     ds = store.dataset(project, create=False)
-    ids, X, table = embedded_table(project, backbone, ds)
+    meta_fields = [f for f in ("observed_at", "location") if metadata == "auto" and samples.has_field(ds, f)]
+    ids, X, table = embedded_table(project, backbone, ds, meta_fields)
     classes = store.classes(ds)
     index = {c: i for i, c in enumerate(classes)}
     fit_mask = table["split"].isin(FIT_SPLITS).to_numpy() & table["label"].notna().to_numpy()
@@ -63,15 +76,26 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         raise NotReadyError("no labeled training samples with embeddings (ingest labeled images, then embed)")
     y = np.array([index[label] for label in table["label"][fit_mask]])
     wh = store.warehouse(project)
-    config = {"head": head, "folds": folds, "seed": seed, "backbone": backbone or project.config.models.backbone}
+    M = md.encode(table["observed_at"].tolist() if "observed_at" in meta_fields else [None] * len(ids),
+                  [md.location_point(v) for v in table["location"]] if "location" in meta_fields else [None] * len(ids))
+    groups = [g for g in md.groups_present(M[fit_mask]) if g != "hour"]  # the prior uses date and place
+    config = {"head": head, "folds": folds, "seed": seed, "backbone": backbone or project.config.models.backbone,
+              "metadata": {"mode": metadata, "groups": groups}}
+    # the model first, so the run's config records what the metadata prior chose
+    probs = np.zeros((len(ids), len(classes)))
+    fold = np.full(len(ids), -1, dtype=int)
+    oof, fold_fit = cross_val_pred_probs(make_head(head), X[fit_mask], y, len(classes), folds=folds, seed=seed)
+    fold[fit_mask] = fold_fit
+    full = clone(make_head(head)).fit(X[fit_mask], y) if (~fit_mask).any() else None
+    rest = aligned_proba(full, X[~fit_mask], len(classes)) if full is not None else None
+    w = 0.0
+    if groups:
+        oof, rest, w, prior_info = _with_prior(oof, rest, M, fit_mask, y, fold_fit, len(classes))
+        config["metadata"].update(weight=w, **prior_info)
+    probs[fit_mask] = oof
+    if rest is not None:
+        probs[~fit_mask] = rest
     with wh.run("predict", config) as run_id:
-        probs = np.zeros((len(ids), len(classes)))
-        fold = np.full(len(ids), -1, dtype=int)
-        oof, fold_fit = cross_val_pred_probs(make_head(head), X[fit_mask], y, len(classes), folds=folds, seed=seed)
-        probs[fit_mask], fold[fit_mask] = oof, fold_fit
-        if (~fit_mask).any():
-            full = clone(make_head(head)).fit(X[fit_mask], y)
-            probs[~fit_mask] = aligned_proba(full, X[~fit_mask], len(classes))
         path = project.run_dir(run_id) / "pred_probs.npz"
         np.savez_compressed(path, sample_ids=np.array(ids), classes=np.array(classes), pred_probs=probs,
                             fold=fold, labels=table["label"].fillna("").to_numpy().astype(str),
@@ -92,7 +116,28 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         n_all = len(ds)
     return PredictReport(run_id=run_id, head=head, folds=int(fold.max() + 1), n_cross_validated=int(fit_mask.sum()),
                          n_fit_all=int((~fit_mask).sum()), n_without_embedding=n_all - len(ids),
-                         oof_top1=oof_top1, pred_probs_path=str(path))
+                         oof_top1=oof_top1, pred_probs_path=str(path), metadata=groups, metadata_weight=w)
+
+
+def _with_prior(oof: np.ndarray, rest: np.ndarray | None, M: np.ndarray, fit_mask: np.ndarray, y: np.ndarray,
+                fold: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray | None, float, dict]:
+    """The head's out-of-fold rows and other rows combined with the metadata prior: fitted per fold
+    on that fold's training part (the same folds as the head), ``w`` chosen on the out-of-fold rows,
+    then refitted on all training rows for the others. Returns ``(oof, rest, w, what was chosen)``."""
+    M_fit = M[fit_mask]
+    prior_oof = np.zeros_like(oof)
+    for f in np.unique(fold):
+        train = fold != f
+        prior_oof[~train] = md.aligned_prior(md.KdePrior().fit(M_fit[train], y[train]), M_fit[~train], n_classes)
+    w, scores = md.choose_weight(oof, prior_oof, y)
+    full = md.KdePrior().fit(M_fit, y)
+    info = {"prior": "kde", "day_kappa": full.day_kappa_, "place_kappa": full.place_kappa_,
+            "oof_loglik": {str(k): round(v, 4) for k, v in scores.items()}}
+    log.info("metadata prior: weight %s (out-of-fold log-likelihood by weight %s)", w, info["oof_loglik"])
+    if w == 0:
+        return oof, rest, w, info
+    rest = md.combine(rest, md.aligned_prior(full, M[~fit_mask], n_classes), w) if rest is not None else None
+    return md.combine(oof, prior_oof, w), rest, w, info
 
 
 @dataclass
