@@ -133,12 +133,13 @@ class Project:
         return embed(self.project, backbone, weights, batch_size=batch_size, device=device)
 
     def predict(self, *, head: str | None = None, folds: int | None = None,
-                backbone: str | None = None) -> PredictReport:
+                backbone: str | None = None, metadata: str | None = None) -> PredictReport:
         """``fieldguide predict``: out-of-sample predictions for every embedded sample (K-fold for the
-        labeled training samples; default head and K: ``[predict]``)."""
+        labeled training samples; default head and K: ``[predict]``); ``metadata`` auto | none
+        (default ``models.metadata``): the date and place prior."""
         from fieldguide.models.predict import predict
 
-        return predict(self.project, head=head, folds=folds, backbone=backbone)
+        return predict(self.project, head=head, folds=folds, backbone=backbone, metadata=metadata)
 
     def evaluate(self, split: str = "test") -> dict:
         """``fieldguide evaluate``: top-1/5, macro-F1, ECE, per-class scores, confusions and cost of the

@@ -81,21 +81,20 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     groups = [g for g in md.groups_present(M[fit_mask]) if g != "hour"]  # the prior uses date and place
     config = {"head": head, "folds": folds, "seed": seed, "backbone": backbone or project.config.models.backbone,
               "metadata": {"mode": metadata, "groups": groups}}
-    # the model first, so the run's config records what the metadata prior chose
-    probs = np.zeros((len(ids), len(classes)))
-    fold = np.full(len(ids), -1, dtype=int)
-    oof, fold_fit = cross_val_pred_probs(make_head(head), X[fit_mask], y, len(classes), folds=folds, seed=seed)
-    fold[fit_mask] = fold_fit
-    full = clone(make_head(head)).fit(X[fit_mask], y) if (~fit_mask).any() else None
-    rest = aligned_proba(full, X[~fit_mask], len(classes)) if full is not None else None
-    w = 0.0
-    if groups:
-        oof, rest, w, prior_info = _with_prior(oof, rest, M, fit_mask, y, fold_fit, len(classes))
-        config["metadata"].update(weight=w, **prior_info)
-    probs[fit_mask] = oof
-    if rest is not None:
-        probs[~fit_mask] = rest
     with wh.run("predict", config) as run_id:
+        probs = np.zeros((len(ids), len(classes)))
+        fold = np.full(len(ids), -1, dtype=int)
+        oof, fold_fit = cross_val_pred_probs(make_head(head), X[fit_mask], y, len(classes), folds=folds, seed=seed)
+        fold[fit_mask] = fold_fit
+        full = clone(make_head(head)).fit(X[fit_mask], y) if (~fit_mask).any() else None
+        rest = aligned_proba(full, X[~fit_mask], len(classes)) if full is not None else None
+        w = 0.0
+        if groups:
+            oof, rest, w, prior_info = _with_prior(oof, rest, M, fit_mask, y, fold_fit, len(classes))
+            wh.update_config(run_id, {"metadata": {**config["metadata"], "weight": w, **prior_info}})
+        probs[fit_mask] = oof
+        if rest is not None:
+            probs[~fit_mask] = rest
         path = project.run_dir(run_id) / "pred_probs.npz"
         np.savez_compressed(path, sample_ids=np.array(ids), classes=np.array(classes), pred_probs=probs,
                             fold=fold, labels=table["label"].fillna("").to_numpy().astype(str),

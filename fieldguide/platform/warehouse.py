@@ -202,6 +202,16 @@ class Warehouse:
             log.warning("%d run(s) left running by a process that ended are marked interrupted", len(stale))
         return len(stale)
 
+    def update_config(self, run_id: str, extra: dict) -> None:
+        """Merge ``extra`` into a run's recorded config (what the run chose as it went)."""
+        with self.connect() as con:
+            row = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                raise NotReadyError(f"no run {run_id!r} in the warehouse")
+            config = {**json.loads(row[0] or "{}"), **extra}
+            con.execute("UPDATE runs SET config = ? WHERE run_id = ?",
+                        [json.dumps(config, default=str, sort_keys=True), run_id])
+
     def finish_run(self, run_id: str, status: str = "completed", message: str | None = None) -> None:
         with self.connect() as con:
             con.execute(
