@@ -19,7 +19,7 @@ from fieldguide.models import train as tr
 from fieldguide.models.embed import embed
 from fieldguide.models.entropy import EntropySchedule, entropy, grpo_advantages, grpo_loss, training_loss
 from fieldguide.models.predict import predict
-from fieldguide.platform import store
+from fieldguide.platform import review, store
 from conftest import blobs, use_tiny_backbone
 
 
@@ -259,9 +259,17 @@ def test_entropy_signal_joins_flag_and_retrain_excludes_flagged(embedded):
     # a curator confirms every flagged label: they are resolved, nothing is excluded any more
     flagged_ids = ds.match({"label_issue": True}).values("id")
     labels = dict(zip(flagged_ids, ds.select(flagged_ids, ordered=True).values("ground_truth.label")))
-    store.set_labels(p, ds, labels, source="curator", actor="test")
+    review.confirm(p, list(labels), actor="test")
     third, _ = tr.retrain(p, progress=False)
     assert third.excluded == 0 and third.n_train == 18
+    # flag again: a confirmed label with the same evidence stays decided, so it is not excluded
+    flag(p)
+    ds.reload()
+    rows = zip(*ds.match_tags("train").values(["id", "label_issue", review.FIELD]))
+    undecided = [sid for sid, issue, state in rows if issue and state not in review.DECIDED]
+    assert set(ds.select(list(labels)).values(review.FIELD)) <= {review.DISMISSED}  # confirmed, and kept so
+    fourth, _ = tr.retrain(p, progress=False)
+    assert fourth.excluded == len(undecided)
 
 
 def _margins(project, run_id: str) -> dict[str, np.ndarray]:

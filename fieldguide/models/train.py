@@ -70,12 +70,17 @@ def _training_table(project: Project, ds, ids: list[str], flagged_policy: str):
     """``(table, fit mask, unresolved-flag mask)`` for the samples ``ids``.
 
     A flagged sample is resolved once its label was set or confirmed (``label_history``) after
-    the flag run that flagged it finished.
+    the flag run that flagged it finished, or when its review state holds a decision that the
+    last flag run kept (:data:`fieldguide.platform.review.DECIDED`: same evidence since).
     """
     import pandas as pd
 
+    from fieldguide.platform.review import DECIDED, FIELD
+
     has_flags = samples.has_field(ds, "label_issue")
-    table = store.samples_table(ds, ["label_issue", "label_history"] if has_flags else []).set_index("id")
+    has_states = samples.has_field(ds, FIELD)
+    fields = (["label_issue", "label_history"] + ([FIELD] if has_states else [])) if has_flags else []
+    table = store.samples_table(ds, fields).set_index("id")
     table = table.loc[ids]
     fit_mask = table["split"].isin(("train", "val")).to_numpy() & table["label"].notna().to_numpy()
     flagged = np.zeros(len(table), dtype=bool)
@@ -86,7 +91,8 @@ def _training_table(project: Project, ds, ids: list[str], flagged_policy: str):
             if issue is True or issue == 1:
                 times = [getattr(e, "time", None) for e in (hist or []) if e is not None]
                 resolved = any(t is not None and pd.Timestamp(t) > since for t in times)
-                flagged[i] = not resolved
+                decided = has_states and table[FIELD].iloc[i] in DECIDED
+                flagged[i] = not (resolved or decided)
     return table, fit_mask, flagged
 
 
