@@ -148,12 +148,13 @@ class Project:
 
         return evaluate(self.project, split=split)
 
-    def flag(self, *, backbone: str | None = None) -> FlagReport:
-        """``fieldguide flag``: the label-issue signals, ``noise_score``, ``label_issue`` and the saved
-        views ``to_review``, ``outliers``, ``near_duplicates``, ``scarce_classes``."""
+    def flag(self, *, backbone: str | None = None, include_test: bool = False) -> FlagReport:
+        """``fieldguide flag``: the label-issue signals, ``noise_score``, ``label_issue``, the review
+        queue (test samples only with ``include_test``) and the saved views ``to_review``,
+        ``outliers``, ``near_duplicates``, ``scarce_classes``."""
         from fieldguide.curation.flag import flag
 
-        return flag(self.project, backbone=backbone)
+        return flag(self.project, backbone=backbone, include_test=include_test)
 
     def train(self, *, method: str | None = None, mode: str | None = None, epochs: int | None = None,
               backbone: str | None = None, resume: str | None = None) -> TrainReport:

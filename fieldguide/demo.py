@@ -65,7 +65,8 @@ def run_demo(directory: Path, data: Path, *, echo: Callable[[str], None] = print
     t = time.perf_counter()
     fl = flag(project)
     echo(f"flag      assessed {fl.assessed}, not assessable {fl.not_assessable}, flagged {fl.flagged}, "
-         f"outliers {fl.outliers}, near-duplicates {fl.near_duplicates} ({time.perf_counter() - t:.0f} s)")
+         f"outliers {fl.outliers}, near-duplicates {fl.near_duplicates} ({time.perf_counter() - t:.0f} s); "
+         f"review queue {fl.queued} ({fl.test_left_out} flagged test samples left out: 'flag --include-test')")
     if fl.top:
         echo("review queue (top by noise score; open it with 'fieldguide app --view to_review'):")
         for row in fl.top[:10]:
@@ -89,7 +90,7 @@ def run_demo(directory: Path, data: Path, *, echo: Callable[[str], None] = print
                    flagged=fl.flagged, assessed=fl.assessed)
     echo(f"summary   {info['samples']} samples, {info['classes']} classes, splits "
          + ", ".join(f"{k} {v}" for k, v in info["splits"].items())
-         + f"; {fl.flagged} flagged for review")
+         + f"; {fl.flagged} flagged, {fl.queued} in the review queue")
     echo("next:")
     echo(f"  review the queue in the FiftyOne App:  fieldguide --project {project.root} app --view to_review")
     echo(f"  dashboards:                            fieldguide --project {project.root} dashboard")

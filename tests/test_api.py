@@ -130,7 +130,11 @@ def test_the_loop_through_the_api(facade, image_folder):
     np.testing.assert_allclose(df["confidence"].astype(float), s["prediction.confidence"].astype(float))
     np.testing.assert_allclose(df["noise_score"].astype(float), s["noise_score"].astype(float))
     assert df["label_issue"].tolist() == s["label_issue"].tolist() and df["filehash"].tolist() == s["filehash"].tolist()
-    assert df["review_state"].isna().all()  # no step wrote a review state
+    queued = set(df[df["review_state"] == "to_review"]["sample_id"])  # flag queued them
+    assert queued == set(p.dataset().match_tags("to_review").values("id")) and len(queued) == flagged.queued
+    tagged = p.samples(fields=["tags", "ground_truth.label"])  # fields the table reads anyway: one column each
+    assert tagged["tags"].tolist() == stored(p, ["tags"])["tags"].tolist()
+    assert tagged["ground_truth.label"].tolist() == df["label"].tolist()
 
     queue = p.samples(view="to_review")
     assert_rows_equal_the_store(queue, p, view="to_review")

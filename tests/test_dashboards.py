@@ -175,11 +175,13 @@ def build_warehouse(project) -> Warehouse:
         {"run_id": "flag-2", "annotator": "cai", "quality": 0.64, "agreement": 0.6, "num_labels": 15},
         {"run_id": "flag-2", "annotator": "dee", "quality": 0.31, "agreement": 0.35, "num_labels": 20},
     ])
-    # 8 tasks: 5 answered (2 changed: a red/green swap, 3 kept), 2 pending, 1 skipped
+    # 9 tasks: 5 answered (2 changed: a red/green swap, 3 kept), 2 pending, 1 skipped, 1 closed by a
+    # curator's decision in the App
     tasks = [("s-red_bird-train-10", "answered", "green_bird"), ("s-green_bird-train-10", "answered", "red_bird"),
              ("s-blue_bird-train-10", "answered", "blue_bird"), ("s-red_bird-train-11", "answered", "red_bird"),
              ("s-green_bird-train-11", "answered", "green_bird"), (FLAGGED[0][0], "pushed", None),
-             (FLAGGED[1][0], "pushed", None), ("s-black_bird-train-0", "skipped", None)]
+             (FLAGGED[1][0], "pushed", None), ("s-black_bird-train-0", "skipped", None),
+             ("s-blue_bird-train-9", "closed", "blue_bird")]
     wh.write("relabel_tasks", [
         {"project": "fieldguide-review", "sample_id": sid, "task_id": 100 + i, "status": status, "pushed": t(35),
          "answered": t(45 + i) if status != "pushed" else None, "answer": pulled_answer(sid, answer, samples)}
@@ -327,11 +329,13 @@ def test_relabel_page_counts_tasks_outcomes_annotators(full_project):
     at = render("sections/relabel.py")
     assert at.title[0].value == "Relabeling"
     shown = metrics(at)
-    assert {k: shown[k] for k in ("Tasks pushed", "Answered", "Pending", "Skipped", "Labels changed")} == {
-        "Tasks pushed": "8", "Answered": "5", "Pending": "2", "Skipped": "1", "Labels changed": "40%"}
+    keys = ("Tasks pushed", "Answered", "Pending", "Skipped", "Closed by a curator", "Labels changed")
+    assert {k: shown[k] for k in keys} == {"Tasks pushed": "9", "Answered": "5", "Pending": "2", "Skipped": "1",
+                                           "Closed by a curator": "1", "Labels changed": "40%"}
     per_project = frame(at, "tasks per project")
     assert per_project.to_dict("records") == [
-        {"project": "fieldguide-review", "tasks": 8, "answered": 5, "pending": 2, "skipped": 1}]
+        {"project": "fieldguide-review", "tasks": 9, "answered": 5, "pending": 2, "skipped": 1,
+         "closed by a curator": 1}]
     assert frame(at, "outcomes").set_index("outcome")["tasks"].to_dict() == {"changed": 2, "kept": 3}
     moves = frame(at, "label changes")
     assert sorted(zip(moves["from"], moves["to"])) == [("green_bird", "red_bird"), ("red_bird", "green_bird")]

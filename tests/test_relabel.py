@@ -597,10 +597,10 @@ def test_a_curators_decision_closes_the_task_and_older_or_later_answers_are_conf
 
     project = decided
     ds = store.dataset(project, create=False)
-    a, b, c = ids = ds.match_tags("train").values("id")[:3]
+    a, b, c, d = ids = ds.match_tags("train").values("id")[:4]
     _flag(project, ids)
     given = dict(zip(*ds.select(ids).values(["id", "ground_truth.label"])))
-    assert _cli_json(project, "relabel", "push")["pushed"] == 3
+    assert _cli_json(project, "relabel", "push")["pushed"] == 4
     ds.reload()
     assert set(ds.select(ids).values(review.FIELD)) == {review.PUSHED}
     tasks = _ls_tasks(sdk, project)
@@ -612,6 +612,8 @@ def test_a_curators_decision_closes_the_task_and_older_or_later_answers_are_conf
     assert decision.closed_tasks == 2 and decision.problems == []
     rows = store.warehouse(project).query("SELECT sample_id, status, answer FROM relabel_tasks").set_index("sample_id")
     assert rows.loc[a, "status"] == rows.loc[b, "status"] == "closed" and rows.loc[c, "status"] == "pushed"
+    # a decision taken while Label Studio could not be told (the task stays open) ...
+    assert review.decide(project, {d: other[d]}, actor="ana", close_tasks=False).closed_tasks == 0
     closed_b = sdk.tasks.get(str(tasks[b].id))
     assert closed_b.is_labeled and closed_b.data["review_state"] == f"decided by a curator: {other[b]}"
     ds.reload()
@@ -621,14 +623,32 @@ def test_a_curators_decision_closes_the_task_and_older_or_later_answers_are_conf
     time.sleep(1.1)
     sdk.annotations.create(tasks[b].id, result=_choice(given[b]))  # an annotator answers the closed task
     sdk.annotations.create(tasks[c].id, result=_choice(other[c]))  # an open task: applied
+    sdk.annotations.create(tasks[d].id, result=[], was_cancelled=True)  # ... then skipped: decides nothing
     out = _cli_json(project, "relabel", "pull")
-    assert out["conflicts"] == 2 and out["changed"] == 1
+    assert out["conflicts"] == 2 and out["changed"] == 1 and out["skipped"] == 1
     assert sum("conflicts with a curator's decision" in p or "came after the task was closed" in p
                for p in out["problems"]) == 2
     ds.reload()
     assert ds[a].ground_truth.label == given[a] and ds[b].ground_truth.label == other[b]  # decisions stand
     assert ds[c].ground_truth.label == other[c] and ds[c][review.FIELD] == review.RESOLVED
     assert [e.source for e in ds[a].label_history] == ["curator"]
+    assert ds[d][review.FIELD] == review.RESOLVED and ds[d].ground_truth.label == other[d]  # the skip left it
     # a second pull reports nothing new
     again = _cli_json(project, "relabel", "pull")
-    assert again["conflicts"] == 0 and again["applied"] == 0 and again["unchanged"] == 3
+    assert again["conflicts"] == 0 and again["applied"] == 0 and again["unchanged"] == 4
+    # the evidence changes (a new crowd vote): b is queued again, but keeps its one, closed task
+    import fiftyone as fo
+
+    ds.set_values("votes", {b: fo.Classifications(classifications=[
+        fo.Classification(label=given[b], annotator="zoe")])}, key_field="id")
+    review.requeue(ds, {b})
+    out = _cli_json(project, "relabel", "push")
+    assert out["decided_before"] == [b] and out["pushed"] == 0 and out["already_pushed"] == 3
+    # an annotator edits the curator's own closing answer: a conflict too, not silence
+    closing = json.loads(store.warehouse(project).query(
+        "SELECT answer FROM relabel_tasks WHERE sample_id = ?", [a]).iloc[0, 0])["closing_annotation"]
+    sdk.annotations.update(closing, result=_choice(other[a]))
+    out = _cli_json(project, "relabel", "pull")
+    assert out["conflicts"] == 1 and out["applied"] == 0
+    ds.reload()
+    assert ds[a].ground_truth.label == given[a]

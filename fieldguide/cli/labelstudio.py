@@ -87,6 +87,10 @@ def relabel_push(
         return
     typer.echo(f"pushed {report.pushed}, already pushed {report.already_pushed} "
                f"(Label Studio project {report.project_id} at {report.url})")
+    if report.decided_before:
+        typer.echo(f"  {len(report.decided_before)} sample(s) queued again after a decision keep their answered "
+                   "Label Studio task (one task per sample): decide them in the App or with 'fieldguide review "
+                   f"set|confirm' (e.g. {report.decided_before[0]})")
 
 
 @relabel_app.command("pull")

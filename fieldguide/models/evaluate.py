@@ -124,7 +124,7 @@ def record_metrics(wh, run_id: str, split: str, m: dict, classes: list[str], *, 
 def evaluate(project: Project, *, split: str = "test", predict_run: str | None = None) -> dict:
     """Score the latest predictions on ``split``; write the warehouse rows and the confusion PNG.
     ``labels_changed`` (and ``labels_changed_ids``) names the split's samples whose label a review
-    changed since ingest: on the test split, a baseline that moved."""
+    (a curator, Label Studio) changed: on the test split, a baseline that moved."""
     from fieldguide.models.plots import plot_confusion
     from fieldguide.models.predict import load_pred_probs
 
@@ -141,7 +141,7 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
     cost = load_cost_matrix(project.config.evaluate.cost_matrix, pp.classes)
     m = classification_metrics(y, pp.pred_probs[mask], pp.classes, cost)
     wh = store.warehouse(project)
-    changed = _relabeled(wh, {sid for sid, keep in zip(pp.sample_ids, mask) if keep})
+    changed = _relabeled(wh, {sid: lab for sid, lab, keep in zip(pp.sample_ids, labels, mask) if keep})
     if changed:
         log.warning("%d %s label(s) were changed by review since ingest: this evaluation's baseline moved",
                     len(changed), split)
@@ -168,11 +168,15 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
     }
 
 
-def _relabeled(wh, ids: set[str]) -> list[str]:
-    """The samples of ``ids`` whose label a review (not ingest) changed: a moved baseline."""
-    df = wh.query("SELECT DISTINCT sample_id FROM label_events WHERE source <> 'ingest' "
-                  "AND old IS DISTINCT FROM new")
-    return sorted(set(df["sample_id"]) & ids) if not df.empty else []
+def _relabeled(wh, labels: dict[str, str]) -> list[str]:
+    """The samples of ``labels`` (sample id -> current label) whose label a review (a curator or
+    Label Studio) changed: the label before the first review event differs from today's."""
+    df = wh.query("SELECT sample_id, old, time FROM label_events WHERE source IN ('curator', 'labelstudio') "
+                  "ORDER BY time, event_id")
+    if df.empty:
+        return []
+    first = df.drop_duplicates("sample_id").set_index("sample_id")["old"]
+    return sorted(sid for sid, old in first.items() if sid in labels and (old or "") != (labels[sid] or ""))
 
 
 def _predict_backbone(wh, run_id: str) -> str | None:

@@ -174,6 +174,7 @@ def decide(project: Project, labels: Mapping[str, str], *, actor: str | None = N
     return report
 
 
+@writes("confirm labels")
 def confirm(project: Project, sample_ids: Iterable[str], *, actor: str | None = None) -> Decision:
     """A curator confirms the given labels of ``sample_ids`` (each is ``dismissed``)."""
     ids = list(sample_ids)

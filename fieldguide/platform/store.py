@@ -136,8 +136,9 @@ def samples_table(ds, fields: Iterable[str] = ()):
     """
     import pandas as pd
 
-    fields = list(fields)
-    table = samples.arrays(ds, ["filepath", "ground_truth.label", "tags", "origin", *fields])
+    fields = list(dict.fromkeys(fields))
+    base = ["filepath", "ground_truth.label", "tags", "origin"]
+    table = samples.arrays(ds, [*base, *(f for f in fields if f not in base)])
     df = pd.DataFrame({"id": table["id"].tolist(), "filepath": table["filepath"].tolist(),
                        "label": table["ground_truth.label"].tolist(),
                        "split": [split_of(t) for t in table["tags"]], "origin": table["origin"].tolist()})

@@ -9,11 +9,13 @@ import streamlit as st
 
 from fieldguide.dashboards import charts, context, queries
 
-STATUSES = ("pushed", "answered", "skipped")
+#: ``relabel_tasks`` statuses shown (fieldguide.platform.labelstudio.records); ``closed``: a curator
+#: decided in the App or the CLI and fieldguide closed the task
+STATUSES = ("pushed", "answered", "skipped", "closed")
 
 
 def per_project(tasks: pd.DataFrame) -> pd.DataFrame:
-    """Tasks per Label Studio project: total, answered, pending, skipped."""
+    """Tasks per Label Studio project: total, answered, pending, skipped, closed by a curator."""
     counts = tasks.groupby(["project", "status"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=list(STATUSES), fill_value=0)
     out = pd.DataFrame({
@@ -22,20 +24,23 @@ def per_project(tasks: pd.DataFrame) -> pd.DataFrame:
         "answered": counts["answered"].to_numpy(),
         "pending": counts["pushed"].to_numpy(),
         "skipped": counts["skipped"].to_numpy(),
+        "closed by a curator": counts["closed"].to_numpy(),
     })
     return out.sort_values("project").reset_index(drop=True)
 
 
 def tasks_section(tasks: pd.DataFrame, outcomes: pd.DataFrame) -> None:
     status = tasks["status"].value_counts()
-    cols = st.columns(5)
+    cols = st.columns(6)
     cols[0].metric("Tasks pushed", len(tasks))
     cols[1].metric("Answered", int(status.get("answered", 0)))
     cols[2].metric("Pending", int(status.get("pushed", 0)))
     cols[3].metric("Skipped", int(status.get("skipped", 0)))
+    cols[4].metric("Closed by a curator", int(status.get("closed", 0)),
+                   help="decided in the App or with 'fieldguide review'; fieldguide closed the task")
     known = outcomes[outcomes["outcome"] != "unknown"] if not outcomes.empty else outcomes
     changed = float((known["outcome"] == "changed").mean()) if len(known) else None
-    cols[4].metric("Labels changed", "n/a" if changed is None else f"{changed:.0%}",
+    cols[5].metric("Labels changed", "n/a" if changed is None else f"{changed:.0%}",
                    help="answered tasks whose answer differs from the label at push time")
 
     st.subheader("Tasks per project")
@@ -43,16 +48,17 @@ def tasks_section(tasks: pd.DataFrame, outcomes: pd.DataFrame) -> None:
 
     timeline = pd.concat([
         pd.DataFrame({"day": pd.to_datetime(tasks["pushed"]).dt.floor("D"), "event": "pushed"}),
-        pd.DataFrame({"day": pd.to_datetime(tasks["answered"]).dt.floor("D"), "event": "answered"}),
+        pd.DataFrame({"day": pd.to_datetime(tasks["answered"]).dt.floor("D"),
+                      "event": tasks["status"].map({"closed": "closed"}).fillna("answered")}),
     ]).dropna()
     if not timeline.empty:
         per_day = timeline.groupby(["day", "event"], as_index=False).size().rename(columns={"size": "tasks"})
         per_day["day"] = per_day["day"].dt.strftime("%Y-%m-%d")
         base = alt.Chart(per_day).encode(  # a pair of labelled bars per day: pushed, answered
-            y=alt.Y("day:N", title=None, sort="ascending"), yOffset=alt.YOffset("event:N", sort=["pushed", "answered"]),
+            y=alt.Y("day:N", title=None, sort="ascending"), yOffset=alt.YOffset("event:N", sort=["pushed", "answered", "closed"]),
             x=alt.X("tasks:Q", axis=alt.Axis(format="d", tickMinStep=1)), tooltip=["day", "event", "tasks"],
         )
-        bars = base.mark_bar().encode(color=alt.Color("event:N", title=None, sort=["pushed", "answered"]))
+        bars = base.mark_bar().encode(color=alt.Color("event:N", title=None, sort=["pushed", "answered", "closed"]))
         labels = base.mark_text(align="left", dx=4, color="#333").encode(text="tasks:Q")
         st.altair_chart(alt.layer(bars, labels).properties(height=alt.Step(charts.BAR_STEP // 2)), width="stretch")
 

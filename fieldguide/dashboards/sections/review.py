@@ -43,8 +43,8 @@ def main() -> None:
         return
 
     cols = st.columns(3)
-    cols[0].metric("Flagged now", total, help="samples with label_issue in the store's last snapshot "
-                                             "(the App's to_review view after flag)")
+    cols[0].metric("Flagged now", total, help="samples with label_issue in the store's last snapshot; the "
+                                             "review queue (to_review) leaves out decided and test samples")
     if not history.empty:
         last = int(history["flagged"].iloc[-1])
         delta = last - int(history["flagged"].iloc[-2]) if len(history) > 1 else None

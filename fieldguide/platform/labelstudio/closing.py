@@ -45,17 +45,23 @@ def close(project: Project, decisions: dict[str, str], *, run_id: str) -> tuple[
     closed, problems = 0, []
     for sid, row in rows.items():
         task_id, label = int(row["task_id"]), decisions[sid]
+        if label is None:  # a label removed is no answer Label Studio can show: the task stays open
+            continue
         try:
             annotation = client.annotate(task_id, decision_result(label, paths))
-            client.update_task_data(task_id, {"review_state": f"decided by a curator: {label}",
-                                              "given_label": label})
         except (FieldguideError, NotFound) as e:
             problems.append(f"task {task_id} (sample {sid}) stays open in Label Studio: {e or 'not found'}")
             continue
+        # recorded at once: from here on, a pull knows this answer for fieldguide's own
         answer = json.loads(row["answer"]) if row.get("answer") else {}
         answer.update(outcome="closed", decision=label, run_id=run_id, closing_annotation=int(annotation))
         wh.write("relabel_tasks", [{**row, "status": CLOSED, "answered": now(),
                                     "answer": json.dumps(answer, sort_keys=True, default=str)}])
+        try:  # what the data manager shows; best effort, the task is closed either way
+            client.update_task_data(task_id, {"review_state": f"decided by a curator: {label}",
+                                              "given_label": label})
+        except (FieldguideError, NotFound) as e:
+            log.warning("task %s: closed, but its data could not be updated (%s)", task_id, e or "not found")
         closed += 1
     log.info("closed %d Label Studio task(s) after a curator's decision", closed)
     return closed, problems

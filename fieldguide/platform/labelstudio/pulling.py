@@ -35,7 +35,7 @@ from fieldguide.platform.labelstudio.records import (
 )
 from fieldguide.platform.labelstudio.storages import protected_paths
 from fieldguide.platform.labelstudio.tasks import UNSURE, choice, project_title
-from fieldguide.platform import review
+from fieldguide.platform import review, samples
 from fieldguide.platform.lock import project_lock, writes
 from fieldguide.platform.warehouse import now
 
@@ -129,8 +129,10 @@ def _utc(text: str) -> dt.datetime | None:
 
 
 def _curator_time(history) -> dt.datetime | None:
-    """When a curator last decided the sample's label (set or confirmed), from its history."""
+    """When a curator last decided the sample's label (set or confirmed), from its history, as a
+    naive UTC datetime (FiftyOne gives aware ones when ``fo.config.timezone`` is set)."""
     times = [e.time for e in history or [] if getattr(e, "source", None) == "curator" and e.time]
+    times = [t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t for t in times]
     return max(times) if times else None
 
 
@@ -215,8 +217,9 @@ class Puller:
     def _apply(self, task, sid: str, task_id: int, answers: list[_Answer]) -> None:
         rec = self.rows.get(sid)
         stored = json.loads(rec["answer"]) if rec and rec.get("answer") else {}
-        if rec and rec["status"] == CLOSED:
-            answers = [a for a in answers if a.annotation_id != stored.get("closing_annotation")]
+        if rec and rec["status"] == CLOSED:  # leave out the decision that closed it, unless edited since
+            answers = [a for a in answers if a.annotation_id != stored.get("closing_annotation")
+                       or a.cancelled or a.choice != stored.get("decision")]
             if not answers:  # only the decision that closed it
                 self.report.unchanged += 1
                 return
@@ -241,20 +244,21 @@ class Puller:
         if rec and rec["status"] == APPLYING and same and self._history_has(sid, stored.get("run_id")):
             # an earlier pull changed the label and stopped before finishing: finish it only
             self._write_votes(sid, task_id, votes)
+            review.set_states(self.ds, {sid: review.RESOLVED}, decided=True)
             self._row(sid, task_id, ANSWERED, stored)
             outcome = stored.get("outcome", "changed")
             setattr(self.report, outcome, getattr(self.report, outcome) + 1)
             return
         if not votes:
             self._row(sid, task_id, SKIPPED, dict(answer, outcome="skipped"))
-            review.set_states(self.ds, {sid: review.ANSWERED})
+            self._answered(sid)
             self.report.skipped += 1
             return
         decision = decide([c for _, c in votes], self.rule)
         if decision is None or decision == UNSURE:
             self._write_votes(sid, task_id, votes)
             self._row(sid, task_id, ANSWERED, dict(answer, outcome="unsure", decision=decision))
-            review.set_states(self.ds, {sid: review.ANSWERED})
+            self._answered(sid)
             self.report.unsure += 1
             return
         if decision not in self.classes:
@@ -278,6 +282,16 @@ class Puller:
         review.set_states(self.ds, {sid: review.RESOLVED}, decided=True)
         self._row(sid, task_id, ANSWERED, answer)
         setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+
+    def _answered(self, sid: str) -> None:
+        """An answer that decided nothing: ``answered`` while the sample waits for a decision (a
+        decision taken since stands)."""
+        state = None
+        if samples.has_field(self.ds, review.FIELD):
+            column = samples.arrays(self.ds, [review.FIELD], ids=[sid])[review.FIELD]
+            state = column.iloc[0] if len(column) else None
+        if state is None or state in review.QUEUED:
+            review.set_states(self.ds, {sid: review.ANSWERED})
 
     def _conflict(self, sid: str, task_id: int, answers: list[_Answer], rec, stored: dict, fingerprint) -> bool:
         """Whether the answers conflict with a curator's decision (then reported, not applied):

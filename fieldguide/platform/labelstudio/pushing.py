@@ -17,9 +17,9 @@ from pathlib import Path
 
 from fieldguide.config import Project
 from fieldguide.errors import FieldguideError, NotReadyError
-from fieldguide.platform import review, store
+from fieldguide.platform import review, samples, store
 from fieldguide.platform.labelstudio.client import Client, connection
-from fieldguide.platform.labelstudio.records import DELETED, pushed_record, py_time, task_records
+from fieldguide.platform.labelstudio.records import CLOSED, DELETED, SETTLED, pushed_record, py_time, task_records
 from fieldguide.platform.labelstudio.storages import protected_paths, served_folders, storage_problem
 from fieldguide.platform.labelstudio.tasks import (
     class_paths, label_config, pre_annotation, preselected, project_title, task_rows,
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 class PushReport:
     pushed: int = 0
     already_pushed: int = 0
+    #: samples queued again after a decision whose settled task Label Studio keeps (one per sample)
+    decided_before: list[str] = dataclasses.field(default_factory=list)
     config_updated: bool = False
     project_id: int | None = None
     url: str = ""
@@ -51,6 +53,14 @@ def _storage_folders(ds, pushed_dirs: set[Path], document_root: str, protected: 
         if not storage_problem(d, document_root=document_root, protected=protected)
     }
     return served_folders(pushed_dirs | servable, document_root=document_root, protected=protected)
+
+
+def _waiting(ds, ids: list[str]) -> set[str]:
+    """The samples of ``ids`` whose review state is ``to_review`` (queued, not pushed)."""
+    if not samples.has_field(ds, review.FIELD):
+        return set()
+    table = samples.arrays(ds, [review.FIELD], ids=ids)
+    return {sid for sid, state in zip(table["id"], table[review.FIELD]) if state == review.TO_REVIEW}
 
 
 def _model_version(project: Project, ds) -> str:
@@ -107,15 +117,21 @@ def push(project: Project, *, view: str = "to_review", limit: int | None = None,
             (t.data or {}).get("sample_id"): t for t in client.tasks(proj.id, with_annotations=False)
         }
         known = task_records(project)
+        requeued = _waiting(ds, [r["data"]["sample_id"] for r in rows])
         version = _model_version(project, ds)
         class_set = set(store.classes(ds))
         new, recovered = [], []
         for row in rows:
             sid = row["data"]["sample_id"]
             if sid in on_server:
-                report.already_pushed += 1
                 rec = known.get(sid)
                 task = on_server[sid]
+                if rec is not None and rec["status"] in (CLOSED, *SETTLED) and sid in requeued:
+                    # decided once, queued again (the evidence changed): one task per sample, so
+                    # the new decision is the curator's (the App, 'fieldguide review')
+                    report.decided_before.append(sid)
+                    continue
+                report.already_pushed += 1
                 if rec is None or rec["task_id"] != task.id or rec["status"] == DELETED:
                     recovered.append(pushed_record(name, sid, task.id, py_time(task.created_at)))
                 continue

@@ -28,19 +28,23 @@ class FlagLabelIssues(FieldguideOperator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.str("backbone", label="Backbone (default: the project's)", required=False)
+        inputs.bool("include_test", default=False, label="Queue flagged test samples too",
+                    description="relabeling them moves the evaluation baseline")
         return types.Property(inputs, view=types.View(label="Flag label issues"))
 
     def run(self, ctx):
         from fieldguide.curation.flag import flag
 
-        report = flag(project_of(ctx), backbone=ctx.params.get("backbone") or None)
+        report = flag(project_of(ctx), backbone=ctx.params.get("backbone") or None,
+                      include_test=bool(ctx.params.get("include_test")))
         show_changes(ctx, view="to_review")
         return {"assessed": report.assessed, "flagged": report.flagged, "outliers": report.outliers,
-                "not_assessable": report.not_assessable}
+                "not_assessable": report.not_assessable, "queued": report.queued,
+                "kept_decided": report.kept_decided, "test_left_out": report.test_left_out}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        for key in ("assessed", "flagged", "outliers", "not_assessable"):
+        for key in ("assessed", "flagged", "outliers", "not_assessable", "queued", "kept_decided", "test_left_out"):
             outputs.int(key, label=key.replace("_", " "))
         return types.Property(outputs, view=types.View(label="Flagged; the to_review view is loaded"))
 

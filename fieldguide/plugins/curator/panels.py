@@ -20,7 +20,7 @@ def _cell(v) -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return str(int(v)) if v.is_integer() and abs(v) >= 1 else f"{v:.3f}"
     return str(v).replace("|", "\\|")
 
 
