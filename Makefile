@@ -47,7 +47,7 @@ browser:
 	$(HAVE_BROWSER) || { echo "make test: $(BROWSER_PACKAGES) installed, but chromium or chromedriver is still not on PATH" >&2; exit 1; }
 
 test: browser $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
