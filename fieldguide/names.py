@@ -67,3 +67,9 @@ EVAL_ACC = "eval_acc"  # accuracy on the test split, when the project has one
 MEAN_ENTROPY = "mean_entropy"
 LAMBDA = "lambda"  # λ(t) of two-stage entropy training
 CURVES = (LOSS, TRAIN_ACC, MEAN_ENTROPY, LAMBDA, EVAL_ACC)
+
+# ---- review states: the samples' ``review_state`` (fieldguide.platform.review) -----------------------------
+TO_REVIEW, PUSHED, ANSWERED, RESOLVED, DISMISSED = "to_review", "pushed", "answered", "resolved", "dismissed"
+REVIEW_STATES = (TO_REVIEW, PUSHED, ANSWERED, RESOLVED, DISMISSED)
+#: the states of a sample that waits for a decision (the ``to_review`` tag and view)
+QUEUED_STATES = (TO_REVIEW, PUSHED, ANSWERED)

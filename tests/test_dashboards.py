@@ -489,6 +489,7 @@ def test_loop_review_page_shows_what_flag_reports(looped_env):
     states = frame(at, "review states").set_index("state")["samples"].to_dict()
     assert states == {k: v for k, v in truth["review_counts"].items() if v}
     assert states.get("to_review", 0) == truth["views"]["to_review"] == report.queued
+    assert shown["In the review queue"] == str(report.queued)
     assert shown["Flagged by the last run"] == str(report.flagged)
     assert shown["Flag runs"] == "2"
     assert sorted(frame(at, "flagged signals")["sample_id"]) == truth["tagged"]["to_review"]

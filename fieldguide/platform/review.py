@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 
 from fieldguide.config import Project
 from fieldguide.errors import FieldguideError
+from fieldguide.names import (ANSWERED, DISMISSED, PUSHED, QUEUED_STATES, RESOLVED, REVIEW_STATES,  # noqa: F401
+                              TO_REVIEW)
 from fieldguide.platform import samples, store
 from fieldguide.platform.fields import set_tags, write_values
 from fieldguide.platform.lock import writes
@@ -30,10 +32,9 @@ from fieldguide.platform.warehouse import now
 log = logging.getLogger(__name__)
 
 FIELD = "review_state"
-TO_REVIEW, PUSHED, ANSWERED, RESOLVED, DISMISSED = "to_review", "pushed", "answered", "resolved", "dismissed"
-STATES = (TO_REVIEW, PUSHED, ANSWERED, RESOLVED, DISMISSED)
+STATES = REVIEW_STATES
 #: the states of a sample that waits for a decision (the ``to_review`` tag and view)
-QUEUED = (TO_REVIEW, PUSHED, ANSWERED)
+QUEUED = QUEUED_STATES
 #: the states a decision ends in
 DECIDED = (RESOLVED, DISMISSED)
 QUEUE_TAG = "to_review"

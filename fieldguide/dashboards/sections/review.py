@@ -9,6 +9,7 @@ from urllib.parse import quote
 import pandas as pd
 import streamlit as st
 
+from fieldguide import names
 from fieldguide.dashboards import charts, context, queries
 
 GRID_COLUMNS = 4
@@ -42,9 +43,14 @@ def main() -> None:
                                 "signals are computed.", "flag")
         return
 
-    cols = st.columns(3)
+    cols = st.columns(4)
     cols[0].metric("Flagged now", total, help="samples with label_issue in the store's last snapshot; the "
-                                             "review queue (to_review) leaves out decided and test samples")
+                                             "review queue leaves out decided and test samples")
+    states = queries.review_states(wh)
+    if not states.empty:
+        queued = int(states[states["state"].isin(names.QUEUED_STATES)]["samples"].sum())
+        cols[3].metric("In the review queue", queued, help="samples waiting for a decision (to_review, pushed, "
+                                                          "answered): the App's to_review view")
     if not history.empty:
         last = int(history["flagged"].iloc[-1])
         delta = last - int(history["flagged"].iloc[-2]) if len(history) > 1 else None
