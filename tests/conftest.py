@@ -21,6 +21,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def no_project_from_the_environment(monkeypatch):
+    """Each test starts without ``FIELDGUIDE_PROJECT`` (``launch_app`` sets it in its process for
+    the App's operators), so a verb never finds the project an earlier test served."""
+    monkeypatch.delenv("FIELDGUIDE_PROJECT", raising=False)
+
+
 def make_image(path: Path, color: tuple[int, int, int], size: int = 32, seed: int = 0) -> Path:
     """A small JPEG: a base colour plus noise, so images of one class look alike."""
     rng = np.random.default_rng(seed)
