@@ -11,9 +11,8 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from fieldguide.names import REVIEW_STATES as STATES
 from fieldguide.plugins.curator.context import PLUGIN, forget_panel, project_of, remember_panel
-
-STATES = ("to_review", "pushed", "answered", "resolved", "dismissed")
 
 
 def _cell(v) -> str:
