@@ -120,6 +120,9 @@ def record_in_project(root, kind: str, tables: dict[str, pd.DataFrame], config: 
     """:func:`record_run` in the warehouse of the project at ``root``; returns a line saying where."""
     from fieldguide.config import open_project
 
+    from fieldguide.platform.lock import project_lock
+
     project = open_project(root)
-    run_id = record_run(Warehouse(project.warehouse_path), kind, tables, config)
+    with project_lock(project, kind):  # a bench script's write waits for (or on) the project's other writers
+        run_id = record_run(Warehouse(project.warehouse_path), kind, tables, config)
     return f"recorded as run {run_id} in {project.warehouse_path}"
