@@ -49,3 +49,83 @@ def test_no_dates_no_signal_and_rows_without_metadata_stay_nan():
     plaus = sig.compute_signals(sig.SignalInputs(labels=y, pred_probs=probs, extra={METADATA: M}),
                                 ["metadata_plausibility"])[names.METADATA_PLAUSIBILITY]
     assert np.isnan(plaus[:5]).all() and np.isfinite(plaus[5:]).all()
+
+
+def _noise_scores(p) -> dict:
+    from fieldguide.platform import samples, store
+
+    table = samples.arrays(store.dataset(p), ["noise_score"])
+    return dict(zip(table["id"], table["noise_score"]))
+
+
+def _write_seasons(p) -> None:
+    """Dates by class season (red in winter, green in spring, blue in summer) on every sample."""
+    from fieldguide.platform import samples, store
+    from fieldguide.platform.fields import write_values
+
+    ds = store.dataset(p)
+    table = samples.arrays(ds, ["filepath"])
+    month = {"red": 1, "green": 4, "blue": 7}
+    when = {sid: dt.datetime(2022, next(m for c, m in month.items() if f"{c}_bird" in path), 1 + i % 20)
+            for i, (sid, path) in enumerate(zip(table["id"], table["filepath"]))}
+    write_values(ds, {"observed_at": when})
+
+
+def test_flag_without_dates_is_unchanged_by_the_signal_and_with_dates_reports_it(predicted):
+    from fieldguide.curation.flag import flag
+
+    plain = flag(predicted)
+    assert names.METADATA_PLAUSIBILITY not in plain.signals
+    before = _noise_scores(predicted)
+    spec = sig._SIGNALS.pop("metadata_plausibility")
+    try:  # the same run without the signal registered at all
+        assert _noise_scores(predicted) == before and flag(predicted).signals == plain.signals
+        assert _noise_scores(predicted) == before
+    finally:
+        sig._SIGNALS["metadata_plausibility"] = spec
+    _write_seasons(predicted)
+    dated = flag(predicted)
+    assert names.METADATA_PLAUSIBILITY in dated.signals and dated.flagged == plain.flagged
+    assert _noise_scores(predicted) == before  # its default weight is 0: reported, not combined
+
+
+def test_train_and_pseudolabel_metadata_auto_is_none_without_dates(ingested, tiny_weights, tmp_path):
+    import json
+
+    from fieldguide.curation.pseudolabel import pseudolabel
+    from fieldguide.models.train import train
+    from fieldguide.platform import samples, store
+    from test_pseudolabel import add_unlabeled
+
+    p = use_tiny_backbone(ingested, tiny_weights)
+    add_unlabeled(p, tmp_path / "extra", "u", per_class=2, seed=500)
+    wh = store.warehouse(p)
+
+    def config(run_id):
+        return json.loads(wh.query("SELECT config FROM runs WHERE run_id = ?", [run_id]).iloc[0, 0])
+
+    def ece(run_id):
+        return wh.query("SELECT value FROM metrics WHERE run_id = ? AND name = 'ece'", [run_id]).iloc[0, 0]
+
+    def pseudo():
+        t = samples.arrays(store.dataset(p), ["pseudo_label.label", "pseudo_label.confidence"], tags="unlabeled")
+        return t.drop(columns="id").values.tolist()
+
+    hp = {"threshold": 0.0, "epochs": 1, "abstain": False, "balance": False}
+    runs = {mode: train(p, method="ce", epochs=1, metadata=mode, progress=False) for mode in ("auto", "none")}
+    assert (runs["auto"].top1, runs["auto"].macro_f1) == (runs["none"].top1, runs["none"].macro_f1)
+    assert ece(runs["auto"].run_id) == ece(runs["none"].run_id)
+    assert "metadata_prior" not in config(runs["auto"].run_id)
+    labels = {}
+    for mode in ("auto", "none"):
+        report = pseudolabel(p, metadata=mode, **hp)
+        assert config(report.run_id)["metadata"] == {"mode": mode, "groups": []}
+        labels[mode] = pseudo()
+    assert labels["auto"] == labels["none"] and len(labels["auto"]) == 6
+
+    _write_seasons(p)  # with dates, auto uses them (the weight is whatever the out-of-fold rows choose)
+    dated = train(p, method="ce", epochs=1, progress=False)
+    assert config(dated.run_id)["metadata_prior"]["groups"] == ["day"]
+    report = pseudolabel(p, **hp)
+    used = config(report.run_id)
+    assert used["metadata"] == {"mode": "auto", "groups": ["day"]} and "weight" in used["metadata_prior"]
