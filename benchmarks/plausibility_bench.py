@@ -4,7 +4,7 @@
         [--cache benchmarks/.cache] [--collection inat-plants-dev] [--rates 0.1,0.2,0.4] [--seeds 0,1,2]
 
 Reads the suite cache's arrays (``<cache>/arrays/<collection>_<backbone>.npz``: the training split's
-embeddings, labels and ``train_observed_on``), injects symmetric (a random other class) and
+embeddings, labels and ``observed_on_train``), injects symmetric (a random other class) and
 confusable-pair (the class with the nearest embedding centroid) noise into the training labels
 with each seed, and runs :func:`fieldguide.curation.noise_bench.run_noise_benchmark` as ``bench
 noise`` does (5-fold logreg pred_probs, the combined signals, the default weights; no entropy head:
@@ -54,9 +54,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    z = np.load(args.cache / "arrays" / f"{args.collection}_{args.backbone}.npz", allow_pickle=False)
+    z = np.load(args.cache / "arrays" / f"{args.collection}_{args.backbone}.npz", allow_pickle=True)  # observed_on_* are object arrays
     X, y = z["X_train"], z["y_train"].astype(int)
-    M = dates_matrix(z["train_observed_on"])
+    M = dates_matrix(z["observed_on_train"])
     log.info("%s: %d training samples, %d classes, %d with a date", args.collection, len(y), len(z["classes"]),
              int((M[:, md.COLUMNS.index("day_missing")] == 0).sum()))
     weights = tuple(float(w) for w in args.weights.split(","))
