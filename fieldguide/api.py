@@ -157,12 +157,14 @@ class Project:
         return flag(self.project, backbone=backbone, include_test=include_test)
 
     def train(self, *, method: str | None = None, mode: str | None = None, epochs: int | None = None,
-              backbone: str | None = None, resume: str | None = None) -> TrainReport:
+              backbone: str | None = None, resume: str | None = None, metadata: str | None = None) -> TrainReport:
         """``fieldguide train``: noise-tolerant training on the current labels (default method, mode and
-        epochs: ``[train]``); ``resume`` continues a stopped run from its last checkpoint."""
+        epochs: ``[train]``); ``resume`` continues a stopped run from its last checkpoint; ``metadata``
+        auto | none (default ``models.metadata``): the date and place prior on the test probabilities."""
         from fieldguide.models.train import train
 
-        return train(self.project, method=method, mode=mode, epochs=epochs, backbone=backbone, resume=resume)
+        return train(self.project, method=method, mode=mode, epochs=epochs, backbone=backbone, resume=resume,
+                     metadata=metadata)
 
     def retrain(self, *, method: str | None = None, mode: str | None = None, epochs: int | None = None,
                 flagged: str | None = None) -> tuple[TrainReport, dict]:

@@ -21,6 +21,7 @@ ANNOTATOR_AGREEMENT = "annotator_agreement"
 ENTROPY_AUM = "entropy_aum"
 ENTROPY_AGREEMENT = "entropy_agreement"
 ENTROPY_MEAN = "entropy_mean"
+METADATA_PLAUSIBILITY = "metadata_plausibility"  # log p(given | date, place) - max over classes (low: doubtful)
 
 
 def issue_score(issue: str) -> str:

@@ -31,6 +31,8 @@ def pseudolabel_cmd(
     abstain: Optional[bool] = typer.Option(
         None, "--abstain/--no-abstain",
         help="Write nothing when, K-fold on the labeled samples, the pseudo-labels do not help (default: pseudolabel.abstain)."),
+    metadata: Optional[str] = typer.Option(None, help="auto | none: combine the teacher with a date/place prior when "
+                                           "the samples have dates or places (default: models.metadata)."),
     accept: bool = typer.Option(False, help="Accept the current pseudo-labels as labels (a curator's decision)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
@@ -43,7 +45,7 @@ def pseudolabel_cmd(
         _echo_json({"accepted": n}) if as_json else typer.echo(f"accepted {n} pseudo-labels (label_history: source pseudo)")
         return
     report = pseudolabel(project, threshold=threshold, ema_decay=ema_decay, mu=mu, lambda_u=lambda_u,
-                         epochs=epochs, balance=balance, mode=mode, abstain=abstain)
+                         epochs=epochs, balance=balance, mode=mode, abstain=abstain, metadata=metadata)
     if as_json:
         _echo_json(report.as_dict())
         return

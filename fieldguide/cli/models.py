@@ -100,12 +100,15 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, help="Epochs (default: train.epochs / train.finetune_epochs)."),
     backbone: Optional[str] = typer.Option(None, help="Backbone (default: models.backbone)."),
     resume: Optional[str] = typer.Option(None, help="Resume a stopped run from its last checkpoint (its run id)."),
+    metadata: Optional[str] = typer.Option(None, help="auto | none: combine the test probabilities with a date/place "
+                                           "prior when the samples have dates or places (default: models.metadata)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Noise-tolerant training on the current labels; evaluates on the test split when there is one."""
     from fieldguide.models.train import train
 
-    _echo_train(train(_project(), method=method, mode=mode, epochs=epochs, backbone=backbone, resume=resume), as_json)
+    _echo_train(train(_project(), method=method, mode=mode, epochs=epochs, backbone=backbone, resume=resume,
+                      metadata=metadata), as_json)
 
 
 def retrain_cmd(

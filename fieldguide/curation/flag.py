@@ -24,7 +24,7 @@ import pandas as pd
 
 from fieldguide import names
 from fieldguide.config import Project
-from fieldguide.curation import signals as sig
+from fieldguide.curation import plausibility, signals as sig  # plausibility registers its signal
 from fieldguide.curation.noise_score import flag_top, noise_score
 from fieldguide.platform import review, samples, store
 from fieldguide.platform.brain import brain_signals
@@ -133,7 +133,8 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             inputs = sig.SignalInputs(labels=labels_c, pred_probs=probs_c,
                                       features=X[[emb_row[s] for s in assess]] if X is not None else None,
                                       votes=votes, knn_k=project.config.curation.knn_k,
-                                      extra=_trajectory_inputs(project, assess))
+                                      extra={**_trajectory_inputs(project, assess),
+                                             **plausibility.metadata_inputs(ds, assess, project.config.models.metadata)})
             values = sig.compute_signals(inputs)
             used_names = [classes[i] for i in used]
             stats = inputs.extra.get("annotator_stats")

@@ -18,8 +18,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 
+from fieldguide import names
 from fieldguide.config.sections import DEFAULT_SIGNAL_WEIGHTS
-from fieldguide.curation import signals as sig
+from fieldguide.curation import plausibility, signals as sig  # plausibility registers its signal
 from fieldguide.curation.noise_score import flag_top, noise_score, percentile_rank
 from fieldguide.models.heads import make_head
 from fieldguide.models.crossval import cross_val_pred_probs
@@ -110,7 +111,8 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
                         rates=(0.1, 0.2, 0.4), kinds=KINDS, seed: int = 0, head: str = "logreg",
                         folds: int = 5, signals: list[str] | None = None, entropy: bool = True,
                         train_settings: dict | None = None, entropy_weights: tuple[float, ...] = (),
-                        weights: dict[str, float] | None = None, progress: bool = True) -> pd.DataFrame:
+                        weights: dict[str, float] | None = None, metadata: np.ndarray | None = None,
+                        metadata_weights: tuple[float, ...] = (), progress: bool = True) -> pd.DataFrame:
     """The full table over ``kinds`` x ``rates`` (one row per signal and setting).
 
     With ``entropy`` a two-stage entropy head is trained on the noisy labels and its
@@ -118,7 +120,10 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
     combined score without it, so the table shows what the signal adds; each weight ``w`` in
     ``entropy_weights`` adds a row ``noise_score@entropy=w`` (the combined score with that weight).
     ``weights``: each signal output's share in the combined score (default: ``signals.weights``'
-    defaults).
+    defaults). ``metadata``: the samples' encoded dates and places (rows of
+    :data:`fieldguide.models.metadata.COLUMNS`) for the ``metadata_plausibility`` signal; the row
+    ``noise_score_without_metadata`` is then the combined score without it, and each weight ``w``
+    of ``metadata_weights`` adds a row ``noise_score@metadata=w``.
     """
     weights = sig.check_weights(DEFAULT_SIGNAL_WEIGHTS if weights is None else weights)
     direction = sig.directions()
@@ -130,6 +135,8 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
         probs, _ = cross_val_pred_probs(make_head(head), features, noisy, n_classes, folds=folds, seed=seed)
         extra = (entropy_trajectories(features, noisy, n_classes, seed=seed, train_settings=train_settings)
                  if entropy else {})
+        if metadata is not None:
+            extra[plausibility.METADATA] = metadata
         inputs = sig.SignalInputs(labels=noisy, pred_probs=probs, features=features, extra=extra)
         values = sig.compute_signals(inputs, signals)
         values["noise_score"] = noise_score(values, weights, direction)
@@ -138,6 +145,12 @@ def run_noise_benchmark(features: np.ndarray, clean: np.ndarray, n_classes: int,
             values["noise_score_without_entropy"] = noise_score(values, without, direction)
             for w in entropy_weights:
                 values[f"noise_score@entropy={w:g}"] = noise_score(values, dict(weights, entropy_aum=w), direction)
+        if names.METADATA_PLAUSIBILITY in values:
+            without = {k: v for k, v in weights.items() if k != names.METADATA_PLAUSIBILITY}
+            values["noise_score_without_metadata"] = noise_score(values, without, direction)
+            for w in metadata_weights:
+                values[f"noise_score@metadata={w:g}"] = noise_score(
+                    values, {**weights, names.METADATA_PLAUSIBILITY: w}, direction)
         df = detection_table(noisy, clean, values, probs)
         df.insert(0, "rate", rate)
         df.insert(0, "kind", kind)

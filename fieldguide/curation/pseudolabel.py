@@ -7,6 +7,11 @@ The teacher's confident predictions on the ``unlabeled`` split become the ``pseu
 class-balanced so that common classes do not drown rare ones. They never become
 ``ground_truth`` unless a curator accepts them (:func:`accept_pseudo_labels`, through the one
 label-changing function, so ``label_history`` records it).
+
+With ``metadata="auto"`` (``models.metadata``) and samples that carry a date or a place, the
+teacher's probabilities are combined with the date/place prior before the selection, as
+``predict`` combines its head's (:func:`fieldguide.models.predict.prior_on_rest`); without dates or
+places ``auto`` is exactly ``none``.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class PseudoInputs:
     unlabeled: np.ndarray  # (n,) bool: the unlabeled split
     y: np.ndarray  # class indices of the labeled rows
     n_classes: int
+    metadata: np.ndarray | None = None  # (n, len(COLUMNS)) encoded dates and places, None: not used
 
 
 # (project, inputs, hyper-parameters, backbone) -> the teacher's probabilities on the unlabeled rows
@@ -105,7 +111,7 @@ def finetune_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str 
 def pseudolabel(project: Project, *, threshold: float | None = None, ema_decay: float | None = None,
                 mu: int | None = None, lambda_u: float | None = None, epochs: int | None = None,
                 balance: bool | None = None, mode: str | None = None, backbone: str | None = None,
-                abstain: bool | None = None) -> PseudoReport:
+                abstain: bool | None = None, metadata: str | None = None) -> PseudoReport:
     """Pseudo-labels for the ``unlabeled`` split; see the module docstring. Re-running replaces them.
 
     With ``abstain`` the step first estimates, on the labeled samples only
@@ -113,9 +119,11 @@ def pseudolabel(project: Project, *, threshold: float | None = None, ema_decay: 
     mode, and the ``[train]`` student), whether accepting its pseudo-labels would help; when it
     would not, it writes no pseudo-labels, tags nothing, leaves earlier ones as they are and
     records the run with its reason (``abstained`` and ``reason`` in the report).
-    Each hyper-parameter left None comes from the ``[pseudolabel]`` section of fieldguide.toml.
+    Each hyper-parameter left None comes from the ``[pseudolabel]`` section of fieldguide.toml;
+    ``metadata`` (auto | none) from ``models.metadata``.
     """
     from fieldguide.models.embed import load_embeddings
+    from fieldguide.models.predict import metadata_fields, metadata_matrix, prior_groups
 
     given = {"threshold": threshold, "ema_decay": ema_decay, "mu": mu, "lambda_u": lambda_u, "epochs": epochs,
              "balance": balance, "mode": mode, "abstain": abstain}
@@ -123,7 +131,9 @@ def pseudolabel(project: Project, *, threshold: float | None = None, ema_decay: 
     if hp["mode"] not in MODES:
         raise ConfigError(f"pseudo-labeling mode {hp['mode']!r}: use one of {', '.join(MODES)} "
                           "(--mode, or pseudolabel.mode in fieldguide.toml)")
+    metadata = metadata or project.config.models.metadata
     ds = store.dataset(project, create=False)
+    fields = metadata_fields(ds, metadata)
     ids, X = load_embeddings(project, backbone, ds)
     table = store.samples_table(ds).set_index("id").loc[ids]
     classes = store.classes(ds)
@@ -136,9 +146,12 @@ def pseudolabel(project: Project, *, threshold: float | None = None, ema_decay: 
         raise NotReadyError("no unlabeled samples with embeddings (ingest images without labels, then embed)")
     y = np.array([index[v] for v in table["label"][lab]])
     wh = store.warehouse(project)
-    config = {**hp, "backbone": backbone or project.config.models.backbone}
+    M = metadata_matrix(samples.arrays(ds, fields, ids=ids), fields)
+    groups = prior_groups(M[lab])
+    config = {**hp, "backbone": backbone or project.config.models.backbone,
+              "metadata": {"mode": metadata, "groups": groups}}
     threshold = hp["threshold"]
-    data = PseudoInputs(X, table["filepath"].to_numpy(), lab, unl, y, len(classes))
+    data = PseudoInputs(X, table["filepath"].to_numpy(), lab, unl, y, len(classes), M if groups else None)
     estimate = None
     with wh.run("pseudolabel", config) as run_id:
         if hp["abstain"]:
@@ -175,6 +188,8 @@ def _write_pseudo_labels(project: Project, ds, hp: dict, backbone: str | None, r
     """The teacher's pseudo-labels on the unlabeled samples, written to the store; (count, per class)."""
     unl = data.unlabeled
     probs = MODES[hp["mode"]](project, data, hp, backbone)
+    if data.metadata is not None:
+        probs = _with_metadata_prior(project, run_id, data, probs)
     rows, labels, conf = select_pseudo_labels(probs, hp["threshold"], balance=hp["balance"])
     unl_ids = [s for s, m in zip(ids, unl) if m]
     # cleared on every unlabeled sample; accepted ones (now train) keep where their label came from
@@ -190,6 +205,18 @@ def _write_pseudo_labels(project: Project, ds, hp: dict, backbone: str | None, r
         {"run_id": run_id, "split": "unlabeled", "name": "pseudo_labels", "value": float(len(rows))},
         {"run_id": run_id, "split": "unlabeled", "name": "candidates", "value": float(unl.sum())}])
     return len(rows), {classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
+
+
+def _with_metadata_prior(project: Project, run_id: str, data: PseudoInputs, probs: np.ndarray) -> np.ndarray:
+    """The teacher's probabilities on the unlabeled rows combined with the date/place prior; what was
+    chosen goes to the run's config."""
+    from fieldguide.models.predict import prior_on_rest
+
+    lab, unl, pcfg = data.labeled, data.unlabeled, project.config.predict
+    probs, w, info = prior_on_rest(data.X[lab], data.y, data.metadata[lab], probs, data.metadata[unl], data.n_classes,
+                                   head=pcfg.head, folds=pcfg.folds, seed=pcfg.seed)
+    store.warehouse(project).update_config(run_id, {"metadata_prior": {"weight": w, **info}})
+    return probs
 
 
 @writes('pseudolabel --accept')

@@ -190,6 +190,11 @@ class KdePrior:
         """(n, len(classes_)) p(class | metadata)."""
         return np.exp(self._log_posterior(np.asarray(M, dtype=float), self.day_kappa_, self.place_kappa_))
 
+    def loo_proba(self) -> np.ndarray:
+        """(n_train, len(classes_)) p(class | metadata) of each training row by the others (leave one
+        out): a row's own label never supports itself."""
+        return np.exp(self._log_posterior(self.M_, self.day_kappa_, self.place_kappa_, leave_one_out=True))
+
 
 def aligned_prior(prior: KdePrior, M: np.ndarray, n_classes: int) -> np.ndarray:
     """``prior.predict_proba(M)`` over all ``n_classes`` (a class the prior never saw: 0)."""

@@ -34,6 +34,8 @@ from fieldguide.platform.lock import writes
 log = logging.getLogger(__name__)
 
 FIT_SPLITS = ("train",)
+#: the stored fields the metadata prior reads (date, place)
+META_FIELDS = ("observed_at", "location")
 
 
 @dataclass
@@ -63,11 +65,10 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     folds = folds or cfg.folds
     seed = cfg.seed if seed is None else seed
     metadata = metadata or project.config.models.metadata
-    if metadata not in md.MODES:
-        raise FieldguideError(f"metadata {metadata!r}: use one of {', '.join(md.MODES)}")
+    check_metadata_mode(metadata)
     make_head(head)  # unknown names fail before any work
     ds = store.dataset(project, create=False)
-    meta_fields = [f for f in ("observed_at", "location") if metadata == "auto" and samples.has_field(ds, f)]
+    meta_fields = metadata_fields(ds, metadata)
     ids, X, table = embedded_table(project, backbone, ds, meta_fields)
     classes = store.classes(ds)
     index = {c: i for i, c in enumerate(classes)}
@@ -76,9 +77,8 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         raise NotReadyError("no labeled training samples with embeddings (ingest labeled images, then embed)")
     y = np.array([index[label] for label in table["label"][fit_mask]])
     wh = store.warehouse(project)
-    M = md.encode(table["observed_at"].tolist() if "observed_at" in meta_fields else [None] * len(ids),
-                  [md.location_point(v) for v in table["location"]] if "location" in meta_fields else [None] * len(ids))
-    groups = [g for g in md.groups_present(M[fit_mask]) if g != "hour"]  # the prior uses date and place
+    M = metadata_matrix(table, meta_fields)
+    groups = prior_groups(M[fit_mask])
     config = {"head": head, "folds": folds, "seed": seed, "backbone": backbone or project.config.models.backbone,
               "metadata": {"mode": metadata, "groups": groups}}
     with wh.run("predict", config) as run_id:
@@ -90,7 +90,7 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         rest = aligned_proba(full, X[~fit_mask], len(classes)) if full is not None else None
         w = 0.0
         if groups:
-            oof, rest, w, prior_info = _with_prior(oof, rest, M, fit_mask, y, fold_fit, len(classes))
+            oof, rest, w, prior_info = with_prior(oof, rest, M, fit_mask, y, fold_fit, len(classes))
             wh.update_config(run_id, {"metadata": {**config["metadata"], "weight": w, **prior_info}})
         probs[fit_mask] = oof
         if rest is not None:
@@ -118,7 +118,48 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
                          oof_top1=oof_top1, pred_probs_path=str(path), metadata=groups, metadata_weight=w)
 
 
-def _with_prior(oof: np.ndarray, rest: np.ndarray | None, M: np.ndarray, fit_mask: np.ndarray, y: np.ndarray,
+def check_metadata_mode(mode: str) -> None:
+    """``mode`` is one of :data:`~fieldguide.models.metadata.MODES` (auto | none), else a one-line error."""
+    if mode not in md.MODES:
+        raise FieldguideError(f"metadata {mode!r}: use one of {', '.join(md.MODES)}")
+
+
+def metadata_fields(ds, mode: str) -> list[str]:
+    """The stored fields the prior reads under ``mode``: with ``auto`` those of :data:`META_FIELDS`
+    the samples have, with ``none`` none."""
+    check_metadata_mode(mode)
+    return [f for f in META_FIELDS if mode == "auto" and samples.has_field(ds, f)]
+
+
+def metadata_matrix(table, fields: list[str]) -> np.ndarray:
+    """The encoded metadata (:func:`fieldguide.models.metadata.encode`) of a table's rows, from its
+    columns ``fields`` (of :data:`META_FIELDS`; a field not named counts as missing)."""
+    none = [None] * len(table)
+    return md.encode(table["observed_at"].tolist() if "observed_at" in fields else none,
+                     [md.location_point(v) for v in table["location"]] if "location" in fields else none)
+
+
+def prior_groups(M: np.ndarray) -> list[str]:
+    """The metadata groups of ``M`` the prior uses (date and place; the hour is not used)."""
+    return [g for g in md.groups_present(M) if g != "hour"]
+
+
+def prior_on_rest(X_fit: np.ndarray, y: np.ndarray, M_fit: np.ndarray, rest: np.ndarray, M_rest: np.ndarray,
+                  n_classes: int, *, head: str, folds: int, seed: int) -> tuple[np.ndarray, float, dict]:
+    """Probabilities of another model (``train``'s head, ``pseudolabel``'s teacher) on the rows
+    ``rest`` combined with the metadata prior as :func:`with_prior` does, the weight chosen on
+    out-of-fold probabilities of the ``predict`` head ``head`` on the fitted rows (that model has
+    none of its own). Returns ``(rest combined, w, what was chosen)``; ``rest`` itself when no fitted
+    row has a date or a place."""
+    if not prior_groups(M_fit):
+        return rest, 0.0, {}
+    oof, fold = cross_val_pred_probs(make_head(head), X_fit, y, n_classes, folds=folds, seed=seed)
+    fit_mask = np.r_[np.ones(len(y), dtype=bool), np.zeros(len(rest), dtype=bool)]
+    _, combined, w, info = with_prior(oof, rest, np.vstack([M_fit, M_rest]), fit_mask, y, fold, n_classes)
+    return combined, w, {**info, "weight_from": f"{head} out-of-fold"}
+
+
+def with_prior(oof: np.ndarray, rest: np.ndarray | None, M: np.ndarray, fit_mask: np.ndarray, y: np.ndarray,
                 fold: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray | None, float, dict]:
     """The head's out-of-fold rows and other rows combined with the metadata prior: fitted per fold
     on that fold's training part (the same folds as the head), ``w`` chosen on the out-of-fold rows,

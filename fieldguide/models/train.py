@@ -15,6 +15,10 @@ the loop of :mod:`fieldguide.models.fit`.
 - Curves (loss, accuracy, mean entropy, λ) go to the warehouse's ``curves`` and a PNG; with a
   ``test`` split the run is evaluated on it (``metrics``, ``class_metrics``, ``confusions``).
   ``retrain`` compares the run with the one before it (:mod:`fieldguide.models.compare`).
+- ``--metadata auto`` (``models.metadata``), head mode: the test probabilities are combined with the
+  date/place prior as ``predict`` combines its head's, the weight chosen on out-of-fold
+  probabilities of the ``predict`` head; exactly ``none`` when the samples have no date or place.
+  Finetune mode does not use the metadata.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from fieldguide.models.compare import compare_runs
 from fieldguide.models.entropy import METHODS
 from fieldguide.models.fit import FitState, fit_head, head_options, predict_head, schedule_from
 from fieldguide.models.plots import plot_curves
+from fieldguide.models.predict import check_metadata_mode, metadata_fields, metadata_matrix, prior_groups, prior_on_rest
 from fieldguide.platform import samples, store
 from fieldguide.platform.lock import writes
 
@@ -99,11 +104,14 @@ def _training_table(project: Project, ds, ids: list[str], flagged_policy: str):
 @writes('train')
 def train(project: Project, *, method: str | None = None, mode: str | None = None, epochs: int | None = None,
           backbone: str | None = None, flagged: str | None = None, resume: str | None = None,
-          kind: str = "train", progress: bool = True) -> TrainReport:
+          kind: str = "train", metadata: str | None = None, progress: bool = True) -> TrainReport:
     """Train on the current labels of the store; see the module docstring.
 
     ``flagged`` (retrain): what to do with samples flagged by the last ``flag`` run and not
     resolved since (``keep``, ``downweight`` or ``exclude``; default ``train.flagged``).
+    ``metadata`` (auto | none; default ``models.metadata``): in ``head`` mode, ``auto`` combines the
+    trained head's test probabilities with the date/place prior as ``predict`` does
+    (:func:`~fieldguide.models.predict.prior_on_rest`); without dates or places it is ``none``.
     """
     cfg = project.config.train
     wh = store.warehouse(project)
@@ -114,6 +122,9 @@ def train(project: Project, *, method: str | None = None, mode: str | None = Non
         method, mode, epochs, backbone, flagged = (config["method"], config["mode"], config["epochs"],
                                                    config["backbone"], config["flagged"])
         kind = config.get("kind", kind)
+        metadata = config.get("metadata", "none")  # a run recorded before the switch used none
+    metadata = metadata or project.config.models.metadata
+    check_metadata_mode(metadata)
     method = method or cfg.method
     mode = mode or cfg.mode
     if method not in METHODS:
@@ -129,7 +140,7 @@ def train(project: Project, *, method: str | None = None, mode: str | None = Non
     config = {"method": method, "mode": mode, "epochs": epochs, "backbone": backbone, "flagged": flagged,
               "kind": kind, "lam_max": cfg.lam_max, "lam_min": cfg.lam_min, "switch_at": cfg.switch_at,
               "switch_rule": cfg.switch_rule, "reverse_schedule": cfg.reverse_schedule, "seed": cfg.seed,
-              "lr": cfg.lr, "classes": classes}
+              "lr": cfg.lr, "classes": classes, "metadata": metadata}
     run_id = resume or wh.start_run(kind, config)
     if resume:
         wh.write("runs", [{"run_id": run_id, "kind": kind, "config": json.dumps(config, default=str, sort_keys=True),
@@ -217,7 +228,24 @@ def _train_head(project, ds, run_id, config, classes, index, resumed, progress) 
         augmentations=aug, pool=pool, alpha=project.config.augment.alpha,
     )
     probs = predict_head(model, X[test_mask]) if test_mask.any() else None
+    if probs is not None:
+        probs = _with_metadata_prior(project, ds, run_id, config["metadata"], ids, X, train_mask, test_mask, y, probs)
     return _finish(project, run_id, config, classes, state, train_ids, probs, y_test, report)
+
+
+def _with_metadata_prior(project, ds, run_id, mode, ids, X, train_mask, test_mask, y, probs) -> np.ndarray:
+    """The test probabilities combined with the date/place prior under ``mode`` (``probs`` themselves
+    when the training samples have no date or place); what was chosen goes to the run's config."""
+    fields = metadata_fields(ds, mode)
+    M = metadata_matrix(samples.arrays(ds, fields, ids=ids), fields)
+    groups = prior_groups(M[train_mask])
+    if not groups:
+        return probs
+    pcfg = project.config.predict
+    probs, w, info = prior_on_rest(X[train_mask], y, M[train_mask], probs, M[test_mask], probs.shape[1],
+                                   head=pcfg.head, folds=pcfg.folds, seed=pcfg.seed)
+    store.warehouse(project).update_config(run_id, {"metadata_prior": {"groups": groups, "weight": w, **info}})
+    return probs
 
 
 def _augmentation_pool(ds, ids: list[str], X: np.ndarray, train_ids: list[str]):
