@@ -183,7 +183,11 @@ def test_an_older_warehouse_is_read_and_says_what_fills_it(project, monkeypatch)
                           "latitude": 1.5, "longitude": 2.5}])
     obs = observations.observations(wh)
     assert obs.set_index("sample_id")["month"].fillna(0).to_dict() == {"a": 0, "b": 3}
-    assert metrics(render(PAGE))["With a place"] == "1"
+    at = render(PAGE)
+    assert metrics(at)["With a place"] == "1"
+    at.selectbox[0].set_value("wren").run()
+    assert "No sample of wren has a date." in texts(at) and "No sample of wren has a place." in texts(at)
+    assert not vega_charts(at) and not at.dataframe  # one class with dates: no overview
 
 
 @pytest.mark.parametrize("state", ["no warehouse", "empty warehouse"])

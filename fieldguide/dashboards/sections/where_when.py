@@ -17,7 +17,7 @@ STATUS_COLORS = [charts.BAR_COLOR, FLAGGED_COLOR]
 STATUS_SHAPES = ["circle", "cross"]
 # day of the year each month starts (a common year): the season axis' ticks
 MONTH_STARTS = [1, 32, 60, 91, 121, 152, 182, 213, 244, 274, 305, 335]
-HEAT_STEP = 22  # pixels per class row of the overview
+HEAT_STEP = charts.BAR_STEP  # pixels per class row of the overview
 
 
 def status_color() -> alt.Color:
@@ -93,17 +93,27 @@ def month_table(obs: pd.DataFrame) -> pd.DataFrame:
     return months.rename_axis("count").reset_index()
 
 
-def season_section(obs: pd.DataFrame, selection: pd.DataFrame, chosen: str) -> None:
-    st.subheader("Season")
-    dated = observations.dated(obs)
-    if dated.empty:
-        st.info("No sample has a date (observed_at): dates come with CSV (observed_on, date), iNaturalist and "
+def section_rows(title: str, has, obs: pd.DataFrame, selection: pd.DataFrame, chosen: str, *, what: str,
+                 fields: str, columns: str) -> pd.DataFrame | None:
+    """A section's heading, then the rows of ``selection`` that ``has`` keeps (those with a ``what``,
+    stored as ``fields``); None, said plainly, when no sample at all has one."""
+    st.subheader(title)
+    if has(obs).empty:
+        st.info(f"No sample has a {what} ({fields}): {what}s come with CSV ({columns}), iNaturalist and "
                 "Darwin Core ingests.")
-        return
-    mine = observations.dated(selection)
+        return None
+    mine = has(selection)
     if mine.empty:
-        st.caption(f"No sample of {chosen} has a date.")
-    else:
+        st.caption(f"No sample of {chosen} has a {what}.")
+    return mine
+
+
+def season_section(obs: pd.DataFrame, selection: pd.DataFrame, chosen: str) -> None:
+    mine = section_rows("Season", observations.dated, obs, selection, chosen, what="date", fields="observed_at",
+                        columns="observed_on, date")
+    if mine is None:
+        return
+    if not mine.empty:
         flagged = int(mine["flagged"].sum())
         st.markdown(f"**{chosen}**: {plural(len(mine), 'dated sample')}, {flagged} flagged (red), by week of the year.")
         st.altair_chart(season_chart(observations.by_week(mine)), width="stretch")
@@ -111,20 +121,16 @@ def season_section(obs: pd.DataFrame, selection: pd.DataFrame, chosen: str) -> N
     undated = len(selection) - len(mine)
     if undated:
         st.caption(f"{plural(undated, 'sample')} without a date left out.")
+    dated = observations.dated(obs)
     if dated["label"].nunique() > 1:
         st.markdown("**All classes by month** (a red frame: the cell holds flagged samples)")
         st.altair_chart(heatmap(observations.class_by_month(dated)), width="stretch")
 
 
 def place_section(obs: pd.DataFrame, selection: pd.DataFrame, chosen: str) -> None:
-    st.subheader("Place")
-    if observations.placed(obs).empty:
-        st.info("No sample has a place (latitude and longitude): places come with CSV (latitude, longitude), "
-                "iNaturalist and Darwin Core ingests.")
-        return
-    mine = observations.placed(selection)
-    if mine.empty:
-        st.caption(f"No sample of {chosen} has a place.")
+    mine = section_rows("Place", observations.placed, obs, selection, chosen, what="place",
+                        fields="latitude and longitude", columns="latitude, longitude")
+    if mine is None or mine.empty:
         return
     flagged = int(mine["flagged"].sum())
     st.markdown(f"**{chosen}**: {plural(len(mine), 'observation')} with a place, {flagged} flagged (red crosses).")
