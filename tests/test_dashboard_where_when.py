@@ -221,11 +221,13 @@ SHOTS = Path(os.environ.get("FIELDGUIDE_SHOTS", "")) if os.environ.get("FIELDGUI
 
 
 def screenshot(driver, path: Path, ready: Callable[[np.ndarray], bool], timeout_s: float = 60) -> np.ndarray:
-    """The whole page (the window grown to its height) once Streamlit's run is drawn and
-    ``ready(image)`` holds, or at the timeout."""
+    """The whole page (the window grown to its height) once Streamlit's run is drawn, the page
+    has stopped changing (two screenshots alike: charts and tables painted) and ``ready(image)``
+    holds, or at the timeout."""
     from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout_s
+    before = None
     while True:
         height = driver.execute_script(  # the tallest scroller: Streamlit's main area, not the body
             "return Math.max(...Array.from(document.querySelectorAll('*'), e => e.scrollHeight))")
@@ -233,9 +235,11 @@ def screenshot(driver, path: Path, ready: Callable[[np.ndarray], bool], timeout_
         driver.save_screenshot(str(path))
         image = np.asarray(Image.open(path).convert("RGB"))
         drawn = not driver.find_elements(By.CSS_SELECTOR, "[data-stale='true']")  # no element of a former run
-        if (drawn and ready(image)) or time.monotonic() > deadline:
+        still = before is not None and before.shape == image.shape and np.array_equal(before, image)
+        if (drawn and still and ready(image)) or time.monotonic() > deadline:
             return image
-        time.sleep(0.5)
+        before = image
+        time.sleep(1.0)
 
 
 def color_pixels(image: np.ndarray, color: str) -> int:
