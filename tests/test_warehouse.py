@@ -22,7 +22,7 @@ def test_schema_has_every_table_and_its_version(wh):
     assert wh.path.is_file()
     tables = set(wh.query("SELECT table_name FROM information_schema.tables")["table_name"])
     assert tables == set(TABLES)
-    assert wh.schema_version() == SCHEMA_VERSION == 4
+    assert wh.schema_version() == SCHEMA_VERSION == 5
     runs_columns = list(wh.query("DESCRIBE runs")["column_name"])
     assert runs_columns == ["run_id", "kind", "config", "status", "started", "finished", "message", "pid", "host"]
 
@@ -65,6 +65,8 @@ def test_an_older_warehouse_gains_the_new_columns_and_keeps_its_rows(wh):
     con.close()
     wh.write("samples", [{"sample_id": "b", "label": None, "pseudo_label": "wren", "pseudo_confidence": 0.9}])
     assert wh.schema_version() == SCHEMA_VERSION
+    columns = set(wh.query("DESCRIBE samples")["column_name"])
+    assert {"pseudo_label", "review_state", "observed_at", "latitude", "longitude"} <= columns
     rows = wh.query("SELECT sample_id, coalesce(label, '-') AS label, coalesce(pseudo_label, '-') AS pseudo "
                     "FROM samples ORDER BY sample_id")
     assert rows.to_dict("records") == [{"sample_id": "a", "label": "wren", "pseudo": "-"},

@@ -26,6 +26,7 @@ def main() -> None:
             st.Page(SECTIONS / "health.py", title="Dataset health", url_path="health", visibility="hidden"),
             st.Page(SECTIONS / "review.py", title="Review queue", url_path="review"),
             st.Page(SECTIONS / "relabel.py", title="Relabeling", url_path="relabel"),
+            st.Page(SECTIONS / "where_when.py", title="Where and when", url_path="where-when"),
             st.Page(SECTIONS / "models.py", title="Models", url_path="models"),
             st.Page(SECTIONS / "benchmarks.py", title="Benchmarks", url_path="benchmarks"),
         ]

@@ -245,23 +245,29 @@ def set_labels(
 
 
 def snapshot_samples(project: Project, ds) -> int:
-    """Mirror every sample's label, split, origin, prediction, pseudo-label, noise score and
-    review state to the warehouse.
+    """Mirror every sample's label, split, origin, prediction, pseudo-label, noise score, review
+    state, date (``observed_at``) and place (``location`` as latitude and longitude) to the warehouse.
 
     The dashboards read only the warehouse; each step that changes these calls this (one
     bulk query, one bulk write). Samples no longer in the store are removed.
     """
     schema = ds.get_field_schema()
-    fields = [f for f in ("noise_score", "label_issue", "review_state") if f in schema]
+    fields = [f for f in ("noise_score", "label_issue", "review_state", "observed_at") if f in schema]
     for field in ("prediction", "pseudo_label"):
         if field in schema:
             fields += [f"{field}.label", f"{field}.confidence"]
+    if "location" in schema:
+        fields.append("location.point")
     df = samples_table(ds, fields)
     df = df.rename(columns={"id": "sample_id", "prediction.label": "predicted_label",
                             "prediction.confidence": "confidence", "pseudo_label.label": "pseudo_label",
                             "pseudo_label.confidence": "pseudo_confidence"})
+    if "location.point" in df:  # GeoJSON order: [longitude, latitude]
+        points = df.pop("location.point")
+        df["longitude"] = [p[0] if p else None for p in points]
+        df["latitude"] = [p[1] if p else None for p in points]
     for col in ("predicted_label", "confidence", "noise_score", "label_issue", "pseudo_label",
-                "pseudo_confidence", "review_state"):
+                "pseudo_confidence", "review_state", "observed_at", "latitude", "longitude"):
         if col not in df:
             df[col] = None
     df["updated"] = now()

@@ -26,7 +26,7 @@ from fieldguide.errors import FieldguideError, NotReadyError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Columns added after a warehouse may already exist: (version, table, column definition).
 # ``_ensure_schema`` adds the missing ones to an older warehouse (nothing is rewritten or lost).
@@ -37,6 +37,9 @@ ADDED_COLUMNS: list[tuple[int, str, str]] = [
     (3, "runs", "host VARCHAR"),
     (3, "rejects", "kind VARCHAR DEFAULT 'reject'"),
     (4, "samples", "review_state VARCHAR"),
+    (5, "samples", "observed_at TIMESTAMP"),
+    (5, "samples", "latitude DOUBLE"),
+    (5, "samples", "longitude DOUBLE"),
 ]
 
 TABLES: dict[str, str] = {
@@ -80,7 +83,7 @@ TABLES: dict[str, str] = {
         "sample_id VARCHAR PRIMARY KEY, filepath VARCHAR, label VARCHAR, split VARCHAR, "
         "origin VARCHAR, predicted_label VARCHAR, confidence DOUBLE, noise_score DOUBLE, "
         "label_issue BOOLEAN, pseudo_label VARCHAR, pseudo_confidence DOUBLE, updated TIMESTAMP, "
-        "review_state VARCHAR"
+        "review_state VARCHAR, observed_at TIMESTAMP, latitude DOUBLE, longitude DOUBLE"
     ),
     # kind: reject (not ingested) or notice (ingested, but a decision the curator should know of)
     "rejects": (
