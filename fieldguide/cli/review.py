@@ -49,13 +49,26 @@ def review_confirm(
 
 
 @review_app.command("status")
-def review_status(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
-    """How many samples are in each review state."""
-    from fieldguide.platform.review import counts
+def review_status(
+    top: int = typer.Option(0, min=0, help="Also list the first TOP samples of the review queue."),
+    order: Optional[str] = typer.Option(
+        None, help="The queue's order: noise_score | error_rank (default: curation.review_order)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """How many samples are in each review state; with --top, the head of the review queue (its
+    error_rank: the rank at which the label and the evidence part)."""
+    from fieldguide.platform.review import counts, queue
     from fieldguide.platform.store import dataset
 
-    states = counts(dataset(_project(), create=False))
+    project = _project()
+    ds = dataset(project, create=False)
+    states = counts(ds)
+    rows = queue(ds, order=order or project.config.curation.review_order, limit=top).to_dict("records") if top else None
     if as_json:
-        _echo_json(states)
+        _echo_json(states if rows is None else {"states": states, "queue": rows})
         return
     typer.echo("  ".join(f"{k} {v}" for k, v in states.items()))
+    for r in rows or []:
+        score = "-" if r["noise_score"] is None else f"{r['noise_score']:.3f}"
+        typer.echo(f"  {r['id']}  {score}  {r['label']} -> {r['consensus'] or r['predicted']}  "
+                   f"error at {r['error_rank'] or '-'}  ({r['review_state']})")

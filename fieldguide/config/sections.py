@@ -122,6 +122,11 @@ class CurationSection(_Section):
     scarce_class_count: int = Field(default=10, ge=1, description="a class with fewer labeled training samples "
                                     "is scarce (augment, fill, the scarce_classes view)")
     knn_k: int = Field(default=10, ge=1)
+    review_order: str = Field(
+        default="noise_score", pattern="^(noise_score|error_rank)$",
+        description="the to_review view's order: noise_score (ties: the coarser error_rank first) | error_rank "
+                    "(a label in the wrong family before one in the wrong species, then by noise score)",
+    )
 
 
 class PseudolabelSection(_Section):

@@ -2,7 +2,8 @@
 
 The columns: :data:`BASE_COLUMNS` (the sample, its label and where the label came from, its review
 state, the prediction, ``noise_score`` and ``label_issue``), then the signals flag keeps in the
-store only (:data:`STORE_SIGNALS`: ``near_duplicate_of``, ``consensus_label``), then every signal
+store only (:data:`STORE_SIGNALS`: ``near_duplicate_of``, ``consensus_label`` and its rank, ``error_rank``:
+the rank at which the label and the evidence part), then every signal
 the flag run wrote to the warehouse's ``signals`` table, in name order (``label_quality``,
 ``knn_disagreement``, ``outlier_score``, ``is_outlier``, ``near_duplicate_score``, ...).
 
@@ -30,8 +31,8 @@ from fieldguide.platform.spreadsheet import neutralise_formula_cells
 #: where the store has no review state yet
 BASE_COLUMNS = ["sample_id", "filepath", "split", "label", "label_source", "review_state",
                 "predicted_label", "noise_score", "label_issue"]
-#: signals that flag writes to the store only (a sample id, a class name: not numbers)
-STORE_SIGNALS = ["near_duplicate_of", "consensus_label"]
+#: signals that flag writes to the store only (a sample id, a class name, a rank: not numbers)
+STORE_SIGNALS = ["near_duplicate_of", "consensus_label", "consensus_rank", "error_rank"]
 #: the source of a label no history entry explains: the one the sample was ingested with
 INGEST_SOURCE = "ingest"
 

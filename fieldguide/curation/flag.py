@@ -3,7 +3,8 @@
 Reads arrays from the store (labels, votes), the latest pred_probs and the cached embeddings;
 computes the registered signals on the assessable samples; writes ``noise_score``,
 ``label_issue`` and the signal fields to the store in bulk, every signal to the warehouse
-``signals`` table under the run, per-annotator quality to ``annotators``; replaces the previous
+``signals`` table under the run, per-annotator quality to ``annotators``, the crowd's consensus
+and each label's ``error_rank`` on the class tree (:mod:`fieldguide.curation.error_rank`); replaces the previous
 run's review tags, queues the flagged samples for review (:func:`fieldguide.platform.review.requeue`:
 not those a curator decided unless the evidence changed, not test samples unless
 ``include_test``) and saves the views ``to_review``, ``outliers``, ``near_duplicates`` and
@@ -25,11 +26,13 @@ import pandas as pd
 from fieldguide import names
 from fieldguide.config import Project
 from fieldguide.curation import plausibility, signals as sig  # plausibility registers its signal
+from fieldguide.curation.error_rank import CONSENSUS_RANK, ERROR_RANK, ERROR_SEVERITY, taxonomy_evidence
 from fieldguide.curation.noise_score import flag_top, noise_score
 from fieldguide.platform import review, samples, store
 from fieldguide.platform.brain import brain_signals
 from fieldguide.platform.fields import declare_fields, save_view, set_tags, write_values
 from fieldguide.platform.lock import writes
+from fieldguide.platform.tree import class_tree
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ REVIEW_TAGS = ("outlier", "near_duplicate")  # the review queue's tag is review.
 #: signal arrays written to the store as sample fields (the rest go to the warehouse only)
 STORE_FIELDS = {"label_quality": "label_quality", "outlier_score": "outlier_score",
                 "knn_disagreement": "knn_disagreement", "annotator_agreement": "annotator_agreement",
-                "entropy_aum": "entropy_aum"}
+                "entropy_aum": "entropy_aum", ERROR_SEVERITY: ERROR_SEVERITY}
 
 
 @dataclass
@@ -149,15 +152,21 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             else:
                 near_dup_of = {}
             consensus = values.pop("consensus_label", None)
+            crowd = [None] * len(assess) if consensus is None else [
+                None if np.isnan(c) else used_names[int(c)] for c in consensus]
+            vote_names = [[c.label for c in v.classifications] if v is not None else [] for v in sub["votes"]]
+            taxa = taxonomy_evidence(class_tree(project), sub["label"].tolist(),
+                                     [classes[i] for i in probs.argmax(axis=1)], vote_names, crowd)
+            values[ERROR_SEVERITY] = taxa.error_severity
         else:
-            near_dup_of, consensus, flagged, used_names = {}, None, np.zeros(0, dtype=bool), None
+            near_dup_of, taxa, flagged = {}, None, np.zeros(0, dtype=bool)
 
-        flagged_ids = _write_store(ds, table.index.tolist(), assess, values, near_dup_of, consensus, used_names)
+        flagged_ids = _write_store(ds, table.index.tolist(), assess, values, near_dup_of, taxa)
         requeued = review.requeue(ds, flagged_ids, include_test=include_test)
         if len(assess) >= 2:
             values.update(brain_signals(ds, assess, X[[emb_row[s] for s in assess]] if X is not None else None))
         _write_warehouse(wh, run_id, assess, values, stats)
-        _save_views(ds, project.config.curation.scarce_class_count, counts)
+        _save_views(ds, project.config.curation.scarce_class_count, counts, project.config.curation.review_order)
         store.snapshot_samples(project, ds)
 
         top = []
@@ -201,7 +210,7 @@ def _trajectory_inputs(project: Project, assess: list[str]) -> dict[str, np.ndar
     return out
 
 
-def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names) -> list[str]:
+def _write_store(ds, all_ids, assess, values, near_dup_of, taxa) -> list[str]:
     """Every sample gets fresh values (None where not assessed): no stale flags from a past run.
     Returns the flagged samples' ids."""
     pos = {s: i for i, s in enumerate(assess)}
@@ -211,17 +220,18 @@ def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names
 
     n = len(assess)
     # declared up front: a first run where every value is None cannot infer a field's type
-    declare_fields(ds, ["noise_score", "label_issue", "near_duplicate_of", "consensus_label", *STORE_FIELDS.values()])
+    declare_fields(ds, ["noise_score", "label_issue", "near_duplicate_of", "consensus_label", CONSENSUS_RANK,
+                        ERROR_RANK, *STORE_FIELDS.values()])
     set_tags(ds, remove=REVIEW_TAGS)
     columns = {"noise_score": column(values.get("noise_score", np.full(n, np.nan))),
                "label_issue": column(values.get("label_issue", np.full(n, np.nan)), bool)}
     for key, fld in STORE_FIELDS.items():  # every one declared above: written each run
         columns[fld] = column(values.get(key, np.full(n, np.nan)))
     columns["near_duplicate_of"] = {sid: near_dup_of.get(sid) for sid in all_ids}
-    if consensus is not None and used_names is not None:
-        columns["consensus_label"] = {
-            sid: (used_names[int(consensus[pos[sid]])] if sid in pos and not np.isnan(consensus[pos[sid]]) else None)
-            for sid in all_ids}
+    text = {"consensus_label": taxa.consensus, CONSENSUS_RANK: taxa.consensus_rank,
+            ERROR_RANK: taxa.error_rank} if taxa is not None else {}
+    for fld in ("consensus_label", CONSENSUS_RANK, ERROR_RANK):
+        columns[fld] = {sid: (text[fld][pos[sid]] if fld in text and sid in pos else None) for sid in all_ids}
     write_values(ds, columns)
     flagged = [assess[i] for i in np.where(values.get("label_issue", np.zeros(n)) > 0)[0]]
     outliers = [assess[i] for i in np.where(np.nan_to_num(values.get(names.IS_OUTLIER, np.zeros(n))) > 0)[0]]
@@ -248,9 +258,9 @@ def _write_warehouse(wh, run_id: str, assess: list[str], values: dict[str, np.nd
         }))
 
 
-def _save_views(ds, scarce_count: int, counts: pd.Series) -> None:
+def _save_views(ds, scarce_count: int, counts: pd.Series, review_order: str) -> None:
     scarce = sorted(c for c, n in counts.items() if n < scarce_count)
-    save_view(ds, "to_review", tag=review.QUEUE_TAG, sort_by="noise_score", reverse=True)
+    save_view(ds, "to_review", tag=review.QUEUE_TAG, sort_by=review.QUEUE_ORDERS[review_order])
     save_view(ds, "outliers", tag="outlier", sort_by="outlier_score")
     save_view(ds, "near_duplicates", has_field="near_duplicate_of", sort_by="near_duplicate_of")
     save_view(ds, "scarce_classes", labels=scarce)

@@ -31,6 +31,9 @@ SCHEMA: dict[str, str] = {
     "label_issue": "bool",
     "near_duplicate_of": "string",
     "consensus_label": "string",
+    "consensus_rank": "string",
+    "error_rank": "string",
+    "error_severity": "float",
     "label_quality": "float",
     "outlier_score": "float",
     "knn_disagreement": "float",
@@ -132,10 +135,12 @@ def add_samples(ds, records: Sequence[Mapping]) -> int:
 
 
 def save_view(ds, name: str, *, tag: str | None = None, has_field: str | None = None,
-              labels: Iterable[str] | None = None, sort_by: str | None = None, reverse: bool = False) -> None:
+              labels: Iterable[str] | None = None, sort_by: str | Sequence[tuple[str, int]] | None = None,
+              reverse: bool = False) -> None:
     """Save (overwrite) the view ``name`` of the dataset: the samples tagged ``tag``, or whose
     ``has_field`` is set, or whose ``ground_truth`` label is in ``labels`` (the filters given are
-    all applied), sorted by ``sort_by``."""
+    all applied), sorted by ``sort_by`` (a field, or ``(field, 1 | -1)`` pairs: ascending,
+    descending; None is the smallest value: last when descending)."""
     view = ds.view()
     if tag is not None:
         view = view.match_tags(tag)

@@ -17,8 +17,8 @@ from fieldguide.platform.labelstudio.records import py_time, task_records
 log = logging.getLogger(__name__)
 
 SIGNAL_FIELDS = ("noise_score", "label_issue", "label_quality", "knn_disagreement", "outlier_score",
-                 "annotator_agreement", "consensus_label", "entropy_aum", "mistakenness", "uniqueness",
-                 "near_duplicate_of")
+                 "annotator_agreement", "consensus_label", "consensus_rank", "error_rank", "entropy_aum",
+                 "mistakenness", "uniqueness", "near_duplicate_of")
 #: seconds the panel waits for Label Studio when it looks up the project of a task link
 LINK_TIMEOUT_S = 3.0
 

@@ -38,6 +38,14 @@ QUEUED = QUEUED_STATES
 #: the states a decision ends in
 DECIDED = (RESOLVED, DISMISSED)
 QUEUE_TAG = "to_review"
+#: the review queue's orders (``curation.review_order``): (field, -1 descending) pairs, a sample
+#: without a value last. ``error_severity`` ranks a label's error on the class tree (higher: a
+#: coarser rank, :mod:`fieldguide.curation.error_rank`): at equal noise score a label in the
+#: wrong family comes before one in the wrong species; ``error_rank`` puts it first.
+QUEUE_ORDERS: dict[str, list[tuple[str, int]]] = {
+    "noise_score": [("noise_score", -1), ("error_severity", -1)],
+    "error_rank": [("error_severity", -1), ("noise_score", -1)],
+}
 
 _READ = ["tags", "ground_truth.label", "prediction.label", "votes", FIELD, "review_evidence"]
 
@@ -126,6 +134,23 @@ def counts(ds) -> dict[str, int]:
             if state in out:
                 out[state] += 1
     return out
+
+
+def queue(ds, *, order: str = "noise_score", limit: int | None = None):
+    """The review queue (samples in :data:`QUEUED` states) in ``order`` (a key of :data:`QUEUE_ORDERS`),
+    at most ``limit``: a DataFrame with ``id``, ``label``, ``predicted``, ``consensus``, ``error_rank``,
+    ``noise_score`` and ``review_state`` (None where the step writing it has not run)."""
+    if order not in QUEUE_ORDERS:
+        raise FieldguideError(f"review order {order!r} is not one of {', '.join(QUEUE_ORDERS)}")
+    columns = {"label": "ground_truth.label", "predicted": "prediction.label", "consensus": "consensus_label",
+               "error_rank": "error_rank", "noise_score": "noise_score", "review_state": FIELD}
+    present = {col: path for col, path in columns.items() if path == "ground_truth.label"
+               or samples.has_field(ds, path.split(".")[0])}
+    view = ds.match_tags(QUEUE_TAG)
+    keys = [(f, o) for f, o in QUEUE_ORDERS[order] if samples.has_field(ds, f)]
+    df = samples.arrays(view.sort_by(keys) if keys else view, list(present.values()), limit=limit)
+    df = df.rename(columns={path: col for col, path in present.items()})
+    return df.reindex(columns=["id", *columns])
 
 
 @dataclasses.dataclass

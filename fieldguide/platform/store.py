@@ -194,13 +194,16 @@ def set_labels(
     actor: str,
     run_id: str | None = None,
     allow_new_classes: bool = False,
+    answers: Mapping[str, tuple[str, str]] | None = None,
 ) -> int:
     """Set ``ground_truth`` of the samples in ``labels`` (sample id -> label, None removes it).
 
     Every change appends ``{old, new, source, actor, time, run_id}`` to the sample's
     ``label_history`` and the warehouse's ``label_events``; nothing overwrites a label
     silently. A label equal to the current one is a confirmation: recorded in history, the
-    label untouched. Unknown sample ids and unknown classes are errors (nothing is written).
+    label untouched. ``answers`` (sample id -> (name, rank)) records an answer above the classes'
+    rank (a genus) on the entry as ``answer`` and ``answer_rank``: give such a sample its current
+    label. Unknown sample ids and unknown classes are errors (nothing is written).
     Returns how many samples had their label changed.
     """
     import fiftyone as fo
@@ -219,8 +222,9 @@ def set_labels(
     new_gt, new_hist, events, changed = [], [], [], 0
     for sid, old, hist in zip(found_ids, old_labels, histories):
         new = labels[sid]
+        answer = dict(zip(("answer", "answer_rank"), answers[sid])) if answers and sid in answers else {}
         entry = fo.DynamicEmbeddedDocument(
-            old=old, new=new, source=source, actor=actor, time=when, run_id=run_id
+            old=old, new=new, source=source, actor=actor, time=when, run_id=run_id, **answer
         )
         new_hist.append(list(hist or []) + [entry])
         new_gt.append(fo.Classification(label=new) if new is not None else None)
@@ -235,6 +239,8 @@ def set_labels(
                 "actor": actor,
                 "time": when,
                 "run_id": run_id,
+                "answer": answer.get("answer"),
+                "answer_rank": answer.get("answer_rank"),
             }
         )
     # history first: a crash between the two writes leaves a history entry, never a silent change
@@ -246,13 +252,15 @@ def set_labels(
 
 def snapshot_samples(project: Project, ds) -> int:
     """Mirror every sample's label, split, origin, prediction, pseudo-label, noise score, review
-    state, date (``observed_at``) and place (``location`` as latitude and longitude) to the warehouse.
+    state, date (``observed_at``), place (``location`` as latitude and longitude) and error rank to the
+    warehouse.
 
     The dashboards read only the warehouse; each step that changes these calls this (one
     bulk query, one bulk write). Samples no longer in the store are removed.
     """
     schema = ds.get_field_schema()
-    fields = [f for f in ("noise_score", "label_issue", "review_state", "observed_at") if f in schema]
+    fields = [f for f in ("noise_score", "label_issue", "review_state", "observed_at", "error_rank",
+                          "error_severity") if f in schema]
     for field in ("prediction", "pseudo_label"):
         if field in schema:
             fields += [f"{field}.label", f"{field}.confidence"]
@@ -267,7 +275,8 @@ def snapshot_samples(project: Project, ds) -> int:
         df["longitude"] = [p[0] if p else None for p in points]
         df["latitude"] = [p[1] if p else None for p in points]
     for col in ("predicted_label", "confidence", "noise_score", "label_issue", "pseudo_label",
-                "pseudo_confidence", "review_state", "observed_at", "latitude", "longitude"):
+                "pseudo_confidence", "review_state", "observed_at", "latitude", "longitude", "error_rank",
+                "error_severity"):
         if col not in df:
             df[col] = None
     df["updated"] = now()

@@ -26,7 +26,7 @@ from fieldguide.errors import FieldguideError, NotReadyError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Columns added after a warehouse may already exist: (version, table, column definition).
 # ``_ensure_schema`` adds the missing ones to an older warehouse (nothing is rewritten or lost).
@@ -40,6 +40,11 @@ ADDED_COLUMNS: list[tuple[int, str, str]] = [
     (5, "samples", "observed_at TIMESTAMP"),
     (5, "samples", "latitude DOUBLE"),
     (5, "samples", "longitude DOUBLE"),
+    # 6: taxonomy-aware label quality: the rank where label and evidence part, answers above the classes
+    (6, "samples", "error_rank VARCHAR"),
+    (6, "samples", "error_severity DOUBLE"),
+    (6, "label_events", "answer VARCHAR"),
+    (6, "label_events", "answer_rank VARCHAR"),
 ]
 
 TABLES: dict[str, str] = {
@@ -77,13 +82,14 @@ TABLES: dict[str, str] = {
     ),
     "label_events": (
         "event_id VARCHAR PRIMARY KEY, sample_id VARCHAR, old VARCHAR, new VARCHAR, "
-        "source VARCHAR, actor VARCHAR, time TIMESTAMP, run_id VARCHAR"
+        "source VARCHAR, actor VARCHAR, time TIMESTAMP, run_id VARCHAR, answer VARCHAR, answer_rank VARCHAR"
     ),
     "samples": (
         "sample_id VARCHAR PRIMARY KEY, filepath VARCHAR, label VARCHAR, split VARCHAR, "
         "origin VARCHAR, predicted_label VARCHAR, confidence DOUBLE, noise_score DOUBLE, "
         "label_issue BOOLEAN, pseudo_label VARCHAR, pseudo_confidence DOUBLE, updated TIMESTAMP, "
-        "review_state VARCHAR, observed_at TIMESTAMP, latitude DOUBLE, longitude DOUBLE"
+        "review_state VARCHAR, observed_at TIMESTAMP, latitude DOUBLE, longitude DOUBLE, error_rank VARCHAR, "
+        "error_severity DOUBLE"
     ),
     # kind: reject (not ingested) or notice (ingested, but a decision the curator should know of)
     "rejects": (
