@@ -103,7 +103,7 @@ def test_config_has_candidates_and_the_class_tree():
     cand = root.find(".//Choices")
     assert cand.get("value") == "$candidates" and cand.get("choice") == "single" and len(cand) == 0
     tax = root.find(".//Taxonomy")
-    assert tax.get("leafsOnly") == "true" and tax.get("maxUsages") == "1"
+    assert tax.get("leafsOnly") == "false" and tax.get("maxUsages") == "1"  # a genus, a family can be chosen
     assert sorted(c.get("value") for c in tax) == sorted(FAMILIES)
     corvidae = next(c for c in tax if c.get("value") == "Corvidae")
     corvus = next(c for c in corvidae if c.get("value") == "Corvus")
@@ -112,7 +112,10 @@ def test_config_has_candidates_and_the_class_tree():
     assert sorted(leaves) == sorted(s for _, _, s in names)
     # no ranks: the same search over a flat list
     flat = ET.fromstring(ls.label_config(["b", "a"])).find(".//Taxonomy")
-    assert [c.get("value") for c in flat] == ["a", "b"]
+    assert [c.get("value") for c in flat] == ["a", "b"] and flat.get("leafsOnly") == "true"
+    # "new species / not in list": a free-text name
+    new = root.find(f".//TextArea[@name='{lstasks.NEW_NAME}']")
+    assert new is not None and new.get("toName") == "image" and new.get("maxSubmissions") == "1"
     # a class that is also a rank above others (a genus-level label) can be chosen
     mixed = ET.fromstring(ls.label_config(["Corvus", "Corvus corax"], {"Corvus corax": ["Corvus", "Corvus corax"]}))
     assert mixed.find(".//Taxonomy").get("leafsOnly") == "false"
@@ -137,6 +140,13 @@ def test_choice_prefers_the_full_list_and_reads_the_leaf():
     assert lstasks.choice([cand]) == "Pica major"
     assert lstasks.choice([cand, tax]) == "Corvus minor" == lstasks.choice([tax, cand])
     assert lstasks.choice([]) is None and lstasks.choice(None) is None
+    genus = dict(tax, value={"taxonomy": [["Corvidae", "Corvus"]]})
+    assert lstasks.choice([genus, cand]) == "Corvus"  # a node above the classes is the answer
+    named = {"from_name": lstasks.NEW_NAME, "to_name": "image", "type": "textarea",
+             "value": {"text": ["  Corvus   novus "]}}
+    assert lstasks.choice([cand, tax, named]) == "Corvus novus" == lstasks.new_name([named])
+    assert lstasks.new_name([cand, tax]) is None
+    assert lstasks.choice([dict(named, value={"text": [" "]}), cand]) == "Pica major"  # a blank name is none
 
 
 def test_preselect_threshold():
@@ -342,3 +352,60 @@ def test_browser_search_choose_submit_pull(pushed, tmp_path):
     ds.reload()
     assert ds[low].ground_truth.label == target
     assert [(e.old, e.new, e.source) for e in ds[low].label_history] == [(given, target, "labelstudio")]
+
+
+# ---- answers on the class tree (after the browser test: these pull their own tasks only) -------------------
+def _task_of(project, sdk, report, k: int):
+    ds = store.dataset(project, create=False)
+    sid = dict(zip(*ds.values(["filepath", "id"])))[str(project.root.parent / "images" / "birds" / f"c{k:03d}_0.jpg")]
+    return sid, _tasks(sdk, report.project_id)[sid]
+
+
+def _genus(taxonomy_path: list[str]) -> list[dict]:
+    return [{"from_name": lstasks.FULL_NAME, "to_name": "image", "type": "taxonomy",
+             "value": {"taxonomy": [taxonomy_path]}}]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_genus_answer_is_recorded_with_its_rank_and_the_label_is_kept(pushed):
+    """One answer at the genus; two that split between two species of one genus (> 2/3 agree on
+    it): each is a genus-level answer in label_history, the sample stays unresolved."""
+    project, _, report = pushed
+    sdk = _sdk(project)
+    ds = store.dataset(project, create=False)
+    picked, split = _task_of(project, sdk, report, 3), _task_of(project, sdk, report, 6)
+    sdk.annotations.create(picked[1].id, result=_genus(["Corvidae", "Corvus"]))
+    for species in ("Pica major", "Pica borealis"):  # c006 is a Pica
+        sdk.annotations.create(split[1].id, result=_genus(["Corvidae", "Pica", species]))
+    given = {sid: ds[sid].ground_truth.label for sid, _ in (picked, split)}
+    out = ls.pull(project, task_ids=[picked[1].id, split[1].id])
+    assert (out.coarse, out.changed, out.accepted, out.unsure) == (2, 0, 0, 0), out
+    ds.reload()
+    for (sid, _), genus in ((picked, "Corvus"), (split, "Pica")):
+        assert ds[sid].ground_truth.label == given[sid]  # the project labels at the species
+        last = ds[sid].label_history[-1]
+        assert (last.old, last.new, last.answer, last.answer_rank, last.source) == (
+            given[sid], given[sid], genus, "genus", "labelstudio")
+        assert ds[sid].review_state == "answered"
+    events = store.warehouse(project).query(
+        "SELECT sample_id, answer, answer_rank FROM label_events WHERE answer IS NOT NULL")
+    assert sorted(map(tuple, events.to_numpy().tolist())) == sorted(
+        [(picked[0], "Corvus", "genus"), (split[0], "Pica", "genus")])
+    assert ls.pull(project, task_ids=[picked[1].id]).unchanged == 1  # applied once
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_new_species_name_creates_the_class_under_its_genus(pushed):
+    project, _, report = pushed
+    sdk = _sdk(project)
+    sid, task = _task_of(project, sdk, report, 5)
+    sdk.annotations.create(task.id, result=[{"from_name": lstasks.NEW_NAME, "to_name": "image", "type": "textarea",
+                                            "value": {"text": ["Garrulus novus"]}}])
+    out = ls.pull(project, task_ids=[task.id])
+    assert (out.changed, out.new_classes) == (1, ["Garrulus novus"]), out
+    ds = store.dataset(project, create=False)
+    ds.reload()
+    assert ds[sid].ground_truth.label == "Garrulus novus" and "Garrulus novus" in store.classes(ds)
+    assert lstasks.class_paths(project)["Garrulus novus"] == ["Corvidae", "Garrulus", "Garrulus novus"]

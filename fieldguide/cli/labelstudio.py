@@ -104,6 +104,8 @@ def relabel_pull(as_json: bool = typer.Option(False, "--json", help="Print JSON 
         return
     typer.echo(f"applied {report.applied}: changed {report.changed}, accepted {report.accepted}, "
                f"unsure {report.unsure}, skipped {report.skipped}; waiting {report.pending}, "
-               f"already applied {report.unchanged}" + (f"; conflicts {report.conflicts}" if report.conflicts else ""))
+               f"already applied {report.unchanged}" + (f"; conflicts {report.conflicts}" if report.conflicts else "")
+               + (f"; answered above the classes (label kept) {report.coarse}" if report.coarse else "")
+               + (f"; new classes {', '.join(report.new_classes)}" if report.new_classes else ""))
     for line in report.problems:
         typer.echo(f"  {line}")

@@ -15,6 +15,16 @@ A curator's decision in the App or the CLI (:func:`fieldguide.platform.review.de
 answers given before it: such an answer, or any answer to a task that the decision closed
 (:data:`CLOSED`), is reported as a conflict and not applied. Applied answers move the sample's
 review state (``resolved`` when the label was decided, ``answered`` when nothing was).
+
+On the class tree (the warehouse's ``taxa``), an answer may lie above the classes: a curator who
+picks a genus in the ``Taxonomy``, or several whose species the majority rule cannot decide but
+more than 2/3 of whom agree on a genus (iNaturalist's community taxon). The project labels at
+its classes' rank, so such an answer never changes the label: it is recorded in
+``label_history`` (the label kept, ``answer`` and ``answer_rank`` set, source ``labelstudio``)
+and the sample stays ``answered``, unresolved at the species, until a curator decides (outcome
+``coarse``). A genus that is itself a class of the project (a project labelling at mixed ranks)
+is an ordinary answer. A "new species / not in list" name creates the class (the store's classes;
+under its genus in ``taxa`` when its first word is a genus of the tree) and becomes the label.
 """
 
 from __future__ import annotations
@@ -34,9 +44,10 @@ from fieldguide.platform.labelstudio.records import (
     ANSWERED, APPLYING, CLOSED, DELETED, ORPHANED, PUSHED, SETTLED, SKIPPED, py_time, task_records,
 )
 from fieldguide.platform.labelstudio.storages import protected_paths
-from fieldguide.platform.labelstudio.tasks import UNSURE, choice, project_title
+from fieldguide.platform.labelstudio.tasks import UNSURE, choice, new_name, project_title
 from fieldguide.platform import review, samples
 from fieldguide.platform.lock import project_lock, writes
+from fieldguide.platform.tree import class_tree
 from fieldguide.platform.warehouse import now
 
 log = logging.getLogger(__name__)
@@ -73,14 +84,16 @@ class PullReport:
     pending: int = 0
     unchanged: int = 0
     conflicts: int = 0
+    coarse: int = 0  # answered above the classes' rank (a genus): recorded, the label kept
+    new_classes: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
     project_id: int | None = None
     run_id: str = ""
 
     @property
     def applied(self) -> int:
-        """Answers taken in by this pull (accepted + changed + unsure + skipped)."""
-        return self.accepted + self.changed + self.unsure + self.skipped
+        """Answers taken in by this pull (accepted + changed + unsure + skipped + coarse)."""
+        return self.accepted + self.changed + self.unsure + self.skipped + self.coarse
 
     def as_dict(self) -> dict:
         return dict(dataclasses.asdict(self), applied=self.applied)
@@ -93,6 +106,7 @@ class _Answer:
     choice: str | None
     cancelled: bool
     updated: str
+    new: bool = False  # the choice is a "new species / not in list" name
 
 
 def _answers(task, emails: dict[int, str]) -> list[_Answer]:
@@ -110,6 +124,7 @@ def _answers(task, emails: dict[int, str]) -> list[_Answer]:
             choice=choice(a.get("result")),
             cancelled=bool(a.get("was_cancelled")),
             updated=str(a.get("updated_at") or a.get("created_at") or ""),
+            new=new_name(a.get("result")) is not None,
         ))
     return out
 
@@ -155,6 +170,7 @@ class Puller:
         self.votes = dict(zip(ids, votes))
         self.decided = {sid: _curator_time(h) for sid, h in zip(ids, hist)}
         self.classes = set(store.classes(self.ds))
+        self.tree = class_tree(project)
         self.report = PullReport(project_id=project_id, run_id=run_id)
 
     def _row(self, sid: str, task_id: int, status: str, answer: dict | None, pushed=None) -> None:
@@ -244,7 +260,10 @@ class Puller:
         if rec and rec["status"] == APPLYING and same and self._history_has(sid, stored.get("run_id")):
             # an earlier pull changed the label and stopped before finishing: finish it only
             self._write_votes(sid, task_id, votes)
-            review.set_states(self.ds, {sid: review.RESOLVED}, decided=True)
+            if stored.get("outcome") == "coarse":
+                self._answered(sid)
+            else:
+                review.set_states(self.ds, {sid: review.RESOLVED}, decided=True)
             self._row(sid, task_id, ANSWERED, stored)
             outcome = stored.get("outcome", "changed")
             setattr(self.report, outcome, getattr(self.report, outcome) + 1)
@@ -255,13 +274,18 @@ class Puller:
             self.report.skipped += 1
             return
         decision = decide([c for _, c in votes], self.rule)
+        coarse = self._above_classes(decision, [c for _, c in votes])
+        if coarse is not None:
+            self._coarse(sid, task_id, votes, answer, *coarse)
+            return
         if decision is None or decision == UNSURE:
             self._write_votes(sid, task_id, votes)
             self._row(sid, task_id, ANSWERED, dict(answer, outcome="unsure", decision=decision))
             self._answered(sid)
             self.report.unsure += 1
             return
-        if decision not in self.classes:
+        new = decision not in self.classes and any(a.new and a.choice == decision for a in answers)
+        if decision not in self.classes and not new:
             self.report.problems.append(
                 f"task {task_id}: answer {decision!r} is not a class of the project: not applied"
             )
@@ -272,16 +296,50 @@ class Puller:
         self._row(sid, task_id, APPLYING, answer)
         try:
             store.set_labels(self.project, self.ds, {sid: decision}, source="labelstudio",
-                             actor=actor, run_id=self.run_id)
+                             actor=actor, run_id=self.run_id, allow_new_classes=new)
         except FieldguideError as e:
             self._row(sid, task_id, rec["status"] if rec else PUSHED, stored or None)
             self.report.problems.append(f"task {task_id}: {e}")
             return
         self.labels[sid] = decision
+        if new:
+            self._new_class(decision)
         self._write_votes(sid, task_id, votes)
         review.set_states(self.ds, {sid: review.RESOLVED}, decided=True)
         self._row(sid, task_id, ANSWERED, answer)
         setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+
+    def _above_classes(self, decision: str | None, choices: list[str]) -> tuple[str, str] | None:
+        """(name, rank) of an answer above the classes: a chosen node of the tree that is no class,
+        or, when the rule decides nothing, the community taxon of the choices when it is such a node."""
+        if decision is None:
+            community = self.tree.community_taxon([c for c in choices if c != UNSURE])
+            return community if community is not None and self.tree.is_inner(community[0]) else None
+        if decision not in self.classes and self.tree.is_inner(decision):
+            return decision, self.tree.rank_of(decision)
+        return None
+
+    def _coarse(self, sid: str, task_id: int, votes: list[tuple[str, str]], answer: dict, name: str,
+                rank: str) -> None:
+        """An answer above the classes: in the history (the label kept), the sample stays unresolved."""
+        answer.update(outcome="coarse", decision=name, rank=rank)
+        actor = ",".join(sorted({who for who, c in votes if c != UNSURE}))
+        self._row(sid, task_id, APPLYING, answer)
+        store.set_labels(self.project, self.ds, {sid: self.labels[sid]}, source="labelstudio", actor=actor,
+                         run_id=self.run_id, answers={sid: (name, rank)})
+        self._write_votes(sid, task_id, votes)
+        self._row(sid, task_id, ANSWERED, answer)
+        self._answered(sid)
+        self.report.coarse += 1
+
+    def _new_class(self, name: str) -> None:
+        """A class a curator named: in the class list, and under its genus in ``taxa`` when known."""
+        self.classes.add(name)
+        rows = self.tree.new_class_rows(name)
+        if rows:
+            self.wh.write("taxa", rows)
+            self.tree = class_tree(self.project)
+        self.report.new_classes.append(name)
 
     def _answered(self, sid: str) -> None:
         """An answer that decided nothing: ``answered`` while the sample waits for a decision (a

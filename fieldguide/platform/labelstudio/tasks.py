@@ -9,7 +9,9 @@ the image (kept in view: a side-by-side layout with the image sticky) the annota
   dynamic choices, ``value="$candidates"``);
 - every class (:data:`FULL_NAME`), searchable: a ``Taxonomy`` over the class tree (the warehouse's
   ``taxa``) when the classes carry ranks, else the same ``Taxonomy`` flat (its dropdown has a search
-  box; a ``Choices`` list with a ``Filter`` is as tall as the class list until one types);
+  box; a ``Choices`` list with a ``Filter`` is as tall as the class list until one types); its genus
+  and family nodes can be chosen too, so a curator who cannot tell the species answers at the genus;
+- "new species / not in list" (:data:`NEW_NAME`): a free-text name of a class no choice covers;
 - the facts: given label, model, noise score, split, observer, date, place, file.
 
 A task's payload is the image, served from the project's own files (``/data/local-files/?d=...``,
@@ -17,8 +19,8 @@ no copies, no base64; which folders are served is :mod:`.storages`' business), t
 the facts, and the curation columns as numbers where they are numbers (``noise_score`` and
 ``confidence`` rounded to 3 decimals). The model's prediction becomes a pre-annotation only at or
 above ``labelstudio.preselect_confidence`` (:func:`preselected`). :func:`choice` reads an
-annotation's answer back: the full list wins over the candidates, a ``Taxonomy`` answer's leaf
-is the class.
+annotation's answer back: a new name wins over the full list, the full list over the candidates,
+a ``Taxonomy`` answer's last node is the answer (a class, or a genus, a family, ...).
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ import numpy as np
 from fieldguide.config import Project
 from fieldguide.errors import NotReadyError, ServiceError
 from fieldguide.platform import store
+from fieldguide.platform.tree import class_tree
 
 UNSURE = "none of these / unsure"
 FROM_NAME = "label"  # the candidates
 FULL_NAME = "species"  # every class, searchable
+NEW_NAME = "new_class"  # "new species / not in list": a free-text name
+#: the longest new class name an answer may give
+NEW_NAME_MAX = 200
 TO_NAME = "image"
 #: the candidates' hotkeys, in order; "none of these / unsure" is 0
 HOTKEYS = "123456789"
@@ -62,8 +68,7 @@ def label_config(classes: Sequence[str], paths: ClassPaths | None = None) -> str
         node = tree
         for name in _path(c, paths):
             node = node.setdefault(name, {})
-    inner = _inner_names(tree)
-    leafs_only = "true" if not inner & set(classes) else "false"
+    leafs_only = "false" if _inner_names(tree) else "true"  # a genus, a family can be the answer
     return (
         '<View style="display:flex; gap:16px; align-items:flex-start">\n'
         '  <View style="flex:1 1 58%; min-width:0; position:sticky; top:0">\n'
@@ -77,6 +82,9 @@ def label_config(classes: Sequence[str], paths: ClassPaths | None = None) -> str
         'placeholder="type a class name">\n'
         f"{_choices_xml(tree, 3)}\n"
         "    </Taxonomy>\n"
+        '    <Header value="New species / not in list: its name" size="5"/>\n'
+        f'    <TextArea name="{NEW_NAME}" toName="{TO_NAME}" maxSubmissions="1" rows="1" '
+        'placeholder="only when no class above fits"/>\n'
         '    <Text name="facts" value="$info"/>\n'
         "  </View>\n"
         "</View>"
@@ -111,13 +119,7 @@ def _choices_xml(tree: dict, depth: int) -> str:
 def class_paths(project: Project) -> dict[str, list[str]]:
     """Each class's names from the coarsest rank down to the class (the warehouse's ``taxa``);
     empty when the classes carry no ranks."""
-    if not project.warehouse_path.exists():
-        return {}
-    rows = store.warehouse(project).query('SELECT "class", name FROM taxa ORDER BY "class", depth')
-    paths: dict[str, list[str]] = {}
-    for cls, name in zip(rows.get("class", []), rows.get("name", [])):
-        paths.setdefault(cls, []).append(name)
-    return paths
+    return class_tree(project).paths()
 
 
 def project_title(project: Project) -> str:
@@ -125,20 +127,33 @@ def project_title(project: Project) -> str:
     return project.dataset_name[:50]
 
 
+def new_name(result: Sequence[dict] | None) -> str | None:
+    """The "new species / not in list" name of an annotation's ``result`` (spaces collapsed), or None."""
+    for r in result or []:
+        if r.get("from_name") == NEW_NAME and r.get("type") == "textarea":
+            text = " ".join(" ".join((r.get("value") or {}).get("text") or []).split())
+            if text and text != UNSURE:
+                return text[:NEW_NAME_MAX]
+    return None
+
+
 def choice(result: Sequence[dict] | None) -> str | None:
-    """The class an annotation's ``result`` chose, or None: the full list's (a ``Taxonomy``
-    answer's leaf) when set, else the candidates'."""
+    """What an annotation's ``result`` chose, or None: a new name (:func:`new_name`) when given,
+    else the full list's (a ``Taxonomy`` answer's last node: a class, or a genus, ...) when set,
+    else the candidates'."""
     picked = {}
     for r in result or []:
         value = r.get("value") or {}
-        if r.get("from_name") == FULL_NAME and r.get("type") == "taxonomy":
+        if r.get("from_name") == NEW_NAME and new_name([r]):
+            picked.setdefault(NEW_NAME, new_name([r]))
+        elif r.get("from_name") == FULL_NAME and r.get("type") == "taxonomy":
             leaves = [p[-1] for p in value.get("taxonomy") or [] if p]
             if leaves:
                 picked.setdefault(FULL_NAME, leaves[0])
         elif r.get("from_name") == FROM_NAME and r.get("type") == "choices":
             if value.get("choices"):
                 picked.setdefault(FROM_NAME, value["choices"][0])
-    return picked.get(FULL_NAME) or picked.get(FROM_NAME)
+    return picked.get(NEW_NAME) or picked.get(FULL_NAME) or picked.get(FROM_NAME)
 
 
 def candidates(given: str | None, predicted: str | None, probs: Mapping[str, float], votes: Sequence[str],
