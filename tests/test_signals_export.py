@@ -97,7 +97,7 @@ def test_the_export_has_one_row_per_sample_and_every_signal(flagged, tmp_path):
     stored = store_columns(p, ["filepath", "ground_truth.label", "tags", "prediction.label", "noise_score",
                                "label_issue", "label_quality", "outlier_score", "knn_disagreement",
                                "annotator_agreement", "entropy_aum", "near_duplicate_of", "consensus_label",
-                               "mistakenness", "uniqueness", review.FIELD])
+                               "consensus_rank", "error_rank", "mistakenness", "uniqueness", review.FIELD])
     # one row per sample of the store, each sample once
     assert rows == len(df) == len(stored) == 26
     assert df["sample_id"].is_unique and set(df["sample_id"]) == set(stored.index)
@@ -127,6 +127,8 @@ def test_the_export_has_one_row_per_sample_and_every_signal(flagged, tmp_path):
     for name in STORE_SIGNALS:
         assert df[name].where(df[name].notna(), None).tolist() == stored[name].tolist(), name
     assert df["near_duplicate_of"].notna().sum() == 2 and df["consensus_label"].notna().sum() == 4
+    # where the prediction (or the consensus) names another class: the rank they part at (a flat tree)
+    assert df["error_rank"].notna().any() and set(df["error_rank"].dropna()) == {"label"}
     # every warehouse signal of the run, sample by sample (empty where the run has no value)
     wide = wide.reindex(df.index)
     for name in wide.columns:
