@@ -1,7 +1,8 @@
 """A sample's review state, shared by the App, Label Studio, the CLI and the dashboards.
 
 ``review_state`` (a sample field) moves ``to_review`` (flagged) → ``pushed`` (a Label Studio task
-exists) → ``answered`` (an answer came back that decided nothing: unsure, a tie) → ``resolved`` (a
+exists) → ``answered`` (an answer came back that decided nothing: unsure, a tie, an answer at
+the genus where the classes are species, recorded in ``label_history`` with its rank) → ``resolved`` (a
 decision set the label: a curator's in the App or the CLI, or Label Studio's answer), or
 ``dismissed`` (a curator confirmed the given label). The review queue (tag and saved view
 ``to_review``) is the samples in :data:`QUEUED` states.
@@ -9,7 +10,9 @@ decision set the label: a curator's in the App or the CLI, or Label Studio's ans
 A decision keeps ``review_decided_at`` and ``review_evidence`` (the given label, the model's
 prediction and the number of crowd votes when it was taken): :func:`requeue` (run by ``flag``)
 leaves a decided sample out of the queue until that evidence changes, and leaves test samples
-out unless asked, so that reviewing never moves the evaluation baseline silently.
+out unless asked, so that reviewing never moves the evaluation baseline silently. The queue's
+order is ``curation.review_order`` (:data:`QUEUE_ORDERS`, :func:`queue`): by noise score, or
+by ``error_rank`` (a label in the wrong family before one in the wrong species).
 :func:`decide` is a curator's decision from the App, the CLI or the Python API: the label (with
 its history), the state, a ``set_label`` run, and the Label Studio task closed when one is open.
 """
