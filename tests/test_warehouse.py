@@ -22,7 +22,7 @@ def test_schema_has_every_table_and_its_version(wh):
     assert wh.path.is_file()
     tables = set(wh.query("SELECT table_name FROM information_schema.tables")["table_name"])
     assert tables == set(TABLES)
-    assert wh.schema_version() == SCHEMA_VERSION == 5
+    assert wh.schema_version() == SCHEMA_VERSION == 6
     runs_columns = list(wh.query("DESCRIBE runs")["column_name"])
     assert runs_columns == ["run_id", "kind", "config", "status", "started", "finished", "message", "pid", "host"]
 
@@ -75,19 +75,19 @@ def test_an_older_warehouse_gains_the_new_columns_and_keeps_its_rows(wh):
     assert len(wh.query("SELECT * FROM samples")) == 3
 
 
-def test_a_version_4_warehouse_gains_the_taxonomy_columns(wh):
-    """Step 5 of the migration: ``samples.error_rank``/``error_severity``, ``label_events.answer``/``answer_rank``."""
+def test_a_version_5_warehouse_gains_the_taxonomy_columns(wh):
+    """Step 6 of the migration: ``samples.error_rank``/``error_severity``, ``label_events.answer``/``answer_rank``."""
     wh.path.parent.mkdir(parents=True)
     con = duckdb.connect(str(wh.path))
     con.execute("CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute("INSERT INTO schema_info VALUES ('schema_version', '4')")
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', '5')")
     con.execute("CREATE TABLE label_events (event_id VARCHAR PRIMARY KEY, sample_id VARCHAR, old VARCHAR, "
                 "new VARCHAR, source VARCHAR, actor VARCHAR, time TIMESTAMP, run_id VARCHAR)")
     con.execute("INSERT INTO label_events (event_id, sample_id, old, new) VALUES ('a-0', 'a', 'wren', 'tit')")
     con.close()
     wh.write("label_events", [{"event_id": "b-0", "sample_id": "b", "old": "tit", "new": "tit",
                                "answer": "Parus", "answer_rank": "genus"}])
-    assert wh.schema_version() == SCHEMA_VERSION == 5
+    assert wh.schema_version() == SCHEMA_VERSION == 6
     rows = wh.query("SELECT event_id, new, answer, answer_rank FROM label_events ORDER BY event_id")
     assert rows.astype(object).where(rows.notna(), None).to_dict("records") == [
         {"event_id": "a-0", "new": "tit", "answer": None, "answer_rank": None},
