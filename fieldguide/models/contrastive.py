@@ -111,16 +111,22 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor | None = 
 
 # ---- the network ---------------------------------------------------------------------------------------
 def _mlp(width_in: int, hidden: int, dim: int, dropout: float) -> nn.Module:
+    """One hidden layer (GELU, dropout), or a linear map when ``hidden`` is 0."""
+    if hidden == 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(width_in, dim))
     return nn.Sequential(nn.Linear(width_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
 
 class CrossContrastiveNet(nn.Module):
     """The three encoders (image, text, metadata: each an MLP into ``dim`` unit vectors) and the
-    classifier on ``[image vector, metadata vector]``."""
+    linear classifier on ``[image vector, metadata vector] · scale`` (unit vectors alone give logits
+    too flat to train in a few hundred steps; ``scale`` is the fitted head's ``1 / temperature``)."""
 
     def __init__(self, image_width: int, text_width: int, meta_width: int, n_classes: int, *,
-                 dim: int = 128, hidden: int = 512, meta_hidden: int = 64, dropout: float = 0.2):
+                 dim: int = 256, hidden: int = 0, meta_hidden: int = 64, dropout: float = 0.2,
+                 scale: float = 10.0):
         super().__init__()
+        self.scale = float(scale)
         self.image = _mlp(image_width, hidden, dim, dropout)
         self.text = _mlp(text_width, hidden, dim, dropout) if text_width else None
         self.meta = _mlp(meta_width, meta_hidden, dim, 0.0) if meta_width else None
@@ -137,7 +143,7 @@ class CrossContrastiveNet(nn.Module):
 
     def forward(self, x: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
         parts = [self.encode_image(x)] + ([self.encode_meta(m)] if self.meta is not None else [])
-        return self.classifier(torch.cat(parts, dim=-1))
+        return self.classifier(torch.cat(parts, dim=-1) * self.scale)
 
 
 def pair_losses(net: CrossContrastiveNet, x: torch.Tensor, m: torch.Tensor | None, t: torch.Tensor | None,
@@ -169,12 +175,17 @@ class CrossContrastive(Head):
     nothing to align: its encoder is dropped and the head is image (+ text) alone.
     ``pretrain_epochs=0`` skips pre-training (the ablation). ``history_`` holds each pair's mean
     loss per pre-training epoch.
+
+    Defaults: chosen on a held-out quarter of inat-plants-dev's training split (Lite0): a linear
+    image projection (``hidden=0``) to 256 dimensions beat a 512-wide hidden layer by 2.4 points
+    of top-1 there (the hidden layer over-fits 1,000 images); the metadata encoder keeps its
+    64-wide hidden layer (a date is 2 numbers: the MLP makes its features).
     """
 
-    def __init__(self, text: np.ndarray | None = None, *, dim: int = 128, hidden: int = 512,
-                 pretrain_epochs: int = 40, finetune_epochs: int = 40, lr: float = 1e-3,
+    def __init__(self, text: np.ndarray | None = None, *, dim: int = 256, hidden: int = 0,
+                 pretrain_epochs: int = 20, finetune_epochs: int = 20, lr: float = 1e-3,
                  finetune_encoder_lr: float = 1e-4, weight_decay: float = 1e-2, dropout: float = 0.2,
-                 temperature: float = 0.1, batch_size: int = 256, seed: int = 0, device: str | None = None,
+                 temperature: float = 0.1, batch_size: int = 64, seed: int = 0, device: str | None = None,
                  progress: bool = False):
         self.text = text
         self.dim = dim
@@ -223,7 +234,8 @@ class CrossContrastive(Head):
         ti = torch.from_numpy(yi).to(dev)  # classifier targets
         self.net_ = CrossContrastiveNet(X.shape[1], ts.shape[1] if ts is not None else 0,
                                         M.shape[1] if self.uses_metadata_ else 0, len(self.classes_),
-                                        dim=self.dim, hidden=self.hidden, dropout=self.dropout).to(dev)
+                                        dim=self.dim, hidden=self.hidden, dropout=self.dropout,
+                                        scale=1 / self.temperature).to(dev)
         self.history_ = {p: [] for p in PAIRS}
         if self.pretrain_epochs and (ts is not None or ms is not None):
             self._pretrain(xs, ms, ts, ys, g)
