@@ -71,12 +71,9 @@ def embed_texts(texts: Sequence[str], model: str | Path | None = None, *, batch_
     """(len(texts), width) unit-norm sentence embeddings: the model's token states mean-pooled over
     the attention mask and L2-normalised (all-MiniLM-L6-v2's own pooling), loaded offline from
     :func:`text_model_path` with transformers."""
-    import os
-
     from transformers import AutoModel, AutoTokenizer
 
-    path = text_model_path(model)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = text_model_path(model)  # local files only: nothing is looked up on the Hub
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     net = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
