@@ -158,7 +158,7 @@ def backoff(probs: np.ndarray, tree: ClassTree, threshold: float) -> tuple[np.nd
     for lv in range(len(tree.levels)):
         up = roll_up(probs, tree, lv)
         best = up.argmax(axis=1)
-        take = (level < 0) & (up[np.arange(n), best] >= threshold)
+        take = (level < 0) & (up[np.arange(n), best] >= threshold - 1e-9)  # sums of floats
         level[take], node[take] = lv, best[take]
     return level, node
 
