@@ -59,7 +59,7 @@ class ModelsSection(_Section):
                           description="auto: predict combines the head with a date/place prior when samples "
                                       "have observed_at or location (none when they have neither); none: images only")
     backoff_threshold: float = Field(
-        default=0.9, ge=0, le=1,
+        default=0.7, ge=0, le=1,
         description="back-off prediction: the finest rank (species, genus, family, ...) whose probability, summed "
                     "over its classes, reaches this is the answer (prediction_backoff)")
 

@@ -33,7 +33,7 @@ def energy_score(logits: np.ndarray) -> np.ndarray:
     return -logsumexp(logits, axis=1)
 
 
-def knn_distance(X_ref: np.ndarray, X: np.ndarray, *, k: int = 10, exclude_self: bool = False) -> np.ndarray:
+def knn_distance(X_ref: np.ndarray, X: np.ndarray, *, k: int = 1, exclude_self: bool = False) -> np.ndarray:
     """(n,) cosine distance of each row of ``X`` to its ``k``-th nearest row of ``X_ref`` (Sun et al.
     2022); ``exclude_self``: ``X`` is ``X_ref`` and a row is not its own neighbour."""
     ref = normalize(np.asarray(X_ref, dtype=np.float32))
@@ -53,7 +53,7 @@ def head_logits(head: BaseEstimator, X: np.ndarray) -> np.ndarray:
     return np.log(np.clip(head.predict_proba(X), 1e-12, None))
 
 
-def score_table(head: BaseEstimator, X_train: np.ndarray, X: np.ndarray, *, k: int = 10,
+def score_table(head: BaseEstimator, X_train: np.ndarray, X: np.ndarray, *, k: int = 1,
                 exclude_self: bool = False) -> np.ndarray:
     """(n, 3) the :data:`SCORES` of rows ``X`` under ``head`` fitted on ``X_train``."""
     probs = head.predict_proba(np.asarray(X, dtype=np.float32))
@@ -61,8 +61,8 @@ def score_table(head: BaseEstimator, X_train: np.ndarray, X: np.ndarray, *, k: i
                             knn_distance(X_train, X, k=k, exclude_self=exclude_self)])
 
 
-def fit_combiner(head: BaseEstimator, X: np.ndarray, y: np.ndarray, *, rounds: int = 3, held_out: float = 0.2,
-                 k: int = 10, seed: int = 0) -> BaseEstimator:
+def fit_combiner(head: BaseEstimator, X: np.ndarray, y: np.ndarray, *, rounds: int = 5, held_out: float = 0.2,
+                 k: int = 1, seed: int = 0) -> BaseEstimator:
     """A logistic regression over the :data:`SCORES`, fitted on simulated unknowns: each of
     ``rounds`` rounds holds out a ``held_out`` share of the classes (at least one), fits ``head``
     (cloned) on 3/4 of the other classes' samples, and scores the remaining 1/4 (known, 0) and the
