@@ -90,7 +90,7 @@ def test_expected_cost_rule_lowers_the_cost_against_argmax():
 def test_open_set_scores_separate_held_out_classes():
     from fieldguide.models.heads import make_head
 
-    X, y = blobs(n_classes=6, per_class=20, dim=8, spread=0.8)
+    X, y = blobs(n_classes=6, per_class=20, dim=16, spread=0.8)
     unknown = y >= 5
     test = np.zeros(len(y), dtype=bool)
     test[np.random.default_rng(1).choice(len(y), 40, replace=False)] = True
@@ -109,7 +109,10 @@ def test_open_set_scores_separate_held_out_classes():
 
 def test_evaluate_json_has_rank_keys_on_a_store_with_ranks(predicted, tmp_path, monkeypatch):
     from fieldguide.cli import app
+    from fieldguide.models.predict import predict
     from fieldguide.platform import store
+    from fieldguide.platform.panels import sample_card
+    from fieldguide.plugins.curator.panels import sample_markdown
     from fieldguide.platform.taxa import load_taxonomy, read_taxa
 
     taxonomy = tmp_path / "taxonomy.csv"
@@ -118,6 +121,7 @@ def test_evaluate_json_has_rank_keys_on_a_store_with_ranks(predicted, tmp_path, 
     info = load_taxonomy(predicted, taxonomy)
     assert info["classes"] == 3 and info["ranks"] == ["family", "genus"]
     assert {(r["class"], r["rank"], r["name"]) for r in read_taxa(predicted)} >= {("red_bird", "genus", "Rubra")}
+    predict(predicted, head="logreg", folds=3)  # the back-off answers now climb the tree
     monkeypatch.setenv("FIELDGUIDE_PROJECT", str(predicted.root))
     predicted.config.classes.costs = ["red_bird"]
     predicted.config_path.write_text(__import__("fieldguide.config", fromlist=["dump_config"]).dump_config(
@@ -136,3 +140,8 @@ def test_evaluate_json_has_rank_keys_on_a_store_with_ranks(predicted, tmp_path, 
     assert "open_set_auroc" not in m  # every test class was trained on
     ds = store.dataset(predicted, create=False)
     assert "unknown_score" in ds.get_field_schema() and ds.has_saved_view("unknown")
+    test_id = next(s.id for s in ds if s["unknown_score"] is not None)  # the test samples are scored
+    card = sample_card(predicted, test_id, links=False)
+    assert 0 <= card["unknown_score"] <= 1
+    assert card["backoff"] is None or card["backoff"]["rank"] in ("species", "genus", "family")
+    assert "unknown species score" in sample_markdown(card)
