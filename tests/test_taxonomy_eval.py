@@ -109,6 +109,7 @@ def test_open_set_scores_separate_held_out_classes():
 
 def test_evaluate_json_has_rank_keys_on_a_store_with_ranks(predicted, tmp_path, monkeypatch):
     from fieldguide.cli import app
+    from fieldguide.config import dump_config
     from fieldguide.models.predict import predict
     from fieldguide.platform import store
     from fieldguide.platform.panels import sample_card
@@ -121,11 +122,13 @@ def test_evaluate_json_has_rank_keys_on_a_store_with_ranks(predicted, tmp_path, 
     info = load_taxonomy(predicted, taxonomy)
     assert info["classes"] == 3 and info["ranks"] == ["family", "genus"]
     assert {(r["class"], r["rank"], r["name"]) for r in read_taxa(predicted)} >= {("red_bird", "genus", "Rubra")}
-    predict(predicted, head="logreg", folds=3)  # the back-off answers now climb the tree
-    monkeypatch.setenv("FIELDGUIDE_PROJECT", str(predicted.root))
     predicted.config.classes.costs = ["red_bird"]
-    predicted.config_path.write_text(__import__("fieldguide.config", fromlist=["dump_config"]).dump_config(
-        predicted.config))
+    predicted.config_path.write_text(dump_config(predicted.config))
+    report = predict(predicted, head="logreg", folds=3, decision="expected_cost")  # back-off climbs the tree now
+    assert report.decision == "expected_cost"
+    monkeypatch.setenv("FIELDGUIDE_PROJECT", str(predicted.root))
+    res = CliRunner().invoke(app, ["taxonomy", str(tmp_path / "missing.csv")])
+    assert res.exit_code != 0 and res.output.startswith("error:") and "missing.csv" in res.output
     res = CliRunner().invoke(app, ["evaluate", "--json"])
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)

@@ -11,6 +11,7 @@ The *levels* of the tree are the class level followed by its ranks from fine to 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -138,8 +139,10 @@ def rank_metrics(y: np.ndarray, probs: np.ndarray, tree: ClassTree) -> dict:
         pred = roll_up(probs, tree, level).argmax(axis=1)
         n_nodes = len(tree.level_names(level))
         out[f"top1_{rank}"] = float((pred == truth).mean())
-        out[f"macro_f1_{rank}"] = float(f1_score(truth, pred, labels=np.unique(truth), average="macro",
-                                                 zero_division=0))
+        with warnings.catch_warnings():  # one node at a coarse rank is a valid (if trivial) case
+            warnings.filterwarnings("ignore", message="A single label was found")
+            out[f"macro_f1_{rank}"] = float(f1_score(truth, pred, labels=np.unique(truth), average="macro",
+                                                     zero_division=0))
         out[f"confusion_{rank}"] = confusion_matrix(truth, pred, labels=np.arange(n_nodes))
     wrong = probs.argmax(axis=1) != y
     dist = taxonomic_distance(tree, y[wrong], probs.argmax(axis=1)[wrong])
