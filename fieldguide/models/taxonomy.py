@@ -143,7 +143,7 @@ def rank_metrics(y: np.ndarray, probs: np.ndarray, tree: ClassTree) -> dict:
             warnings.filterwarnings("ignore", message="A single label was found")
             out[f"macro_f1_{rank}"] = float(f1_score(truth, pred, labels=np.unique(truth), average="macro",
                                                      zero_division=0))
-        out[f"confusion_{rank}"] = confusion_matrix(truth, pred, labels=np.arange(n_nodes))
+            out[f"confusion_{rank}"] = confusion_matrix(truth, pred, labels=np.arange(n_nodes))
     wrong = probs.argmax(axis=1) != y
     dist = taxonomic_distance(tree, y[wrong], probs.argmax(axis=1)[wrong])
     out["mean_taxonomic_distance"] = float(dist.mean()) if wrong.any() else 0.0
