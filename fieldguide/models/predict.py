@@ -36,7 +36,7 @@ from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
 from fieldguide.models.embed import embedded_table
 from fieldguide.models.heads import make_head
 from fieldguide.models import metadata as md
-from fieldguide.models.taxonomy import ClassTree, backoff, flat_tree, tree_from_taxa
+from fieldguide.models.taxonomy import ClassTree, backoff, flat_tree, roll_up, tree_from_taxa
 from fieldguide.platform import samples, store
 from fieldguide.platform.fields import save_view, write_values
 from fieldguide.platform.taxa import read_taxa
@@ -128,9 +128,9 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
             for i, (sid, t) in enumerate(zip(ids, top))
         }
         tree = project_tree(project, classes)
-        unknown = {sid: float(s) for sid, s in zip(ids, scores[:, -1]) if not np.isnan(s)}
-        write_values(ds, {"prediction": predictions, "unknown_score": unknown,
-                          "prediction_backoff": backoff_labels(ids, probs, tree, project.config.models.backoff_threshold)})
+        unknown = {sid: None if np.isnan(s) else float(s) for sid, s in zip(ids, scores[:, -1])}  # None: clear
+        backed = backoff_labels(ids, probs, tree, project.config.models.backoff_threshold)
+        write_values(ds, {"prediction": predictions, "unknown_score": unknown, "prediction_backoff": backed})
         save_view(ds, UNKNOWN_VIEW, above=("unknown_score", UNKNOWN_AT), sort_by="unknown_score", reverse=True)
         oof_top1 = float((oof.argmax(axis=1) == y).mean())
         wh.write("metrics", [
@@ -142,7 +142,7 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     return PredictReport(run_id=run_id, head=head, folds=int(fold.max() + 1), n_cross_validated=int(fit_mask.sum()),
                          n_fit_all=int((~fit_mask).sum()), n_without_embedding=n_all - len(ids),
                          oof_top1=oof_top1, pred_probs_path=str(path), metadata=groups, metadata_weight=w,
-                         decision=decision, n_unknown=sum(v >= UNKNOWN_AT for v in unknown.values()))
+                         decision=decision, n_unknown=sum(v is not None and v >= UNKNOWN_AT for v in unknown.values()))
 
 
 def project_tree(project: Project, classes: list[str]) -> ClassTree:
@@ -154,8 +154,6 @@ def project_tree(project: Project, classes: list[str]) -> ClassTree:
 def backoff_labels(ids: list[str], probs: np.ndarray, tree: ClassTree, threshold: float) -> dict[str, dict | None]:
     """``prediction_backoff`` values: the back-off answer of each sample (label, its rolled-up
     probability as confidence, ``rank``), None when no rank reaches ``threshold``."""
-    from fieldguide.models.taxonomy import roll_up
-
     level, node = backoff(probs, tree, threshold)
     ups = {lv: roll_up(probs, tree, lv) for lv in set(level.tolist()) if lv >= 0}
     return {sid: None if lv < 0 else {"label": tree.level_names(lv)[nd], "confidence": float(ups[lv][i, nd]),

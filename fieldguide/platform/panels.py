@@ -69,8 +69,8 @@ def task_link(project: Project, task_id: int) -> str | None:
 
 
 def sample_card(project: Project, sample_id: str, *, links: bool = True) -> dict:
-    """A sample's label, prediction (and its back-off answer, its open-set ``unknown_score``), label history (old → new, source, actor, time), votes,
-    signals, noise score, review state and Label Studio task (id, status, link; None when never
+    """A sample's label, prediction (its back-off answer, its open-set ``unknown_score``), label
+    history (old → new, source, actor, time), votes, signals, noise score, review state and Label Studio task (id, status, link; None when never
     pushed). ``links``: look up the task's page on the server (else ``task["url"]`` is None)."""
     ds = store.dataset(project, create=False)
     sample = ds[sample_id]
