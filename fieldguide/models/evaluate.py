@@ -8,7 +8,6 @@ to the warehouse under its own run, and saves the confusion matrix as a PNG.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
