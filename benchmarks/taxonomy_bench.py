@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/taxonomy_bench.py --cache /work/main/benchmarks/.cache
 
-Per collection (EfficientNet-Lite0 embeddings of the benchmark suite's cache, its train/test split;
+Per collection and backbone (EfficientNet-Lite0 by default; ``--backbones`` for more: embeddings of the benchmark suite's cache, its train/test split;
 ``<cache>/arrays/<name>_<backbone>.npz`` when written, else the cached project), the project's
 default head (``logreg``) fit on the training split, scored on the test split:
 
@@ -17,7 +17,7 @@ default head (``logreg``) fit on the training split, scored on the test split:
   harmless 100, the reverse 1, other errors 1); FungiCLEF track-3 score, mean cost, top-1 and the
   dangerous images called harmless, for argmax and for the expected-cost rule.
 
-Writes ``benchmarks/results/taxonomy.csv`` (long form: collection, section, method, rank, metric,
+Writes ``benchmarks/results/taxonomy.csv`` (long form: collection, backbone, section, method, rank, metric,
 seed, value; seed ``mean`` averages the seeds).
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "results" / "taxonomy.csv"
-FIELDS = ["collection", "section", "method", "rank", "metric", "seed", "value"]
+FIELDS = ["collection", "backbone", "section", "method", "rank", "metric", "seed", "value"]
 HELD_OUT = 3
 THRESHOLDS = (0.5, 0.7, 0.9)  # back-off thresholds shown beside the default
 
@@ -74,7 +74,7 @@ def run(name: str, cache: Path, backbone: str, seeds: int) -> list[dict]:
     rows: list[dict] = []
 
     def add(section, method, rank, metric, value, seed="all"):
-        rows.append({"collection": name, "section": section, "method": method, "rank": rank, "metric": metric,
+        rows.append({"collection": name, "backbone": backbone, "section": section, "method": method, "rank": rank, "metric": metric,
                      "seed": seed, "value": float(value)})
 
     head = make_head("logreg").fit(Xtr, ytr)
@@ -134,18 +134,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
     ap.add_argument("--collections", default="inat-plants-dev,cub100")
-    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--backbones", default="efficientnet_lite0",
+                    help="comma-separated; a collection not cached for a backbone is embedded into the cache")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = []
-    for name in [n.strip() for n in args.collections.split(",") if n.strip()]:
-        rows += run(name, args.cache, args.backbone, args.seeds)
-        for r in rows:
-            if r["collection"] == name and r["seed"] in ("all", "mean"):
-                print(f"{name:16s} {r['section']:9s} {r['method']:16s} {r['rank']:8s} {r['metric']:26s} "
-                      f"{r['value']:.4f}")
+    for backbone in [b.strip() for b in args.backbones.split(",") if b.strip()]:
+        for name in [n.strip() for n in args.collections.split(",") if n.strip()]:
+            new = run(name, args.cache, backbone, args.seeds)
+            rows += new
+            for r in new:
+                if r["seed"] in ("all", "mean"):
+                    print(f"{name:16s} {backbone:18s} {r['section']:9s} {r['method']:24s} {r['rank']:8s} "
+                          f"{r['metric']:26s} {r['value']:.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
