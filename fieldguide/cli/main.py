@@ -42,6 +42,7 @@ app = typer.Typer(
 COMMANDS = (
     ("init", project.init),
     ("ingest", project.ingest),
+    ("taxonomy", project.taxonomy),
     ("status", project.status),
     ("app", project.app_cmd),
     ("embed", models.embed),

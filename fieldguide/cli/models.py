@@ -35,12 +35,15 @@ def predict(
     backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
     metadata: Optional[str] = typer.Option(None, help="auto | none: combine with a date/place prior when the "
                                            "samples have dates or places (default: models.metadata)."),
+    decision: Optional[str] = typer.Option(None, help="argmax | expected_cost: the class of least expected cost "
+                                           "under classes.costs (default: predict.decision)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Out-of-sample predictions for every sample (K-fold for labeled training samples)."""
     from fieldguide.models.predict import predict as run_predict
 
-    report = run_predict(_project(), head=head, folds=folds, backbone=backbone, metadata=metadata)
+    report = run_predict(_project(), head=head, folds=folds, backbone=backbone, metadata=metadata,
+                         decision=decision)
     if as_json:
         _echo_json(report.as_dict())
         return
@@ -66,6 +69,16 @@ def evaluate(
                f"macro-F1 {m['macro_f1']:.3f}  ECE {m['ece']:.3f}  cost {m['cost_score']:.3f}")
     for pair in m["most_confused"][:5]:
         typer.echo(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    ranks = [k[len("top1_"):] for k in m if k.startswith("top1_")]
+    typer.echo("per rank: " + "  ".join(f"{r} top-1 {m['top1_' + r]:.3f}" for r in ranks)
+               + f"  (errors' mean taxonomic distance {m['mean_taxonomic_distance']:.2f})")
+    typer.echo(f"back-off at {m['backoff_threshold']:g}: " + "  ".join(
+        f"{r} {m['backoff_coverage_' + r]:.0%}" + (f" (precision {m['backoff_precision_' + r]:.3f})"
+                                                  if m['backoff_precision_' + r] is not None else "")
+        for r in ranks) + f"  none {m['backoff_abstained']:.0%}")
+    if m.get("open_set_auroc") is not None:
+        typer.echo(f"unknown classes: open-set AUROC {m['open_set_auroc']:.3f} "
+                   f"(max-softmax {m['open_set_auroc_max_softmax']:.3f})")
     typer.echo(f"confusion matrix: {m['confusion_png']}")
     if m["labels_changed"]:
         typer.echo(f"note: {m['labels_changed']} {m['split']} label(s) were changed by review since ingest "

@@ -82,6 +82,24 @@ def ingest(
         typer.echo(f"rejects report: {report.rejects_path}")
 
 
+def taxonomy(
+    path: Path = typer.Argument(..., help="CSV with a 'class' column and one column per rank above it "
+                                "(class,genus,family,...)."),
+    label_rank: str = typer.Option("species", "--label-rank", help="The rank of the classes themselves."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Add (or replace) the classes' ranks from a taxonomy CSV: the class tree of evaluate and predict."""
+    from fieldguide.platform.taxa import load_taxonomy
+
+    info = load_taxonomy(_project(), path, label_rank=label_rank)
+    if as_json:
+        _echo_json(info)
+        return
+    typer.echo(f"{info['classes']} classes with ranks {', '.join(info['ranks']) or 'none'}")
+    for line in info["conflicts"]:
+        typer.echo(f"note: {line}")
+
+
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
     """Samples per split, class and origin; taxonomic ranks; rejects; recent runs."""
     from fieldguide.platform.status import project_status

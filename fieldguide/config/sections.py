@@ -58,10 +58,16 @@ class ModelsSection(_Section):
     metadata: str = Field(default="auto", pattern="^(auto|none)$",
                           description="auto: predict combines the head with a date/place prior when samples "
                                       "have observed_at or location (none when they have neither); none: images only")
+    backoff_threshold: float = Field(
+        default=0.7, ge=0, le=1,
+        description="back-off prediction: the finest rank (species, genus, family, ...) whose probability, summed "
+                    "over its classes, reaches this is the answer (prediction_backoff)")
 
 
 class PredictSection(_Section):
     head: str = "logreg"
+    decision: str = Field(default="argmax", pattern="^(argmax|expected_cost)$",
+                          description="argmax | expected_cost: the class of least expected cost under classes.costs")
     folds: int = Field(default=5, ge=2)
     seed: int = 0
 
@@ -115,6 +121,15 @@ class EvaluateSection(_Section):
     cost_matrix: str = Field(
         default="",
         description="CSV with columns true,predicted,cost (class names); missing pairs cost 1, diagonal 0",
+    )
+
+
+class ClassesSection(_Section):
+    costs: str | list[str] = Field(
+        default="",
+        description="costly mistakes: a CSV of true,predicted,cost (class names), or a list of dangerous classes "
+                    "(FungiCLEF: a dangerous class called a harmless one costs 100, the reverse 1, any other error 1); "
+                    "empty: evaluate.cost_matrix",
     )
 
 
@@ -219,6 +234,7 @@ class Config(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    classes: ClassesSection = Field(default_factory=ClassesSection)
     curation: CurationSection = Field(default_factory=CurationSection)
     pseudolabel: PseudolabelSection = Field(default_factory=PseudolabelSection)
     signals: SignalsSection = Field(default_factory=SignalsSection)

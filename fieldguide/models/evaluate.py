@@ -7,16 +7,17 @@ to the warehouse under its own run, and saves the confusion matrix as a PNG.
 
 from __future__ import annotations
 
-import csv
 import logging
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
 
 from fieldguide import names
 from fieldguide.config import Project
-from fieldguide.errors import ConfigError, NotReadyError
+from fieldguide.errors import NotReadyError
+from fieldguide.models.costs import (cost_score, expected_cost_decision, fungiclef_track3,  # noqa: F401
+                                    load_cost_matrix, project_costs)  # load_cost_matrix: public here before
+from fieldguide.models.open_set import open_set_auroc
 from fieldguide.platform import store
 from fieldguide.platform.lock import writes
 
@@ -43,38 +44,6 @@ def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 1
     return float(ece)
 
 
-def load_cost_matrix(path: str | Path, classes: list[str]) -> np.ndarray:
-    """A (C, C) cost matrix: 0 on the diagonal, 1 elsewhere, overridden by the CSV's rows.
-
-    The CSV has columns ``true,predicted,cost`` with class names (FungiCLEF: predicting an edible
-    species for a poisonous one costs more than the reverse).
-    """
-    C = len(classes)
-    cost = np.ones((C, C)) - np.eye(C)
-    if not path:
-        return cost
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"evaluate.cost_matrix: {path} does not exist")
-    index = {c: i for i, c in enumerate(classes)}
-    with path.open(newline="") as f:
-        for row_no, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                t, p, c = row["true"].strip(), row["predicted"].strip(), float(row["cost"])
-            except (KeyError, TypeError, ValueError):
-                raise ConfigError(f"{path}:{row_no}: expected columns true,predicted,cost") from None
-            for name in (t, p):
-                if name not in index:
-                    raise ConfigError(f"{path}:{row_no}: unknown class {name!r}")
-            cost[index[t], index[p]] = c
-    return cost
-
-
-def cost_score(y: np.ndarray, pred: np.ndarray, cost: np.ndarray) -> float:
-    """Mean cost per sample of the predictions (lower is better; 0/1 costs give the error rate)."""
-    return float(cost[y, pred].mean())
-
-
 def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
                            cost: np.ndarray | None = None) -> dict:
     """Top-1/5, macro-F1 (over the classes present in ``y``), ECE, cost, per-class P/R/F1, confusions."""
@@ -85,10 +54,6 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
         y, pred, labels=np.arange(len(classes)), zero_division=0
     )
     cm = confusion_matrix(y, pred, labels=np.arange(len(classes)))
-    off = cm.copy()
-    np.fill_diagonal(off, 0)
-    pairs = np.argwhere(off > 0)
-    pairs = sorted(((int(off[i, j]), classes[i], classes[j]) for i, j in pairs), reverse=True)
     return {
         names.N: int(len(y)),
         names.TOP1: float((pred == y).mean()),
@@ -102,7 +67,7 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
             for i, c in enumerate(classes) if support[i] > 0 or cm[:, i].sum() > 0
         ],
         "confusion": cm,
-        "most_confused": [{"true": t, "predicted": p, "count": n} for n, t, p in pairs[:10]],
+        "most_confused": _top_pairs(cm, classes),
     }
 
 
@@ -138,8 +103,10 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
                             f"{', '.join(sorted(set(pp.splits.tolist()) - {''}))})")
     index = {c: i for i, c in enumerate(pp.classes)}
     y = np.array([index[v] for v in labels[mask]])
-    cost = load_cost_matrix(project.config.evaluate.cost_matrix, pp.classes)
+    cfg = project.config
+    cost, dangerous = project_costs(cfg.classes.costs, cfg.evaluate.cost_matrix, pp.classes)
     m = classification_metrics(y, pp.pred_probs[mask], pp.classes, cost)
+    extra = tree_costs_open_set(project, pp, mask, y, cost, dangerous)
     wh = store.warehouse(project)
     changed = _relabeled(wh, {sid: lab for sid, lab, keep in zip(pp.sample_ids, labels, mask) if keep})
     if changed:
@@ -149,6 +116,8 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
         rows = [{"run_id": run_id, "split": split, "name": k, "value": float(m[k])}
                 for k in names.HEADLINE_METRICS]
         rows.append({"run_id": run_id, "split": split, "name": names.LABELS_CHANGED, "value": float(len(changed))})
+        rows += [{"run_id": run_id, "split": split, "name": k, "value": float(v)} for k, v in extra.items()
+                 if isinstance(v, float)]
         costs = wh.query("SELECT * FROM backbone_costs WHERE backbone = ?",
                          [_predict_backbone(wh, pp.run_id) or project.config.models.backbone])
         if not costs.empty:
@@ -164,8 +133,51 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
         "run_id": run_id, "predict_run": pp.run_id, "split": split, "n": m["n"], "top1": m["top1"],
         "top5": m["top5"], "macro_f1": m["macro_f1"], "ece": m["ece"], "cost_score": m["cost_score"],
         "most_confused": m["most_confused"], "confusion_png": str(png),
-        "labels_changed": len(changed), "labels_changed_ids": changed,
+        "labels_changed": len(changed), "labels_changed_ids": changed, **extra,
     }
+
+
+def tree_costs_open_set(project: Project, pp, mask: np.ndarray, y: np.ndarray, cost: np.ndarray,
+                        dangerous: np.ndarray | None) -> dict:
+    """The metrics beyond the class level for the rows ``mask`` of a predict run ``pp`` (true classes
+    ``y``): per rank of the class tree (``top1_<rank>``, ``macro_f1_<rank>``, ``rank_confusions``,
+    ``mean_taxonomic_distance``), back-off at ``models.backoff_threshold``, the cost of the
+    expected-cost rule beside argmax's (and FungiCLEF's track-3 score with dangerous classes), and
+    ``open_set_auroc`` (with each single score's) when the rows hold classes absent from training."""
+    from fieldguide.models.predict import project_tree
+    from fieldguide.models.taxonomy import backoff_metrics, rank_metrics
+
+    probs = pp.pred_probs[mask]
+    tree = project_tree(project, pp.classes)
+    ranked = rank_metrics(y, probs, tree)
+    out: dict = {k: v for k, v in ranked.items() if not k.startswith("confusion_")}
+    out["rank_confusions"] = {rank: _top_pairs(ranked[f"confusion_{rank}"], tree.level_names(lv))
+                              for lv, rank in enumerate(tree.levels) if lv > 0}
+    threshold = project.config.models.backoff_threshold
+    out["backoff_threshold"] = float(threshold)
+    out.update(backoff_metrics(y, probs, tree, threshold))
+    argmax, bayes = probs.argmax(axis=1), expected_cost_decision(probs, cost)
+    out["cost_score_expected"] = cost_score(y, bayes, cost)
+    if dangerous is not None:
+        out.update({k: v for k, v in fungiclef_track3(y, argmax, dangerous).items()})
+        out["fungiclef_track3_expected"] = fungiclef_track3(y, bayes, dangerous)["fungiclef_track3"]
+    trained = set(pp.labels[(pp.splits == "train") & (pp.labels != "")].tolist())
+    unknown = ~np.isin(pp.labels[mask], list(trained))
+    if pp.open_set is not None and unknown.any() and not unknown.all():
+        for name, score in pp.open_set.items():
+            s = score[mask]
+            ok = ~np.isnan(s)
+            key = "open_set_auroc" if name == "combined" else f"open_set_auroc_{name}"
+            out[key] = open_set_auroc(unknown[ok], s[ok]) if ok.any() else float("nan")
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in out.items()}
+
+
+def _top_pairs(cm: np.ndarray, names_, n: int = 10) -> list[dict]:
+    """The ``n`` largest off-diagonal counts of a confusion matrix, as true/predicted/count."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    pairs = sorted(((int(off[i, j]), names_[i], names_[j]) for i, j in np.argwhere(off > 0)), reverse=True)
+    return [{"true": t, "predicted": p, "count": c} for c, t, p in pairs[:n]]
 
 
 def _relabeled(wh, labels: dict[str, str]) -> list[str]:

@@ -10,6 +10,13 @@ With ``metadata="auto"`` and samples that carry a date or a place (``observed_at
 a spatio-temporal prior (:mod:`fieldguide.models.metadata`) is fitted beside the head inside each
 fold, on that fold's training part only, and combined with the head's probabilities with a weight
 chosen on the out-of-fold rows (0: the head alone). Without metadata, ``auto`` is ``none``.
+
+Beside the prediction (argmax, or the class of least expected cost with ``decision="expected_cost"``
+and ``classes.costs``): ``prediction_backoff``, the finest rank of the class tree whose rolled-up
+probability reaches ``models.backoff_threshold``; and for the samples outside the fitted ones
+(test, unlabeled, val) ``unknown_score``, the open-set score (:mod:`fieldguide.models.open_set`:
+max-softmax, energy and kNN distance combined by a model fitted on held-out training classes),
+with the ``unknown`` saved view of those most likely unknown.
 """
 
 from __future__ import annotations
@@ -23,12 +30,16 @@ from sklearn.base import clone
 
 from fieldguide.config import Project
 from fieldguide.errors import FieldguideError, NotReadyError
+from fieldguide.models import open_set
+from fieldguide.models.costs import decide, project_costs
 from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
 from fieldguide.models.embed import embedded_table
 from fieldguide.models.heads import make_head
 from fieldguide.models import metadata as md
+from fieldguide.models.taxonomy import ClassTree, backoff, flat_tree, roll_up, tree_from_taxa
 from fieldguide.platform import samples, store
-from fieldguide.platform.fields import write_values
+from fieldguide.platform.fields import save_view, write_values
+from fieldguide.platform.taxa import read_taxa
 from fieldguide.platform.lock import writes
 
 log = logging.getLogger(__name__)
@@ -36,6 +47,8 @@ log = logging.getLogger(__name__)
 FIT_SPLITS = ("train",)
 #: the stored fields the metadata prior reads (date, place)
 META_FIELDS = ("observed_at", "location")
+#: the ``unknown`` view: samples whose open-set score says more likely unknown than known
+UNKNOWN_VIEW, UNKNOWN_AT = "unknown", 0.5
 
 
 @dataclass
@@ -50,6 +63,8 @@ class PredictReport:
     pred_probs_path: str
     metadata: list[str]
     metadata_weight: float
+    decision: str = "argmax"
+    n_unknown: int = 0
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -57,10 +72,13 @@ class PredictReport:
 
 @writes('predict')
 def predict(project: Project, *, head: str | None = None, folds: int | None = None,
-            backbone: str | None = None, seed: int | None = None, metadata: str | None = None) -> PredictReport:
+            backbone: str | None = None, seed: int | None = None, metadata: str | None = None,
+            decision: str | None = None) -> PredictReport:
     """Out-of-sample predictions for every sample with an embedding; see the module docstring.
-    ``metadata``: auto | none (default: models.metadata)."""
+    ``metadata``: auto | none (default: models.metadata); ``decision``: argmax | expected_cost
+    (default: predict.decision)."""
     cfg = project.config.predict
+    decision = decision or cfg.decision
     head = head or cfg.head
     folds = folds or cfg.folds
     seed = cfg.seed if seed is None else seed
@@ -71,6 +89,8 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     meta_fields = metadata_fields(ds, metadata)
     ids, X, table = embedded_table(project, backbone, ds, meta_fields)
     classes = store.classes(ds)
+    cost, _ = project_costs(project.config.classes.costs, project.config.evaluate.cost_matrix, classes)
+    decide(np.eye(len(classes))[:1], cost, decision)  # an unknown rule fails before any work
     index = {c: i for i, c in enumerate(classes)}
     fit_mask = table["split"].isin(FIT_SPLITS).to_numpy() & table["label"].notna().to_numpy()
     if fit_mask.sum() < 2:
@@ -80,7 +100,7 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     M = metadata_matrix(table, meta_fields)
     groups = prior_groups(M[fit_mask])
     config = {"head": head, "folds": folds, "seed": seed, "backbone": backbone or project.config.models.backbone,
-              "metadata": {"mode": metadata, "groups": groups}}
+              "metadata": {"mode": metadata, "groups": groups}, "decision": decision}
     with wh.run("predict", config) as run_id:
         probs = np.zeros((len(ids), len(classes)))
         fold = np.full(len(ids), -1, dtype=int)
@@ -95,17 +115,23 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         probs[fit_mask] = oof
         if rest is not None:
             probs[~fit_mask] = rest
+        scores = _open_set_scores(head, X, y, fit_mask, full, seed)
         path = project.run_dir(run_id) / "pred_probs.npz"
         np.savez_compressed(path, sample_ids=np.array(ids), classes=np.array(classes), pred_probs=probs,
                             fold=fold, labels=table["label"].fillna("").to_numpy().astype(str),
-                            splits=table["split"].fillna("").to_numpy().astype(str))
-        top = probs.argmax(axis=1)
+                            splits=table["split"].fillna("").to_numpy().astype(str), open_set=scores,
+                            open_set_names=np.array([*open_set.SCORES, "combined"]))
+        top = decide(probs, cost, decision)
         logits = np.log(np.clip(probs, 1e-12, None))
         predictions = {
             sid: {"label": classes[t], "confidence": float(probs[i, t]), "logits": logits[i].tolist()}
             for i, (sid, t) in enumerate(zip(ids, top))
         }
-        write_values(ds, {"prediction": predictions})
+        tree = project_tree(project, classes)
+        unknown = {sid: None if np.isnan(s) else float(s) for sid, s in zip(ids, scores[:, -1])}  # None: clear
+        backed = backoff_labels(ids, probs, tree, project.config.models.backoff_threshold)
+        write_values(ds, {"prediction": predictions, "unknown_score": unknown, "prediction_backoff": backed})
+        save_view(ds, UNKNOWN_VIEW, above=("unknown_score", UNKNOWN_AT), sort_by="unknown_score", reverse=True)
         oof_top1 = float((oof.argmax(axis=1) == y).mean())
         wh.write("metrics", [
             {"run_id": run_id, "split": "train_oof", "name": "top1", "value": oof_top1},
@@ -115,7 +141,37 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         n_all = len(ds)
     return PredictReport(run_id=run_id, head=head, folds=int(fold.max() + 1), n_cross_validated=int(fit_mask.sum()),
                          n_fit_all=int((~fit_mask).sum()), n_without_embedding=n_all - len(ids),
-                         oof_top1=oof_top1, pred_probs_path=str(path), metadata=groups, metadata_weight=w)
+                         oof_top1=oof_top1, pred_probs_path=str(path), metadata=groups, metadata_weight=w,
+                         decision=decision, n_unknown=sum(v is not None and v >= UNKNOWN_AT for v in unknown.values()))
+
+
+def project_tree(project: Project, classes: list[str]) -> ClassTree:
+    """The class tree of ``classes`` from the warehouse's ``taxa`` (flat when no class has ranks)."""
+    rows = read_taxa(project)
+    return tree_from_taxa(classes, rows) if rows else flat_tree(classes)
+
+
+def backoff_labels(ids: list[str], probs: np.ndarray, tree: ClassTree, threshold: float) -> dict[str, dict | None]:
+    """``prediction_backoff`` values: the back-off answer of each sample (label, its rolled-up
+    probability as confidence, ``rank``), None when no rank reaches ``threshold``."""
+    level, node = backoff(probs, tree, threshold)
+    ups = {lv: roll_up(probs, tree, lv) for lv in set(level.tolist()) if lv >= 0}
+    return {sid: None if lv < 0 else {"label": tree.level_names(lv)[nd], "confidence": float(ups[lv][i, nd]),
+                                      "rank": tree.levels[lv]}
+            for i, (sid, lv, nd) in enumerate(zip(ids, level, node))}
+
+
+def _open_set_scores(head: str, X: np.ndarray, y: np.ndarray, fit_mask: np.ndarray, full, seed: int) -> np.ndarray:
+    """(n, 4) the open-set scores (:data:`open_set.SCORES`, then the combined one) of the samples
+    outside ``fit_mask`` under the head fit on all of them; NaN for the fitted samples (their label
+    is known) and when there are fewer than 3 classes to simulate unknowns with."""
+    out = np.full((len(X), len(open_set.SCORES) + 1), np.nan)
+    if full is None or len(np.unique(y)) < 3:
+        return out
+    combiner = open_set.fit_combiner(make_head(head), X[fit_mask], y, seed=seed)
+    table = open_set.score_table(full, X[fit_mask], X[~fit_mask])
+    out[~fit_mask] = np.column_stack([table, open_set.combined_score(combiner, table)])
+    return out
 
 
 def check_metadata_mode(mode: str) -> None:
@@ -189,6 +245,7 @@ class PredProbs:
     fold: np.ndarray
     labels: np.ndarray
     splits: np.ndarray
+    open_set: dict[str, np.ndarray] | None = None  # score name -> (n,), NaN where not scored
 
 
 def load_pred_probs(project: Project, run_id: str | None = None) -> PredProbs:
@@ -200,4 +257,5 @@ def load_pred_probs(project: Project, run_id: str | None = None) -> PredProbs:
         raise NotReadyError(f"predictions of run {run_id} are missing ({path}); run 'fieldguide predict'")
     z = np.load(path, allow_pickle=False)
     return PredProbs(run_id=run_id, sample_ids=z["sample_ids"].tolist(), classes=z["classes"].tolist(),
-                     pred_probs=z["pred_probs"], fold=z["fold"], labels=z["labels"], splits=z["splits"])
+                     pred_probs=z["pred_probs"], fold=z["fold"], labels=z["labels"], splits=z["splits"],
+                     open_set=dict(zip(z["open_set_names"].tolist(), z["open_set"].T)) if "open_set" in z else None)

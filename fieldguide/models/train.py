@@ -175,7 +175,8 @@ def _weights_for(flagged_mask: np.ndarray, policy: str, weight: float) -> tuple[
 
 def _finish(project: Project, run_id: str, config: dict, classes: list[str], state: FitState,
             train_ids: list[str], probs_test, y_test, report: TrainReport) -> TrainReport:
-    from fieldguide.models.evaluate import classification_metrics, load_cost_matrix, record_metrics
+    from fieldguide.models.costs import project_costs
+    from fieldguide.models.evaluate import classification_metrics, record_metrics
 
     wh = store.warehouse(project)
     run_dir = project.run_dir(run_id)
@@ -185,7 +186,7 @@ def _finish(project: Project, run_id: str, config: dict, classes: list[str], sta
     wh.write("curves", rows)
     title = f"{config['method']} ({config['mode']}), {len(train_ids)} samples"
     if probs_test is not None and len(y_test):
-        cost = load_cost_matrix(project.config.evaluate.cost_matrix, classes)
+        cost, _ = project_costs(project.config.classes.costs, project.config.evaluate.cost_matrix, classes)
         m = classification_metrics(y_test, probs_test, classes, cost)
         record_metrics(wh, run_id, "test", m, classes)
         report.top1, report.top5, report.macro_f1 = m["top1"], m["top5"], m["macro_f1"]

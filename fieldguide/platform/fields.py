@@ -26,6 +26,8 @@ SCHEMA: dict[str, str] = {
     "label_history": "history",
     # predict
     "prediction": "classification",
+    "prediction_backoff": "classification",  # the finest rank sure enough (a ``rank`` attribute)
+    "unknown_score": "float",  # open-set: how likely the sample is of a class the head never saw
     # flag
     "noise_score": "float",
     "label_issue": "bool",
@@ -135,12 +137,13 @@ def add_samples(ds, records: Sequence[Mapping]) -> int:
 
 
 def save_view(ds, name: str, *, tag: str | None = None, has_field: str | None = None,
-              labels: Iterable[str] | None = None, sort_by: str | Sequence[tuple[str, int]] | None = None,
-              reverse: bool = False) -> None:
+              labels: Iterable[str] | None = None, above: tuple[str, float] | None = None,
+              sort_by: str | Sequence[tuple[str, int]] | None = None, reverse: bool = False) -> None:
     """Save (overwrite) the view ``name`` of the dataset: the samples tagged ``tag``, or whose
-    ``has_field`` is set, or whose ``ground_truth`` label is in ``labels`` (the filters given are
-    all applied), sorted by ``sort_by`` (a field, or ``(field, 1 | -1)`` pairs: ascending,
-    descending; None is the smallest value: last when descending)."""
+    ``has_field`` is set, or whose ``ground_truth`` label is in ``labels``, or whose field
+    ``above[0]`` is at least ``above[1]`` (the filters given are all applied), sorted by ``sort_by``
+    (a field, or ``(field, 1 | -1)`` pairs: ascending, descending; None is the smallest value: last
+    when descending)."""
     view = ds.view()
     if tag is not None:
         view = view.match_tags(tag)
@@ -152,6 +155,10 @@ def save_view(ds, name: str, *, tag: str | None = None, has_field: str | None = 
         from fiftyone import ViewField as F
 
         view = view.match(F("ground_truth.label").is_in(sorted(labels)))
+    if above is not None:
+        from fiftyone import ViewField as F
+
+        view = view.match(F(above[0]) >= above[1])
     if sort_by is not None:
         view = view.sort_by(sort_by, reverse=reverse)
     ds.save_view(name, view, overwrite=True)

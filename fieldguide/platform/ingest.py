@@ -49,6 +49,7 @@ from fieldguide.platform.sources.images import check_records
 from fieldguide.platform.sources.tables import check_field_types, clean
 from fieldguide.platform.sources.taxonomy import class_tree
 from fieldguide.platform.sources.votes import ingest_votes, read_votes
+from fieldguide.platform.taxa import write_taxa
 
 log = logging.getLogger(__name__)
 
@@ -352,20 +353,9 @@ def _write(project: Project, plan: _Plan, report: IngestReport) -> None:
     report.labels_updated = _apply_label_updates(project, ds, plan.updates, plan.stored, report.run_id)
     if plan.votes is not None:
         report.votes_added = ingest_votes(ds, plan.votes, plan.votes_path, report.rejects, root=plan.votes_root)
-    _write_taxa(project, plan.taxa)
+    write_taxa(project, plan.taxa)
     _write_rejects(project, report)
     store.snapshot_samples(project, ds)
-
-
-def _write_taxa(project: Project, rows: list[dict]) -> None:
-    """The class tree: each class's rows replace the ones it had (a lineage may lose a rank)."""
-    if not rows:
-        return
-    with store.warehouse(project).connect() as con:
-        con.register("_taxa", pd.DataFrame(rows))
-        con.execute("DELETE FROM taxa WHERE class IN (SELECT DISTINCT class FROM _taxa)")
-        con.execute("INSERT OR REPLACE INTO taxa BY NAME SELECT * FROM _taxa")
-        con.unregister("_taxa")
 
 
 def _write_rejects(project: Project, report: IngestReport) -> None:

@@ -69,13 +69,14 @@ def task_link(project: Project, task_id: int) -> str | None:
 
 
 def sample_card(project: Project, sample_id: str, *, links: bool = True) -> dict:
-    """A sample's label, prediction, label history (old → new, source, actor, time), votes,
-    signals, noise score, review state and Label Studio task (id, status, link; None when never
+    """A sample's label, prediction (its back-off answer, its open-set ``unknown_score``), label
+    history (old → new, source, actor, time), votes, signals, noise score, review state and Label Studio task (id, status, link; None when never
     pushed). ``links``: look up the task's page on the server (else ``task["url"]`` is None)."""
     ds = store.dataset(project, create=False)
     sample = ds[sample_id]
     schema = ds.get_field_schema()
     pred = sample["prediction"] if "prediction" in schema else None
+    backed = sample["prediction_backoff"] if "prediction_backoff" in schema else None
     votes = sample["votes"] if "votes" in schema else None
     record = task_records(project, sample.id).get(sample.id)
     task = None
@@ -89,6 +90,9 @@ def sample_card(project: Project, sample_id: str, *, links: bool = True) -> dict
         "label": sample.ground_truth.label if sample.ground_truth else None,
         "predicted": pred.label if pred is not None else None,
         "confidence": pred.confidence if pred is not None else None,
+        "backoff": ({"rank": backed["rank"], "label": backed.label, "confidence": backed.confidence}
+                    if backed is not None else None),
+        "unknown_score": sample["unknown_score"] if "unknown_score" in schema else None,
         "history": [
             {"old": e.old, "new": e.new, "source": e.source, "actor": e.actor,
              "time": _time(e.time), "run_id": getattr(e, "run_id", None)}

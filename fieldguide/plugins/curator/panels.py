@@ -34,6 +34,7 @@ def sample_markdown(card: dict) -> str:
     conf = f", {card['confidence']:.2f}" if card.get("confidence") is not None else ""
     lines = [f"**{card['label'] or 'no label'}**", "",
              f"predicted **{pred}**{conf}" if pred else "no prediction yet", "",
+             *_backoff_lines(card),
              f"**review** {card['review_state'] or 'not flagged'} · **noise score** {_cell(card['noise_score'])}"
              f" · **tags** {', '.join(card['tags']) or '—'}", ""]
     task = card["task"]
@@ -56,6 +57,16 @@ def sample_markdown(card: dict) -> str:
     signals = {k: v for k, v in card["signals"].items() if k != "noise_score"}
     lines += _table(["signal", "value"], [[k, v] for k, v in signals.items()]) if signals else ["no signals yet"]
     return "\n".join(lines)
+
+
+def _backoff_lines(card: dict) -> list[str]:
+    """The back-off answer (when it is coarser than the prediction) and the unknown-species score."""
+    b, unknown = card.get("backoff"), card.get("unknown_score")
+    parts = []
+    if b and b["label"] != card["predicted"]:
+        parts.append(f"sure at the {b['rank']}: **{b['label']}**, {b['confidence']:.2f}")
+    parts += [f"unknown species score {unknown:.2f}"] if unknown is not None else []
+    return [" · ".join(parts), ""] if parts else []
 
 
 def project_markdown(counts: dict) -> str:
