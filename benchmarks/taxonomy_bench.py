@@ -51,14 +51,14 @@ def load(name: str, cache: Path, backbone: str):
 
 
 def tree_of(name: str, classes: list[str]):
-    from fieldguide.models.taxonomy import class_tree, flat_tree
+    from fieldguide.models.taxonomy import flat_tree, tree_from_lineages
 
     meta = DATA / name / "metadata.csv"
     if not meta.exists():
         return flat_tree(classes)
     with meta.open(newline="", encoding="utf-8") as f:
         lineages = {r["scientific_name"]: {"family": r["family"], "genus": r["genus"]} for r in csv.DictReader(f)}
-    return class_tree(classes, lineages, ranks=["family", "genus"], leaf_rank="species")
+    return tree_from_lineages(classes, lineages, ranks=["family", "genus"], leaf_rank="species")
 
 
 def run(name: str, cache: Path, backbone: str, seeds: int) -> list[dict]:

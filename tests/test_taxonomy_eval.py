@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from conftest import blobs
 from fieldguide.models.costs import dangerous_cost_matrix, decide, expected_cost_decision, fungiclef_track3
 from fieldguide.models.open_set import energy_score, fit_combiner, max_softmax_score, open_set_auroc, score_table
-from fieldguide.models.taxonomy import (backoff, backoff_metrics, class_tree, flat_tree, rank_metrics, roll_up,
-                                        taxonomic_distance, tree_from_taxa)
+from fieldguide.models.taxonomy import (backoff, backoff_metrics, flat_tree, rank_metrics, roll_up,
+                                        taxonomic_distance, tree_from_lineages, tree_from_taxa)
 
 # family F1 > genus G1 > a1, a2; F1 > G2 > b1; F2 > G3 > c1
 LINEAGES = {"a1": {"family": "F1", "genus": "G1"}, "a2": {"family": "F1", "genus": "G1"},
@@ -22,7 +22,7 @@ LINEAGES = {"a1": {"family": "F1", "genus": "G1"}, "a2": {"family": "F1", "genus
 
 @pytest.fixture
 def tree():
-    return class_tree(list(LINEAGES), LINEAGES, leaf_rank="species")
+    return tree_from_lineages(list(LINEAGES), LINEAGES, leaf_rank="species")
 
 
 def test_roll_up_and_rank_metrics_on_a_hand_tree(tree):

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
 from fieldguide.errors import FieldguideError
+from fieldguide.platform.tree import ClassTree as Lineages
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def flat_tree(classes: Iterable[str]) -> ClassTree:
     return ClassTree(classes, (), (), np.zeros((0, len(classes)), dtype=int))
 
 
-def class_tree(classes: Iterable[str], lineages: Mapping[str, Mapping[str, str]], *,
+def tree_from_lineages(classes: Iterable[str], lineages: Mapping[str, Mapping[str, str]], *,
                ranks: Iterable[str] | None = None, leaf_rank: str = "class") -> ClassTree:
     """The tree of ``classes`` from each class's lineage (class -> {rank: name}, coarse to fine,
     ranks above the class only). ``ranks``: their coarse-to-fine order (default: the order of the
@@ -79,20 +80,17 @@ def class_tree(classes: Iterable[str], lineages: Mapping[str, Mapping[str, str]]
 def tree_from_taxa(classes: Iterable[str], rows: Iterable[Mapping]) -> ClassTree:
     """The tree of ``classes`` from rows of the warehouse's ``taxa`` table (``class, rank, name,
     depth``): a class's deepest row is its own rank, the rows above it its lineage. No rows: flat."""
-    by_class: dict[str, list[tuple[int, str, str]]] = {}
-    for row in rows:
-        by_class.setdefault(row["class"], []).append((int(row["depth"]), row["rank"], row["name"]))
+    by_class = Lineages.from_rows(rows).lineages  # class -> ((rank, name), ...), coarse to fine
     classes = tuple(classes)
     if not any(c in by_class for c in classes):
         return flat_tree(classes)
     lineages, leaf_ranks, order = {}, [], []
     for cls in classes:
-        rows_c = sorted(by_class.get(cls, []))
-        if not rows_c:
+        if not by_class.get(cls):
             continue
-        *above, (_, own_rank, _) = rows_c
+        *above, (own_rank, _) = by_class[cls]
         leaf_ranks.append(own_rank)
-        lineages[cls] = {rank: name for _, rank, name in above}
+        lineages[cls] = dict(above)
         order.append(tuple(lineages[cls]))
     leaf = max(set(leaf_ranks), key=leaf_ranks.count)
     ranks: list[str] = []
@@ -101,7 +99,7 @@ def tree_from_taxa(classes: Iterable[str], rows: Iterable[Mapping]) -> ClassTree
             if rank not in ranks:
                 later = [ranks.index(r) for r in lin[i + 1:] if r in ranks]
                 ranks.insert(min(later) if later else len(ranks), rank)
-    return class_tree(classes, lineages, ranks=ranks, leaf_rank=leaf)
+    return tree_from_lineages(classes, lineages, ranks=ranks, leaf_rank=leaf)
 
 
 def roll_up(probs: np.ndarray, tree: ClassTree, level: int) -> np.ndarray:

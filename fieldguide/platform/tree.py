@@ -144,9 +144,8 @@ class ClassTree:
 
 def class_tree(project: Project) -> ClassTree:
     """The project's class tree from the warehouse's ``taxa`` (empty when it has none)."""
-    from fieldguide.platform import store
+    from fieldguide.platform.taxa import read_taxa
 
     if not project.warehouse_path.exists():
         return ClassTree()
-    rows = store.warehouse(project).query('SELECT "class", rank, name, depth FROM taxa')
-    return ClassTree.from_rows(rows.to_dict("records")) if len(rows) else ClassTree()
+    return ClassTree.from_rows(read_taxa(project))
