@@ -122,6 +122,10 @@ def test_distill_step_resumes_on_rerun_and_the_student_embeds(ingested, tiny_wei
 
     ids, X = load_embeddings(p, f"distilled:{run_id}")
     assert X.shape == (24, bb.dim) and np.isfinite(X).all() and X.std(axis=0).max() > 0
+    from fieldguide.models.predict import predict
+
+    report = predict(p, head="logreg", folds=3, backbone=f"distilled:{run_id}")  # and flag, like any backbone
+    assert report.n_cross_validated == 18 and 0 <= report.oof_top1 <= 1
 
     bad = runner.invoke(app, ["--project", str(p.root), "embed", "--backbone", "distilled:nope"])
     assert bad.exit_code == 1 and bad.stderr.startswith("error: backbone 'distilled:nope': no distilled student")
