@@ -50,6 +50,7 @@ COMMANDS = (
     ("evaluate", models.evaluate),
     ("train", models.train_cmd),
     ("retrain", models.retrain_cmd),
+    ("distill", models.distill_cmd),
     ("loop", models.loop_cmd),
     ("pseudolabel", curation.pseudolabel_cmd),
     ("augment", curation.augment_cmd),

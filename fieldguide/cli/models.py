@@ -1,4 +1,4 @@
-"""``fieldguide`` verbs of the models: embed, predict, evaluate, train, retrain, loop."""
+"""``fieldguide`` verbs of the models: embed, predict, evaluate, train, retrain, distill, loop."""
 
 from __future__ import annotations
 
@@ -146,3 +146,36 @@ def loop_cmd(
     from fieldguide.loop import run_loop
 
     run_loop(_project(), echo=typer.echo, force=force, push_limit=push_limit)
+
+
+def distill_cmd(
+    student: str = typer.Option(..., help="timm architecture of the student, from random init "
+                                "(e.g. vit_tiny_patch16_224, levit_128s, mobilevitv2_050)."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher backbone (default: models.backbone)."),
+    teacher_weights: Optional[str] = typer.Option(None, help="Local weights of the teacher (default: its own)."),
+    image_size: int = typer.Option(224, help="Input size of the student (and of the teacher's view); 112-160 on a CPU."),
+    epochs: int = typer.Option(10, help="Epochs over the images."),
+    batch_size: int = typer.Option(32, help="Images per batch."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine)."),
+    levels: str = typer.Option("token,patch,feature", help="Objectives: some of token, patch, feature."),
+    loss: str = typer.Option("mse+cosine", help="mse | cosine | mse+cosine"),
+    include_test: bool = typer.Option(False, help="Distil on the test split's images too (no labels are used)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default: models.device)."),
+    resume: Optional[str] = typer.Option(None, help="Resume this run (a rerun of the same command resumes by itself)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Distil the teacher into a small student without labels (Proteus); the student becomes backbone distilled:<run>."""
+    from fieldguide.models.distill import distill
+
+    report = distill(_project(), student, teacher=teacher, teacher_weights=teacher_weights, image_size=image_size,
+                     epochs=epochs, batch_size=batch_size, lr=lr,
+                     levels=tuple(v.strip() for v in levels.split(",") if v.strip()), loss=loss,
+                     include_test=include_test, device=device, resume=resume)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    resumed = f" (resumed from {report.resumed_from})" if report.resumed_from else ""
+    typer.echo(f"{report.run_id}: {report.teacher} -> {report.student} at {report.image_size} px, {report.epochs} "
+               f"epochs on {report.n_images} images in {report.seconds:.0f} s{resumed}; loss {report.first_loss:.3f} "
+               f"-> {report.last_loss:.3f}")
+    typer.echo(f"backbone: {report.backbone} (fieldguide embed --backbone {report.backbone})")

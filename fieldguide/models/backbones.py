@@ -10,7 +10,9 @@ Names:
 - ``timm/<architecture>``: any timm architecture, weights from ``models.weights`` (a safetensors
   or torch state-dict file, or a folder with ``model.safetensors`` / ``pytorch_model.bin``);
 - ``hf/<folder>`` (or ``models.weights`` pointing at a folder with ``config.json``): a local
-  transformers vision model (``AutoModel.from_pretrained(folder, local_files_only=True)``).
+  transformers vision model (``AutoModel.from_pretrained(folder, local_files_only=True)``);
+- ``distilled:<run>``: the student of a ``fieldguide distill`` run, saved in the project's
+  ``runs/<run>/student/`` (``backbone.json`` + ``model.safetensors``, see :func:`save_student`).
 """
 
 from __future__ import annotations
@@ -75,14 +77,19 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
 
 
 def available_backbones() -> list[str]:
-    return sorted(_REGISTRY) + ["timm/<architecture>", "hf/<local folder>"]
+    return sorted(_REGISTRY) + ["timm/<architecture>", "hf/<local folder>", f"{DISTILLED}<run>"]
 
 
-def load_backbone(name: str, weights: str | Path | None = None) -> Backbone:
-    """Build backbone ``name`` with local ``weights`` (a file or folder; None: its own package)."""
+def load_backbone(name: str, weights: str | Path | None = None, *, runs_dir: Path | None = None) -> Backbone:
+    """Build backbone ``name`` with local ``weights`` (a file or folder; None: its own package).
+
+    ``runs_dir``: the project's runs folder, where ``distilled:<run>`` students live (their
+    ``weights`` is used only when it is a student folder itself)."""
     weights = str(weights) if weights else None
     if name in _REGISTRY:
         bb = _REGISTRY[name](weights)
+    elif name.startswith(DISTILLED):
+        bb = distilled_backbone(name, weights, runs_dir)
     elif name.startswith("timm/"):
         if not weights:
             raise ModelError(
@@ -236,6 +243,48 @@ def _lite_factory(level: int) -> BackboneFactory:
 
 for _level in (0, 1, 2):
     register_backbone(f"efficientnet_lite{_level}")(_lite_factory(_level))
+
+
+# ---- distilled students -------------------------------------------------------------------------
+DISTILLED = "distilled:"
+STUDENT_META = "backbone.json"
+
+
+def student_dir(runs_dir: Path, run_id: str) -> Path:
+    return Path(runs_dir) / run_id / "student"
+
+
+def save_student(folder: Path, model: nn.Module, meta: dict) -> Path:
+    """Write a student (a timm model without classifier) as ``model.safetensors`` and ``backbone.json``
+    (``meta``: ``arch``, ``kwargs`` of ``timm.create_model``, ``input_size``, ``mean``, ``std``, ...)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / STUDENT_META).write_text(json.dumps(meta, indent=1, default=str))
+    return folder
+
+
+def distilled_backbone(name: str, weights: str | None, runs_dir: Path | None) -> Backbone:
+    """The student of run ``name[len('distilled:'):]`` (or the student folder ``weights``)."""
+    import json
+
+    run_id = name[len(DISTILLED):]
+    folder = Path(weights) if weights and (Path(weights) / STUDENT_META).is_file() else None
+    if folder is None and runs_dir is not None:
+        folder = student_dir(runs_dir, run_id)
+    if folder is None or not (folder / STUDENT_META).is_file():
+        raise ModelError(f"backbone {name!r}: no distilled student of run {run_id!r} "
+                         f"({folder or 'no project'}; run 'fieldguide distill' first)")
+    meta = json.loads((folder / STUDENT_META).read_text())
+    bb = timm_backbone(meta["arch"], folder / "model.safetensors", name=name, num_classes=0, **meta.get("kwargs", {}))
+    bb.input_size, bb.mean, bb.std = int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"])
+    bb.interpolation, bb.crop_pct = meta.get("interpolation", bb.interpolation), float(meta.get("crop_pct", bb.crop_pct))
+    bb.extra = {"teacher": meta.get("teacher"), "run_id": run_id}
+    return bb
 
 
 # ---- transformers --------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def embed(project: Project, backbone: str | None = None, weights: str | None = N
     cfg = project.config.models
     name = backbone or cfg.backbone
     if bb is None:
-        bb = load_backbone(name, weights if weights is not None else (cfg.weights or None))
+        bb = load_backbone(name, weights if weights is not None else (cfg.weights or None), runs_dir=project.runs_dir)
     ids, paths, hashes = _stored_files(project)
     directory = cache_dir(project, bb.name, bb.weights_id)
     cached_ids, cached_hashes, _ = read_cache(directory)

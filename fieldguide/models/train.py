@@ -23,10 +23,7 @@ the loop of :mod:`fieldguide.models.fit`.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
 
@@ -141,11 +138,7 @@ def train(project: Project, *, method: str | None = None, mode: str | None = Non
               "kind": kind, "lam_max": cfg.lam_max, "lam_min": cfg.lam_min, "switch_at": cfg.switch_at,
               "switch_rule": cfg.switch_rule, "reverse_schedule": cfg.reverse_schedule, "seed": cfg.seed,
               "lr": cfg.lr, "classes": classes, "metadata": metadata}
-    run_id = resume or wh.start_run(kind, config)
-    if resume:
-        wh.write("runs", [{"run_id": run_id, "kind": kind, "config": json.dumps(config, default=str, sort_keys=True),
-                           "status": "running", "started": resumed["started"], "finished": None, "message": None,
-                           "pid": os.getpid(), "host": socket.gethostname()}])
+    run_id = wh.start_run(kind, config, resume, resumed["started"] if resumed else None)
     start = time.perf_counter()
     try:
         if mode == "head":

@@ -168,7 +168,10 @@ class Warehouse:
             con.unregister("_rows")
         return len(df)
 
-    def start_run(self, kind: str, config: dict | None = None, run_id: str | None = None) -> str:
+    def start_run(self, kind: str, config: dict | None = None, run_id: str | None = None,
+                  started: dt.datetime | None = None) -> str:
+        """Record run ``run_id`` (default: a new id) of ``kind`` as ``running`` in this process;
+        a resumed run passes its own id and first ``started`` time."""
         run_id = run_id or new_run_id(kind)
         self.write(
             "runs",
@@ -177,7 +180,7 @@ class Warehouse:
                 "kind": kind,
                 "config": json.dumps(config or {}, default=str, sort_keys=True),
                 "status": "running",
-                "started": now(),
+                "started": started or now(),
                 "finished": None,
                 "message": None,
                 "pid": os.getpid(),

@@ -1,0 +1,154 @@
+"""Proteus distillation on CPU: EfficientNet-Lite0 into a ViT and a hybrid on inat-plants-dev's images.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/distill_bench.py --cache /work/main/benchmarks/.cache \\
+        [--students vit_tiny_patch16_224,levit_128s] [--image-size 128] [--epochs 3]
+
+Each student is distilled from random init (no labels; token, patch and feature levels; MSE +
+cosine; strong augmentation) on the collection's train images (the suite's split: 30% of each
+species to test, ``random.Random(7)``), with the checkpoints of
+:func:`fieldguide.models.distill.distill_images` (a rerun resumes). Then the distilled student,
+the same architecture at random init and the teacher are scored on frozen features: 1-NN (cosine)
+test top-1 and plain LR test top-1 (``LogisticRegression(C=10)`` on L2-normalised features). The
+teacher's features come from the suite's cache (224 px); the students' are computed here, at
+their input size. Writes ``benchmarks/results/distill.csv``. No GPU: GPU figures are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+COLLECTION = "inat-plants-dev"
+
+
+def knn_top1(X_train, y_train, X_test, y_test) -> float:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from fieldguide.suite.baselines import l2n
+
+    knn = KNeighborsClassifier(n_neighbors=1, metric="cosine").fit(l2n(X_train), y_train)
+    return float((knn.predict(l2n(X_test)) == y_test).mean())
+
+
+def lr_top1(X_train, y_train, X_test, y_test, n_classes: int) -> float:
+    from fieldguide.suite.baselines import plain_lr_probs
+
+    return float((plain_lr_probs(X_train, y_train, X_test, n_classes).argmax(1) == y_test).mean())
+
+
+def split_paths(data: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """``(paths, labels as indices, test mask, classes)`` of the collection, split as the suite splits it."""
+    from fieldguide.suite.collections import suite_split
+
+    meta = pd.read_csv(data / COLLECTION / "metadata.csv")
+    paths = [str((data / COLLECTION / p).resolve()) for p in meta["path"]]
+    labels = meta["scientific_name"].tolist()
+    classes = sorted(set(labels))
+    y = np.array([classes.index(c) for c in labels])
+    return paths, y, suite_split(labels, paths), classes
+
+
+def embed_paths(bb, paths: list[str]) -> tuple[np.ndarray, float]:
+    from fieldguide.models.embed import iter_features
+
+    X = np.zeros((len(paths), bb.dim), dtype=np.float32)
+    t = time.perf_counter()
+    for idx, feats, bad in iter_features(bb, paths, batch_size=64, num_workers=1, device="cpu",
+                                         desc=f"embed {bb.name}"):
+        assert not bad, bad
+        X[idx] = feats
+    return X, len(paths) / (time.perf_counter() - t)
+
+
+def teacher_features(cache: Path, data: Path, teacher: str):
+    arrays = cache / "arrays" / f"{COLLECTION}_{teacher}.npz"
+    if arrays.exists():
+        z = np.load(arrays, allow_pickle=True)
+        return z["X_train"], z["y_train"], z["X_test"], z["y_test"]
+    from fieldguide.suite.collections import bundled_collections, collection_features
+
+    f = collection_features(bundled_collections(data)[COLLECTION], cache, backbone=teacher)
+    return f.X_train, f.y_train, f.X_test, f.y_test
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
+    ap.add_argument("--teacher", default="efficientnet_lite0")
+    ap.add_argument("--students", default="vit_tiny_patch16_224,levit_128s")
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--limit", type=int, default=0, help="Distil on the first N train images only (a smoke run).")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "distill",
+                    help="Checkpoints and students (a rerun resumes from them).")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill.csv")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    import torch
+
+    from fieldguide.models.backbones import count_params, load_backbone, save_student
+    from fieldguide.models.checkpoints import CheckpointWriter
+    from fieldguide.models.distill import create_student, distill_images
+    from fieldguide.platform.warehouse import now
+
+    torch.set_num_threads(2)
+    paths, y, test, classes = split_paths(args.data)
+    train_paths = [p for p, t in zip(paths, test) if not t][:args.limit or None]
+    teacher = load_backbone(args.teacher)
+    Xt_tr, yt_tr, Xt_te, yt_te = teacher_features(args.cache, args.data, args.teacher)
+    assert len(Xt_te) == test.sum(), (len(Xt_te), test.sum())
+    rows = [{"collection": COLLECTION, "backbone": args.teacher, "arch": args.teacher, "init": "teacher (ImageNet)",
+             "image_size": teacher.input_size, "params_m": count_params(teacher.model) / 1e6, "epochs": "",
+             "distill_seconds": "", "distill_images_per_s": "",
+             "knn_top1": knn_top1(Xt_tr, yt_tr, Xt_te, yt_te),
+             "lr_top1": lr_top1(Xt_tr, yt_tr, Xt_te, yt_te, len(classes)), "device": "cpu (2 shared cores)"}]
+    for arch in [a.strip() for a in args.students.split(",") if a.strip()]:
+        torch.manual_seed(0)
+        random_bb, kwargs = create_student(arch, args.image_size)
+        X, ips = embed_paths(random_bb, paths)
+        rows.append({"collection": COLLECTION, "backbone": f"{arch} (random init)", "arch": arch, "init": "random",
+                     "image_size": args.image_size, "params_m": count_params(random_bb.model) / 1e6, "epochs": 0,
+                     "distill_seconds": "", "distill_images_per_s": "",
+                     "knn_top1": knn_top1(X[~test], y[~test], X[test], y[test]),
+                     "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], len(classes)), "device": "cpu (2 shared cores)"})
+        student, kwargs = create_student(arch, args.image_size)
+        folder = args.work / f"{arch}-{args.image_size}px-{args.epochs}ep"
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt_path = folder / "last.pt"
+        resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+        writer = CheckpointWriter(ckpt_path, {"arch": arch}, resumed["started"] if resumed else now())
+        _, state = distill_images(teacher, student, train_paths, epochs=args.epochs, lr=args.lr,
+                                  batch_size=args.batch_size, num_workers=1, device="cpu",
+                                  state=resumed["state"] if resumed else None, resumed=resumed, checkpoint=writer)
+        save_student(folder / "student", student.model, {
+            "arch": arch, "kwargs": kwargs, "input_size": args.image_size, "mean": student.mean, "std": student.std,
+            "interpolation": student.interpolation, "crop_pct": student.crop_pct, "teacher": args.teacher})
+        X, ips = embed_paths(student, paths)
+        kt = knn_top1(X[~test], y[~test], X[test], y[test])
+        rows.append({"collection": COLLECTION, "backbone": f"{arch} (distilled)", "arch": arch, "init": "distilled",
+                     "image_size": args.image_size, "params_m": count_params(student.model) / 1e6,
+                     "epochs": args.epochs, "distill_seconds": state.seconds,
+                     "distill_images_per_s": state.images / state.seconds,
+                     "knn_top1": kt, "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], len(classes)),
+                     "device": "cpu (2 shared cores)"})
+        logging.info("%s: %s", arch, rows[-1])
+        pd.DataFrame(rows).to_csv(args.out, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.4f")
+    df = pd.DataFrame(rows)
+    df["knn_gap_to_teacher"] = df["knn_top1"] - rows[0]["knn_top1"]
+    df.to_csv(args.out, index=False, float_format="%.4f")
+    print(df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
