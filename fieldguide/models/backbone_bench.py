@@ -245,6 +245,15 @@ def record(wh: Warehouse, result: BackboneResult, collection: str | None = None)
     return run_id
 
 
+def results_table(results: list[BackboneResult]) -> pd.DataFrame:
+    """One column per backbone, one row per measure (split and name): the table ``bench backbones`` prints."""
+    cells = {r.backbone: {(split, k): v for split, values in r.metrics.items() for k, v in values.items()}
+             for r in results}
+    table = pd.DataFrame(cells)
+    table.index = [f"{split} {name}" for split, name in table.index]
+    return table
+
+
 def save_plots(results: list[BackboneResult], folder: Path, title: str = "") -> list[Path]:
     """The accuracy-vs-cost scatter and the gradient-norm-per-block lines of ``results``, as PNGs."""
     from fieldguide.models.plots import plot_accuracy_vs_cost, plot_gradient_norms

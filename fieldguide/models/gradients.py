@@ -39,7 +39,7 @@ def _label(names: list[str]) -> str:
 def _longest_sequence(model: nn.Module) -> tuple[str, int] | None:
     best = None
     for name, module in model.named_modules():
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 1:
+        if name and isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 1:
             if best is None or len(module) > best[1]:
                 best = (name, len(module))
     return best
@@ -66,7 +66,7 @@ def parameter_blocks(model: nn.Module) -> dict[str, list[str]]:
         if seq is not None and n.startswith(seq[0] + "."):
             seen_seq = True
             index = n[len(seq[0]) + 1:].split(".")[0]
-            blocks.setdefault(f"{seq[0].rsplit('.', 1)[-1]}.{index}", []).append(n)
+            blocks.setdefault(f"{seq[0]}.{index}", []).append(n)
         else:
             blocks.setdefault("head" if seen_seq else "stem", []).append(n)
     return blocks
@@ -108,7 +108,7 @@ def block_gradient_norms(backbone: nn.Module, dim: int, n_classes: int,
             grads = [named[n].grad for n in names if named[n].grad is not None]
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
             rows.append({"step": step, "block": block, "depth": i / max(len(blocks) - 1, 1),
-                         "grad_norm": float(norm) if norm is not None else 0.0, "loss": float(loss)})
+                         "grad_norm": norm.item() if norm is not None else 0.0, "loss": loss.item()})
         opt.step()
     return pd.DataFrame(rows, columns=COLUMNS)
 
