@@ -28,6 +28,7 @@ def main() -> None:
             st.Page(SECTIONS / "relabel.py", title="Relabeling", url_path="relabel"),
             st.Page(SECTIONS / "models.py", title="Models", url_path="models"),
             st.Page(SECTIONS / "benchmarks.py", title="Benchmarks", url_path="benchmarks"),
+            st.Page(SECTIONS / "backbones.py", title="Backbones", url_path="backbones"),
         ]
     )
     ctx = context.current()
