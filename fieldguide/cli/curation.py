@@ -212,17 +212,13 @@ def bench_backbones_cmd(
 ) -> None:
     """Each backbone on your data: accuracy (per class, per taxonomy group), embedding quality, cost, gradient activity."""
     from fieldguide.models.backbone_bench import bench_backbones, results_table
-    from fieldguide.suite import suite_split
-
-    def split(table):  # the suite's split, for a store without a test split
-        groups = table["observation_id"].tolist() if "observation_id" in table else None
-        return suite_split(table["label"], table["filepath"], groups)
+    from fieldguide.suite import table_split
 
     project = _project()
     results, plots = bench_backbones(project, [b for b in (backbones or "").split(",") if b.strip()] or None,
                                      head=head, knn_k=knn_k, steps=steps, grad_batch_size=batch_size,
                                      cost_batch_size=cost_batch_size, device=device,
-                                     split_fn=split, progress=not as_json)
+                                     split_fn=table_split, progress=not as_json)
     if as_json:
         _echo_json({"backbones": [r.as_dict() for r in results], "plots": [str(p) for p in plots]})
         return
