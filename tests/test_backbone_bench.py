@@ -67,7 +67,7 @@ def test_gradient_norms_per_block_match_a_backward_pass_by_hand():
     blocks = parameter_blocks(bb.model)
     names_in_blocks = [n for ns in blocks.values() for n in ns]
     assert sorted(names_in_blocks) == sorted(n for n, _ in bb.model.named_parameters())  # a partition
-    assert list(blocks)[0] == "conv_stem" and "blocks.0" in blocks
+    assert list(blocks)[0] == "conv_stem" and "blocks.0" in blocks and list(blocks)[-1] == "conv_head"
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
     # by hand: the same head (seeded as the function seeds it), one backward pass
     ref = __import__("copy").deepcopy(bb.model).train()

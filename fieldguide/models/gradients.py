@@ -56,8 +56,13 @@ def parameter_blocks(model: nn.Module) -> dict[str, list[str]]:
         blocks = {}
         for gid in sorted(groups):
             names = [n for n in groups[gid] if n in params]
-            if names:
-                blocks.setdefault(_label(names), []).extend(names)
+            if not names:
+                continue
+            label, stray = _label(names), None
+            for n in names:  # the coarse last stage also holds the head conv (conv_head, bn2): a block of its own
+                if "." in label and not n.startswith(label + "."):
+                    stray = stray or _label([n])
+                blocks.setdefault(stray or label, []).append(n)
         return blocks
     seq = _longest_sequence(model)
     blocks: dict[str, list[str]] = {}
