@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from fieldguide.config import open_project
+    from fieldguide.config import CONFIG_NAME, open_project
     from fieldguide.models.backbone_bench import bench_backbones
     from fieldguide.models.gradients import mean_by_block
     from fieldguide.platform.warehouse import Warehouse
@@ -67,13 +67,14 @@ def main() -> None:
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     for coll in resolve_collections(args.data, args.collections, []):
         start = time.perf_counter()
-        collection_features(coll, args.cache, backbone=backbones[0].split("=")[0])  # ingested, as the suite has it
+        if not (args.cache / coll.name / CONFIG_NAME).is_file():  # ingested (and embedded) as the suite has it
+            collection_features(coll, args.cache, backbone=backbones[0].split("=")[0])
         project = open_project(args.cache / coll.name)
         results, plots = bench_backbones(project, backbones, steps=args.steps, grad_batch_size=args.batch_size,
                                          device=args.device, split_fn=table_split, warehouse=warehouse)
         rows = pd.DataFrame([{**r.row(), "collection": coll.name, "split": r.config["split"],
                               "n_train": r.config["n_train"], "n_test": r.config["n_test"]} for r in results])
-        rows = rows.drop(columns=["n"])
+        rows = rows.drop(columns=["n"]).astype({c: "int64" for c in ("params", "macs", "flops")})  # exact counts
         table = merge(args.results / f"backbones_{coll.name}.csv", rows)
         grads = pd.concat([mean_by_block(r.gradients).assign(backbone=r.backbone) for r in results
                            if len(r.gradients)], ignore_index=True)

@@ -171,5 +171,14 @@ def test_bench_backbones_json_on_a_tiny_store_with_two_tiny_backbones(ingested, 
     runs = wh.query("SELECT kind, status, config FROM runs WHERE kind = ?", [names.BENCH_BACKBONE])
     assert list(runs["status"]) == ["completed"] * 2
     assert all(__import__("pathlib").Path(p).is_file() for p in out["plots"]) and len(out["plots"]) == 2
+    from fieldguide.models.backbones import load_backbone
+    from fieldguide.models.embed import fully_embedded
+    from fieldguide.platform.store import release_database
+
+    try:  # embedded now: a second bench needs no write lock; other weights of the same name are not
+        assert fully_embedded(ingested, load_backbone("timm/test_efficientnet", tiny_weights))
+        assert not fully_embedded(ingested, timm_backbone("test_efficientnet", None))
+    finally:
+        release_database()
     bad = CliRunner().invoke(app, ["--project", str(ingested.root), "bench", "backbones", "--backbones", "nope"])
     assert bad.exit_code != 0 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.output

@@ -274,7 +274,7 @@ def bench_backbones(project: Project, backbones: Sequence[str] | None = None, *,
     """Embed what is missing and measure each of ``backbones`` (``NAME[=WEIGHTS]``; default the
     project's ``models.backbone``) on the project's data; record a run per backbone in ``warehouse``
     (default the project's) and save the plots under ``runs/backbones/``. Returns ``(results, plots)``."""
-    from fieldguide.models.embed import embed
+    from fieldguide.models.embed import embed, fully_embedded
     from fieldguide.platform import store
 
     cfg = project.config.models
@@ -288,7 +288,8 @@ def bench_backbones(project: Project, backbones: Sequence[str] | None = None, *,
                 weights = cfg.weights
             bb = load_backbone(name, weights)
             log.info("bench backbones: %s (%s)", bb.name, bb.weights_id)
-            embed(project, bb=bb, device=device)
+            if not fully_embedded(project, bb):  # else: nothing to write, no write lock to wait for
+                embed(project, bb=bb, device=device)
             data = project_data(project, bb.name, split_fn=split_fn)
             result = bench_backbone(bb, data, head=head, knn_k=knn_k, steps=steps, grad_batch_size=grad_batch_size,
                                     cost_batch_size=cost_batch_size, device=device, progress=progress)
