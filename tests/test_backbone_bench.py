@@ -182,3 +182,14 @@ def test_bench_backbones_json_on_a_tiny_store_with_two_tiny_backbones(ingested, 
         release_database()
     bad = CliRunner().invoke(app, ["--project", str(ingested.root), "bench", "backbones", "--backbones", "nope"])
     assert bad.exit_code != 0 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.output
+
+
+def test_a_store_without_a_test_split_gets_the_suites_split_with_photos_of_one_observation_together():
+    from fieldguide.suite import suite_split, table_split
+
+    table = pd.DataFrame({"label": ["a"] * 6 + ["b"] * 4, "filepath": [f"/x/{i}.jpg" for i in range(10)],
+                          "observation_id": ["o1", "o1", "o2", "o3", "o4", "o5", "o6", "o6", "o7", "o8"]})
+    mask = table_split(table)
+    assert mask.tolist() == suite_split(table["label"], table["filepath"], table["observation_id"]).tolist()
+    assert mask[0] == mask[1] and mask[6] == mask[7]  # one observation's photos on one side
+    assert table_split(table.drop(columns="observation_id")).tolist() == suite_split(table["label"], table["filepath"]).tolist()
