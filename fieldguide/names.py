@@ -61,6 +61,20 @@ FLAGGED, OUTLIERS, NEAR_DUPLICATES = "flagged", "outliers", "near_duplicates"
 QUEUED, KEPT_DECIDED, TEST_LEFT_OUT = "queued", "kept_decided", "test_left_out"
 SECONDS = "seconds"  # a training run's wall time (split ``all``)
 
+# ---- bench backbones: one ``bench_backbone`` run per backbone (fieldguide.models.backbone_bench) ----------------
+BENCH_BACKBONE = "bench_backbone"  # the run kind
+#: splits of its metrics besides ``test`` (and ``test:<rank>``, the predictions read at a taxonomy rank)
+EMBEDDING_SPLIT, GRADIENTS_SPLIT = "embedding", "gradients"
+KNN_TOP1, SILHOUETTE, ALIGNMENT, UNIFORMITY, DISTANCE_RATIO = (
+    "knn_top1", "silhouette", "alignment", "uniformity", "distance_ratio")
+EMBEDDING_METRICS = (KNN_TOP1, SILHOUETTE, ALIGNMENT, UNIFORMITY, DISTANCE_RATIO)
+FLOPS, PEAK_MEMORY_MB = "flops", "peak_memory_mb"
+#: its ``cost`` split: the evaluate run's cost metrics and these
+BACKBONE_COST_METRICS = (PARAMS, MACS, FLOPS, IMAGES_PER_S, PEAK_MEMORY_MB)
+GRAD_NORM_MEAN, GRAD_EARLY_SHARE = "grad_norm_mean", "grad_early_share"
+#: its gradient norms in ``curves``: ``grad_norm:<block>`` per fine-tuning step
+GRAD_NORM_PREFIX = "grad_norm:"
+
 # ---- curves: the ``name`` column of ``curves`` (one value per training epoch) -----------------------------
 LOSS = "loss"
 TRAIN_ACC = "train_acc"  # accuracy on the training samples' given labels

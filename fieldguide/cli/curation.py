@@ -1,4 +1,5 @@
-"""``fieldguide`` verbs of curation: pseudolabel, augment, fill, flag, signals export, bench noise, bench suite."""
+"""``fieldguide`` verbs of curation: pseudolabel, augment, fill, flag, signals export, bench noise, bench suite,
+bench backbones."""
 
 from __future__ import annotations
 
@@ -196,6 +197,37 @@ def bench_suite(
         typer.echo(f"{name}: {classes} classes, {n_train} train / {n_test} test (split: {out.splits[name]}), {secs:.0f} s")
     typer.echo(f"recorded in {project.warehouse_path} (the dashboards' Benchmarks page)" if project else
                "not recorded in a warehouse (no project here: --project DIR records the results there)")
+
+
+@bench_app.command("backbones")
+def bench_backbones_cmd(
+    backbones: Optional[str] = typer.Option(
+        None, help="Backbones, comma-separated, each NAME or NAME=WEIGHTS (a local file or folder); "
+                   "default: models.backbone."),
+    head: str = typer.Option("logreg", help="Head fit on each backbone's train embeddings."),
+    knn_k: int = typer.Option(1, help="k of the kNN top-1 (cosine)."),
+    steps: int = typer.Option(5, help="Fine-tuning steps of the gradient activity (0: none)."),
+    batch_size: int = typer.Option(8, help="Images per fine-tuning step."),
+    cost_batch_size: int = typer.Option(16, help="Images per batch of the speed and memory measurement."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: models.device)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Each backbone on your data: accuracy (per class, per taxonomy group), embedding quality, cost, gradient activity."""
+    from fieldguide.models.backbone_bench import bench_backbones, results_table
+    from fieldguide.suite import table_split
+
+    project = _project()
+    results, plots = bench_backbones(project, [b for b in (backbones or "").split(",") if b.strip()] or None,
+                                     head=head, knn_k=knn_k, steps=steps, grad_batch_size=batch_size,
+                                     cost_batch_size=cost_batch_size, device=device,
+                                     split_fn=table_split, progress=not as_json)
+    if as_json:
+        _echo_json({"backbones": [r.as_dict() for r in results], "plots": [str(p) for p in plots]})
+        return
+    typer.echo(results_table(results).to_string(float_format=lambda v: f"{v:.4g}"))
+    for p in plots:
+        typer.echo(f"plot: {p}")
+    typer.echo(f"recorded {len(results)} bench_backbone run(s) in {project.warehouse_path} (dashboards: Backbones)")
 
 
 def _bench_project():

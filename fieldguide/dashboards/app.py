@@ -29,6 +29,7 @@ def main() -> None:
             st.Page(SECTIONS / "where_when.py", title="Where and when", url_path="where-when"),
             st.Page(SECTIONS / "models.py", title="Models", url_path="models"),
             st.Page(SECTIONS / "benchmarks.py", title="Benchmarks", url_path="benchmarks"),
+            st.Page(SECTIONS / "backbones.py", title="Backbones", url_path="backbones"),
         ]
     )
     ctx = context.current()

@@ -343,11 +343,30 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(bb: Backbone) -> int:
-    """Multiply-accumulates of one forward pass at the backbone's input size."""
-    from torch.utils.flop_counter import FlopCounterMode
+def count_macs(bb: Backbone, batch_size: int = 1) -> int:
+    """Multiply-accumulates of one forward pass of ``batch_size`` images at the backbone's input
+    size, from ``torch.utils.flop_counter.FlopCounterMode`` (it counts 2 FLOPs per MAC of every
+    matmul and convolution; norms and activations are not counted). The input goes to the model's
+    own device, and a model in training mode is measured in eval mode and put back.
 
-    x = torch.zeros(1, 3, bb.input_size, bb.input_size)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        bb.model(x)
+    Attention counts too: the counter knows the CUDA kernels of ``scaled_dot_product_attention``
+    but not the one a CPU runs (``_scaled_dot_product_flash_attention_for_cpu``), which gets the
+    same formula here; without it a ViT's attention matmuls are missed on a CPU."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def attention(query, key, value, *args, out_shape=None, **kwargs) -> int:  # shapes, as the counter passes them
+        return sdpa_flop_count(query, key, value)
+
+    cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {cpu_attention: attention} if cpu_attention is not None else {}
+    param = next(bb.model.parameters(), None)
+    x = torch.zeros(batch_size, 3, bb.input_size, bb.input_size,
+                    device=param.device if param is not None else "cpu")
+    training = bb.model.training
+    bb.model.eval()
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            bb.model(x)
+    finally:
+        bb.model.train(training)
     return int(counter.get_total_flops() // 2)

@@ -117,9 +117,7 @@ def embed(project: Project, backbone: str | None = None, weights: str | None = N
         bb = load_backbone(name, weights if weights is not None else (cfg.weights or None), runs_dir=project.runs_dir)
     ids, paths, hashes = _stored_files(project)
     directory = cache_dir(project, bb.name, bb.weights_id)
-    cached_ids, cached_hashes, _ = read_cache(directory)
-    have = dict(zip(cached_ids, cached_hashes))
-    todo = [i for i, (sid, h) in enumerate(zip(ids, hashes)) if sid not in have or have[sid] != h]
+    todo = _not_cached(directory, ids, hashes)
     wh = store.warehouse(project)
     config = {"backbone": bb.name, "weights_id": bb.weights_id, "batch_size": batch_size or cfg.batch_size}
     with wh.run("embed", config) as run_id:
@@ -163,6 +161,24 @@ def embed(project: Project, backbone: str | None = None, weights: str | None = N
         elif wh.query("SELECT 1 FROM backbone_costs WHERE backbone = ?", [bb.name]).empty:
             record_cost(project, bb, None)
     return report
+
+
+def _not_cached(directory: Path, ids: list[str], hashes: list[str | None]) -> list[int]:
+    """Positions of the samples ``ids`` (with file ``hashes``) the cache ``directory`` lacks or
+    holds for another file."""
+    cached_ids, cached_hashes, _ = read_cache(directory)
+    have = dict(zip(cached_ids, cached_hashes))
+    return [i for i, (sid, h) in enumerate(zip(ids, hashes)) if sid not in have or have[sid] != h]
+
+
+def fully_embedded(project: Project, bb: Backbone) -> bool:
+    """Whether every sample of the store has its current embedding by ``bb`` (these weights), so
+    that ``embed`` would write nothing and a reader needs no write lock."""
+    current = _current_file(project, bb.name)
+    if not current.exists() or current.read_text().strip() != bb.weights_id:
+        return False
+    ids, _, hashes = _stored_files(project)
+    return not _not_cached(cache_dir(project, bb.name, bb.weights_id), ids, hashes)
 
 
 def record_cost(project: Project, bb: Backbone, images_per_s: float | None) -> dict:

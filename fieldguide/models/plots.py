@@ -61,3 +61,52 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, dpi: int = 100) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_cost(rows, path: Path, title: str = "") -> Path:
+    """Test top-1 against GMACs per image, one labelled point per backbone (``rows``: a DataFrame
+    with backbone, top1, macs and, where measured, images_per_s), and against images/s."""
+    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4.2))
+    for ax, col, label in ((axes[0], "macs", "GMACs per image"), (axes[1], "images_per_s", "images/s (this machine)")):
+        x = rows[col] / 1e9 if col == "macs" else rows[col]
+        ax.scatter(x, rows["top1"], s=60, color="tab:blue")
+        for xi, yi, name in zip(x, rows["top1"], rows["backbone"]):
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test top-1")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"accuracy vs cost{': ' + title if title else ''}")
+    return _save(fig, path)
+
+
+def plot_gradient_norms(lines: dict, path: Path, title: str = "") -> Path:
+    """Mean gradient norm per block (input to output) over a short fine-tune, one line per backbone
+    (``lines``: backbone -> DataFrame with block, depth, grad_norm), on a log scale."""
+    fig, ax = _pyplot().subplots(figsize=(9, 4.2))
+    for name, df in lines.items():
+        ax.plot(df["depth"], df["grad_norm"], marker="o", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("block depth (0: input, 1: output)")
+    ax.set_ylabel("gradient norm (mean over steps)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"gradient activity per block{': ' + title if title else ''}")
+    return _save(fig, path)

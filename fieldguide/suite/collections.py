@@ -112,6 +112,13 @@ def suite_split(labels: Iterable[str], paths: Iterable[str], groups: Iterable[st
     return test
 
 
+def table_split(table) -> np.ndarray:
+    """:func:`suite_split` of a samples table (columns label, filepath and, when photos share an
+    observation, observation_id): the test mask of a store that has no test split."""
+    groups = table["observation_id"].tolist() if "observation_id" in table else None
+    return suite_split(table["label"], table["filepath"], groups)
+
+
 def collection_features(collection: Collection, cache: Path, *, backbone: str | None = None,
                         weights: str | None = None) -> Features:
     """Ingest ``collection`` into its project ``cache/<name>`` (nothing twice), embed what is not
