@@ -27,7 +27,7 @@ from conftest import make_image
 
 APP = Path(__file__).resolve().parents[1] / "fieldguide" / "dashboards" / "app.py"
 PAGES = ["sections/health.py", "sections/review.py", "sections/relabel.py", "sections/models.py",
-         "sections/benchmarks.py"]
+         "sections/benchmarks.py", "sections/where_when.py", "sections/backbones.py"]
 T0 = dt.datetime(2025, 5, 1, 9, 0, 0)
 
 COLORS = {"red_bird": (200, 40, 40), "green_bird": (40, 180, 60), "blue_bird": (40, 60, 200),
