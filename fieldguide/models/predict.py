@@ -10,12 +10,19 @@ With ``metadata="auto"`` and samples that carry a date or a place (``observed_at
 a spatio-temporal prior (:mod:`fieldguide.models.metadata`) is fitted beside the head inside each
 fold, on that fold's training part only, and combined with the head's probabilities with a weight
 chosen on the out-of-fold rows (0: the head alone). Without metadata, ``auto`` is ``none``.
+
+With several backbones (``backbones``, or ``models.backbones``; by default every backbone embedded
+for the samples when there are two or more), the head is
+:class:`~fieldguide.models.heads.across_backbones.AcrossBackbonesHead`: a head per backbone,
+weighted on inner folds, or one head on the concatenated embeddings, whichever wins on the inner
+folds; the choice of the head fit on all training samples (and its weights) is recorded in the
+run's config. One backbone (``backbone``, or a single name in ``backbones``) is the plain path.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +31,9 @@ from sklearn.base import clone
 from fieldguide.config import Project
 from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
-from fieldguide.models.embed import embedded_table
+from fieldguide.models.embed import embedded_backbones, embedded_table, joint_embedded_table
 from fieldguide.models.heads import make_head
+from fieldguide.models.heads.across_backbones import AcrossBackbonesHead
 from fieldguide.models import metadata as md
 from fieldguide.platform import samples, store
 from fieldguide.platform.fields import write_values
@@ -48,6 +56,10 @@ class PredictReport:
     pred_probs_path: str
     metadata: list[str]
     metadata_weight: float
+    backbones: list[str] = field(default_factory=list)
+    by_default: bool = False  # several backbones because several are embedded (nobody named them)
+    left_out: list[str] = field(default_factory=list)  # embedded, but not for every sample (by default only)
+    combination: dict = field(default_factory=dict)  # what the head across backbones chose
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -55,9 +67,11 @@ class PredictReport:
 
 @writes('predict')
 def predict(project: Project, *, head: str | None = None, folds: int | None = None,
-            backbone: str | None = None, seed: int | None = None, metadata: str | None = None) -> PredictReport:
+            backbone: str | None = None, backbones: list[str] | None = None, seed: int | None = None,
+            metadata: str | None = None) -> PredictReport:
     """Out-of-sample predictions for every sample with an embedding; see the module docstring.
-    ``metadata``: auto | none (default: models.metadata)."""
+    ``metadata``: auto | none (default: models.metadata). ``backbone``: one backbone;
+    ``backbones``: heads across these (default: models.backbones, else every embedded one)."""
     cfg = project.config.predict
     head = head or cfg.head
     folds = folds or cfg.folds
@@ -66,9 +80,17 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     if metadata not in md.MODES:
         raise FieldguideError(f"metadata {metadata!r}: use one of {', '.join(md.MODES)}")
     make_head(head)  # unknown names fail before any work
+    names, by_default = _backbones(project, backbone, backbones)
     ds = store.dataset(project, create=False)
     meta_fields = [f for f in ("observed_at", "location") if metadata == "auto" and samples.has_field(ds, f)]
-    ids, X, table = embedded_table(project, backbone, ds, meta_fields)
+    if len(names) == 1:
+        ids, X, table = embedded_table(project, names[0], ds, meta_fields)
+        widths = {names[0]: X.shape[1]}
+    else:
+        ids, X, table, widths = joint_embedded_table(project, names, ds, meta_fields,
+                                                     missing="drop" if by_default else "error")
+    model = (AcrossBackbonesHead(dims=tuple(widths.values()), head=head, inner_folds=folds, seed=seed)
+             if len(widths) > 1 else make_head(head))
     classes = store.classes(ds)
     index = {c: i for i, c in enumerate(classes)}
     fit_mask = table["split"].isin(FIT_SPLITS).to_numpy() & table["label"].notna().to_numpy()
@@ -79,15 +101,25 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     M = md.encode(table["observed_at"].tolist() if "observed_at" in meta_fields else [None] * len(ids),
                   [md.location_point(v) for v in table["location"]] if "location" in meta_fields else [None] * len(ids))
     groups = [g for g in md.groups_present(M[fit_mask]) if g != "hour"]  # the prior uses date and place
-    config = {"head": head, "folds": folds, "seed": seed, "backbone": backbone or project.config.models.backbone,
+    used = list(widths)
+    config = {"head": head, "folds": folds, "seed": seed, "backbone": used[0],
               "metadata": {"mode": metadata, "groups": groups}}
+    if len(used) > 1:
+        config["backbones"] = {"names": used, "by_default": by_default, "left_out": [n for n in names if n not in widths]}
     with wh.run("predict", config) as run_id:
         probs = np.zeros((len(ids), len(classes)))
         fold = np.full(len(ids), -1, dtype=int)
-        oof, fold_fit = cross_val_pred_probs(make_head(head), X[fit_mask], y, len(classes), folds=folds, seed=seed)
+        oof, fold_fit = cross_val_pred_probs(model, X[fit_mask], y, len(classes), folds=folds, seed=seed)
         fold[fit_mask] = fold_fit
-        full = clone(make_head(head)).fit(X[fit_mask], y) if (~fit_mask).any() else None
-        rest = aligned_proba(full, X[~fit_mask], len(classes)) if full is not None else None
+        # across backbones the head fit on all training samples is fit anyway: its choice is recorded
+        full = clone(model).fit(X[fit_mask], y) if (~fit_mask).any() or len(used) > 1 else None
+        rest = aligned_proba(full, X[~fit_mask], len(classes)) if (~fit_mask).any() else None
+        combination = {}
+        if len(used) > 1:
+            combination = full.chosen()
+            combination.update({k: dict(zip(used, combination[k])) for k in ("weights", "temperatures") if k in combination})
+            wh.update_config(run_id, {"backbones": {**config["backbones"], **combination}})
+            log.info("across backbones %s: %s", ", ".join(used), combination)
         w = 0.0
         if groups:
             oof, rest, w, prior_info = _with_prior(oof, rest, M, fit_mask, y, fold_fit, len(classes))
@@ -115,7 +147,27 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         n_all = len(ds)
     return PredictReport(run_id=run_id, head=head, folds=int(fold.max() + 1), n_cross_validated=int(fit_mask.sum()),
                          n_fit_all=int((~fit_mask).sum()), n_without_embedding=n_all - len(ids),
-                         oof_top1=oof_top1, pred_probs_path=str(path), metadata=groups, metadata_weight=w)
+                         oof_top1=oof_top1, pred_probs_path=str(path), metadata=groups, metadata_weight=w,
+                         backbones=used, by_default=by_default and len(used) > 1,
+                         left_out=[n for n in names if n not in widths], combination=combination)
+
+
+def _backbones(project: Project, backbone: str | None, backbones: list[str] | None) -> tuple[list[str], bool]:
+    """The backbones predict uses and whether they are the default (nobody named them): ``backbone``,
+    ``backbones``, ``models.backbones``, else every embedded backbone when there are 2 or more
+    (the configured one first), else the configured one."""
+    if backbone and backbones:
+        raise FieldguideError("name one backbone (--backbone) or several (--backbones), not both")
+    named = [backbone] if backbone else list(backbones or project.config.models.backbones)
+    if named:
+        if len(set(named)) != len(named):
+            raise FieldguideError(f"backbones {', '.join(named)}: a backbone named twice")
+        return named, False
+    default = project.config.models.backbone
+    embedded = embedded_backbones(project)
+    if default in embedded and len(embedded) > 1:
+        return [default, *(n for n in embedded if n != default)], True
+    return [default], False
 
 
 def _with_prior(oof: np.ndarray, rest: np.ndarray | None, M: np.ndarray, fit_mask: np.ndarray, y: np.ndarray,
