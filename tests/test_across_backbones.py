@@ -15,6 +15,7 @@ from fieldguide.curation.flag import flag
 from fieldguide.errors import ModelError, NotReadyError
 from fieldguide.models.backbones import timm_backbone
 from fieldguide.models.crossval import cross_val_pred_probs
+from fieldguide.models.evaluate import evaluate
 from fieldguide.models.embed import embed, embedded_backbones, load_embeddings
 from fieldguide.models.heads.across_backbones import AcrossBackbonesHead
 from fieldguide.models.heads import make_head
@@ -98,6 +99,15 @@ def test_predict_across_two_backbones_by_default_and_flag_uses_it(ingested, tiny
     for sid in checked:
         i = row[sid]
         assert quality[sid] == pytest.approx(pp.pred_probs[i, index[pp.labels[i]]], abs=1e-6)
+
+    # evaluate counts the cost of both backbones: their parameters and MACs add up
+    m = evaluate(p, split="test")
+    wh = store.warehouse(p)
+    costs = wh.query("SELECT backbone, params, macs FROM backbone_costs").set_index("backbone")
+    cost = wh.query("SELECT name, value FROM metrics WHERE run_id = ? AND split = 'cost'", [m["run_id"]])
+    cost = dict(zip(cost["name"], cost["value"]))
+    assert cost["params"] == costs.loc[[first, SECOND], "params"].sum() > costs.loc[first, "params"]
+    assert cost["macs"] == costs.loc[[first, SECOND], "macs"].sum()
 
     # one backbone named: the single-backbone path
     single = predict(p, folds=3, backbones=[SECOND])
