@@ -137,3 +137,29 @@ def test_a_backbone_missing_samples_is_an_error_when_named_and_left_out_by_defau
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: backbone '{SECOND}': 2 of the 26 samples")
     assert lines[0].endswith(f"(run 'fieldguide embed --backbone {SECOND}')")
+
+
+def test_backbone_ensemble_benchmark_on_tiny_arrays(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "backbone_ensemble", Path(__file__).resolve().parents[1] / "benchmarks" / "backbone_ensemble.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    X, y = two_views(seed=4)
+    test = np.arange(len(y)) % 4 == 0
+    paths = np.array([f"img{i}.jpg" for i in range(len(y))])
+    (tmp_path / "arrays").mkdir()
+    for name, cols in (("a", slice(0, 10)), ("b", slice(10, 16))):
+        np.savez(tmp_path / "arrays" / f"tiny_{name}.npz", X_train=X[~test, cols], y_train=y[~test], X_test=X[test, cols],
+                 y_test=y[test], classes=np.array(list("vwxyz")), filepath_train=paths[~test], filepath_test=paths[test])
+    rows = {r["method"]: r for r in bench.run_collection(tmp_path, "tiny", ["a", "b"], long_tail=False)}
+    assert rows["best single"]["top1"] == max(rows["lr a"]["top1"], rows["lr b"]["top1"])
+    chosen = rows["predict default"]["chosen"].split(" ")[0]
+    assert chosen in ("weighted", "concat") and rows["predict default"]["top1"] == rows[chosen]["top1"]
+    # rows of another image order are refused
+    np.savez(tmp_path / "arrays" / "tiny_b.npz", X_train=X[~test, 10:], y_train=y[~test], X_test=X[test, 10:],
+             y_test=y[test], classes=np.array(list("vwxyz")), filepath_train=paths[~test][::-1], filepath_test=paths[test])
+    with pytest.raises(NotReadyError, match="not the same images"):
+        bench.load_arrays(tmp_path, "tiny", ["a", "b"])
