@@ -20,7 +20,8 @@ checks that every backbone's rows are the same images, and fits on the training 
 ``--long-tail`` adds the torch ``mlp`` head on the best backbone with each long-tail loss
 (:data:`~fieldguide.models.heads.mlp.LOSSES`) against plain cross-entropy. Every row has test top-1,
 macro-F1 and ``rare_f1``: the mean F1 of the rarest quarter of the classes (by training count).
-Prints a table and writes ``benchmarks/results/backbone_ensemble.csv``.
+Prints a table and writes ``benchmarks/results/backbone_ensemble.csv`` (rows of collections not run
+this time are kept).
 """
 
 from __future__ import annotations
@@ -154,9 +155,15 @@ def main() -> None:
     for collection in args.collections.split(","):
         rows += run_collection(args.cache, collection.strip(), backbones, long_tail=args.long_tail)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = {r["collection"] for r in rows}
+    kept = []  # the other collections' rows of an earlier run stay
+    if args.out.exists():
+        with args.out.open(newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r["collection"] not in done]
     with args.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
+        w.writerows(kept)
         for r in rows:
             w.writerow({key: (f"{v:.4f}" if isinstance(v, float) and key != "fit_seconds" else v) for key, v in r.items()})
     import pandas as pd
