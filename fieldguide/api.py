@@ -133,13 +133,17 @@ class Project:
         return embed(self.project, backbone, weights, batch_size=batch_size, device=device)
 
     def predict(self, *, head: str | None = None, folds: int | None = None,
-                backbone: str | None = None, metadata: str | None = None) -> PredictReport:
+                backbone: str | None = None, backbones: list[str] | None = None,
+                metadata: str | None = None) -> PredictReport:
         """``fieldguide predict``: out-of-sample predictions for every embedded sample (K-fold for the
         labeled training samples; default head and K: ``[predict]``); ``metadata`` auto | none
-        (default ``models.metadata``): the date and place prior."""
+        (default ``models.metadata``): the date and place prior. ``backbones``: heads across these
+        backbones, combined (default ``models.backbones``, else every backbone embedded for the
+        samples when there are two or more); ``backbone``: one backbone."""
         from fieldguide.models.predict import predict
 
-        return predict(self.project, head=head, folds=folds, backbone=backbone, metadata=metadata)
+        return predict(self.project, head=head, folds=folds, backbone=backbone, backbones=backbones,
+                       metadata=metadata)
 
     def evaluate(self, split: str = "test") -> dict:
         """``fieldguide evaluate``: top-1/5, macro-F1, ECE, per-class scores, confusions and cost of the

@@ -33,6 +33,8 @@ def predict(
     head: Optional[str] = typer.Option(None, help="logreg | mlp | knn | ensemble (default: predict.head)."),
     folds: Optional[int] = typer.Option(None, help="K for the stratified K-fold (default: predict.folds)."),
     backbone: Optional[str] = typer.Option(None, help="Whose embeddings (default: models.backbone)."),
+    backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones to combine, e.g. a,b,c (default: "
+                                            "models.backbones, else every backbone embedded for the samples)."),
     metadata: Optional[str] = typer.Option(None, help="auto | none: combine with a date/place prior when the "
                                            "samples have dates or places (default: models.metadata)."),
     decision: Optional[str] = typer.Option(None, help="argmax | expected_cost: the class of least expected cost "
@@ -42,11 +44,21 @@ def predict(
     """Out-of-sample predictions for every sample (K-fold for labeled training samples)."""
     from fieldguide.models.predict import predict as run_predict
 
-    report = run_predict(_project(), head=head, folds=folds, backbone=backbone, metadata=metadata,
+    names = [b.strip() for b in backbones.split(",") if b.strip()] if backbones is not None else None
+    report = run_predict(_project(), head=head, folds=folds, backbone=backbone, backbones=names, metadata=metadata,
                          decision=decision)
     if as_json:
         _echo_json(report.as_dict())
         return
+    if len(report.backbones) > 1:
+        c = report.combination
+        how = (f"weighted mean ({', '.join(f'{b} {w:g}' for b, w in c['weights'].items())})"
+               if "weights" in c else "one head on the concatenated embeddings")
+        typer.echo(f"across {len(report.backbones)} backbones: {how}"
+                   + (" (the default: several backbones are embedded; --backbones <one> for a single one)"
+                      if report.by_default else ""))
+    for name in report.left_out:
+        typer.echo(f"left out {name}: not every sample has its embedding (run 'fieldguide embed --backbone {name}')")
     typer.echo(f"{report.head}: {report.n_cross_validated} samples by {report.folds}-fold "
                f"(out-of-fold top-1 {report.oof_top1:.3f}), {report.n_fit_all} by a head fit on all of them")
     if report.metadata:

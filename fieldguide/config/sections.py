@@ -51,6 +51,9 @@ class IngestSection(_Section):
 
 class ModelsSection(_Section):
     backbone: str = "efficientnet_lite0"
+    backbones: list[str] = Field(default_factory=list,
+                                 description="backbones predict combines (a head on each, or one on their concatenation); "
+                                             "empty: every backbone embedded for the samples when there are two or more")
     weights: str = Field(default="", description="weights file or folder overriding the backbone's own")
     batch_size: int = Field(default=64, ge=1)
     num_workers: int = Field(default=2, ge=0)

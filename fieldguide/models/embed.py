@@ -241,3 +241,54 @@ def import_embeddings(project: Project, source: Project, backbone: str | None = 
     _current_file(project, name).parent.mkdir(parents=True, exist_ok=True)
     _current_file(project, name).write_text(weights_id)
     return len(rows)
+
+
+def embedded_backbones(project: Project) -> list[str]:
+    """The backbones with a cache in the project, named as ``embed --backbone`` names them (the
+    warehouse's embed runs give the name of a cache folder; the folder's name otherwise), in name order."""
+    import json
+
+    runs = store.warehouse(project).query("SELECT DISTINCT config FROM runs WHERE kind = 'embed'")
+    named = [json.loads(c or "{}").get("backbone") for c in runs.get("config", [])]
+    by_folder = {n.replace("/", "_"): n for n in [project.config.models.backbone, *named] if n}
+    return sorted(by_folder.get(c.parent.name, c.parent.name) for c in project.embeddings_dir.glob("*/CURRENT"))
+
+
+def joint_embedded_table(project: Project, backbones: list[str], ds=None, fields: Iterable[str] = (), *,
+                         missing: str = "error") -> tuple[list[str], np.ndarray, pd.DataFrame, dict[str, int]]:
+    """:func:`embedded_table` over several backbones: ``(sample_ids, X, table, widths)`` where
+    the rows of ``X`` hold each backbone's embedding of one sample side by side, in the order of
+    ``backbones`` (``widths``: backbone -> its number of columns), samples in store order.
+
+    ``missing="error"``: every backbone must embed every sample that one of them embeds; the
+    first that does not is a :class:`NotReadyError` naming the ``embed`` to run. ``"drop"``: the
+    samples are those the first backbone embeds, and a backbone lacking one of them is left out
+    (``widths`` lacks it)."""
+    ds = ds if ds is not None else store.dataset(project, create=False)
+    loaded = {}
+    for name in backbones:
+        try:
+            loaded[name] = load_embeddings(project, name, ds)
+        except NotReadyError:
+            if missing == "error" or name == backbones[0]:
+                raise
+            loaded[name] = ([], None)
+    ids = loaded[backbones[0]][0]
+    if missing == "error":
+        embedded = set().union(*(set(i) for i, _ in loaded.values()))
+        ids = [sid for sid in _stored_files(project, ds)[0] if sid in embedded]
+    blocks, widths = [], {}
+    for name, (own_ids, feats) in loaded.items():
+        row = {sid: i for i, sid in enumerate(own_ids)}
+        lacking = sum(sid not in row for sid in ids)
+        if lacking and missing == "error":
+            raise NotReadyError(f"backbone {name!r}: {lacking} of the {len(ids)} samples embedded by "
+                                f"{', '.join(repr(b) for b in backbones if b != name)} have no embedding "
+                                f"(run 'fieldguide embed --backbone {name}')")
+        if lacking:
+            log.info("backbone %s left out: %d samples without an embedding", name, lacking)
+            continue
+        blocks.append(feats[[row[sid] for sid in ids]])
+        widths[name] = feats.shape[1]
+    table = store.samples_table(ds, list(fields)).set_index("id").loc[ids]
+    return ids, np.concatenate(blocks, axis=1), table, widths

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
 
 from fieldguide import names
@@ -118,13 +119,8 @@ def evaluate(project: Project, *, split: str = "test", predict_run: str | None =
         rows.append({"run_id": run_id, "split": split, "name": names.LABELS_CHANGED, "value": float(len(changed))})
         rows += [{"run_id": run_id, "split": split, "name": k, "value": float(v)} for k, v in extra.items()
                  if isinstance(v, float)]
-        costs = wh.query("SELECT * FROM backbone_costs WHERE backbone = ?",
-                         [_predict_backbone(wh, pp.run_id) or project.config.models.backbone])
-        if not costs.empty:
-            for k in names.COST_METRICS:
-                v = costs.iloc[0][k]
-                if v is not None and not (isinstance(v, float) and np.isnan(v)):
-                    rows.append({"run_id": run_id, "split": names.COST_SPLIT, "name": k, "value": float(v)})
+        cost = _cost(wh, _predict_backbones(wh, pp.run_id) or [project.config.models.backbone])
+        rows += [{"run_id": run_id, "split": names.COST_SPLIT, "name": k, "value": v} for k, v in cost.items()]
         wh.write("metrics", rows)
         record_metrics(wh, run_id, split, m, pp.classes, headline=False)
         png = plot_confusion(m["confusion"], pp.classes, project.run_dir(run_id) / "confusion.png",
@@ -191,10 +187,27 @@ def _relabeled(wh, labels: dict[str, str]) -> list[str]:
     return sorted(sid for sid, old in first.items() if sid in labels and (old or "") != (labels[sid] or ""))
 
 
-def _predict_backbone(wh, run_id: str) -> str | None:
+def _predict_backbones(wh, run_id: str) -> list[str]:
+    """The backbones whose embeddings a predict run used (several: a head across backbones)."""
     import json
 
     df = wh.query("SELECT config FROM runs WHERE run_id = ?", [run_id])
     if df.empty:
-        return None
-    return json.loads(df.iloc[0, 0]).get("backbone")
+        return []
+    config = json.loads(df.iloc[0, 0])
+    return list(config.get("backbones", {}).get("names", [])) or [b for b in [config.get("backbone")] if b]
+
+
+def _cost(wh, backbones: list[str]) -> dict[str, float]:
+    """The cost of embedding an image with every one of ``backbones``: parameters and MACs add up,
+    images/s is that of running them one after the other; a cost not known for each is left out."""
+    marks = ", ".join("?" * len(backbones))
+    costs = wh.query(f"SELECT * FROM backbone_costs WHERE backbone IN ({marks})", backbones)
+    if costs.empty or costs["backbone"].nunique() < len(set(backbones)):
+        return {}
+    out = {}
+    for k in names.COST_METRICS:
+        v = pd.to_numeric(costs[k], errors="coerce")
+        if v.notna().all():
+            out[k] = float(1 / (1 / v).sum()) if k == names.IMAGES_PER_S else float(v.sum())
+    return out

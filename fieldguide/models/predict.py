@@ -17,12 +17,19 @@ probability reaches ``models.backoff_threshold``; and for the samples outside th
 (test, unlabeled, val) ``unknown_score``, the open-set score (:mod:`fieldguide.models.open_set`:
 max-softmax, energy and kNN distance combined by a model fitted on held-out training classes),
 with the ``unknown`` saved view of those most likely unknown.
+
+With several backbones (``backbones``, or ``models.backbones``; by default every backbone embedded
+for the samples when there are two or more), the head is
+:class:`~fieldguide.models.heads.across_backbones.AcrossBackbonesHead`: a head per backbone,
+weighted on inner folds, or one head on the concatenated embeddings, whichever wins on the inner
+folds; the choice of the head fit on all training samples (and its weights) is recorded in the
+run's config. One backbone (``backbone``, or a single name in ``backbones``) is the plain path.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +40,9 @@ from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.models import open_set
 from fieldguide.models.costs import decide, project_costs
 from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
-from fieldguide.models.embed import embedded_table
+from fieldguide.models.embed import embedded_backbones, embedded_table, joint_embedded_table
 from fieldguide.models.heads import make_head
+from fieldguide.models.heads.across_backbones import AcrossBackbonesHead
 from fieldguide.models import metadata as md
 from fieldguide.models.taxonomy import ClassTree, backoff, flat_tree, roll_up, tree_from_taxa
 from fieldguide.platform import samples, store
@@ -65,6 +73,10 @@ class PredictReport:
     metadata_weight: float
     decision: str = "argmax"
     n_unknown: int = 0
+    backbones: list[str] = field(default_factory=list)
+    by_default: bool = False  # several backbones because several are embedded (nobody named them)
+    left_out: list[str] = field(default_factory=list)  # embedded, but not for every sample (by default only)
+    combination: dict = field(default_factory=dict)  # what the head across backbones chose
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -72,11 +84,12 @@ class PredictReport:
 
 @writes('predict')
 def predict(project: Project, *, head: str | None = None, folds: int | None = None,
-            backbone: str | None = None, seed: int | None = None, metadata: str | None = None,
-            decision: str | None = None) -> PredictReport:
+            backbone: str | None = None, backbones: list[str] | None = None, seed: int | None = None,
+            metadata: str | None = None, decision: str | None = None) -> PredictReport:
     """Out-of-sample predictions for every sample with an embedding; see the module docstring.
     ``metadata``: auto | none (default: models.metadata); ``decision``: argmax | expected_cost
-    (default: predict.decision)."""
+    (default: predict.decision). ``backbone``: one backbone; ``backbones``: heads across these
+    (default: models.backbones, else every embedded one)."""
     cfg = project.config.predict
     decision = decision or cfg.decision
     head = head or cfg.head
@@ -85,9 +98,17 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     metadata = metadata or project.config.models.metadata
     check_metadata_mode(metadata)
     make_head(head)  # unknown names fail before any work
+    names, by_default = _backbones(project, backbone, backbones)
     ds = store.dataset(project, create=False)
     meta_fields = metadata_fields(ds, metadata)
-    ids, X, table = embedded_table(project, backbone, ds, meta_fields)
+    if len(names) == 1:
+        ids, X, table = embedded_table(project, names[0], ds, meta_fields)
+        widths = {names[0]: X.shape[1]}
+    else:
+        ids, X, table, widths = joint_embedded_table(project, names, ds, meta_fields,
+                                                     missing="drop" if by_default else "error")
+    model = (AcrossBackbonesHead(dims=tuple(widths.values()), head=head, inner_folds=folds, seed=seed)
+             if len(widths) > 1 else make_head(head))
     classes = store.classes(ds)
     cost, _ = project_costs(project.config.classes.costs, project.config.evaluate.cost_matrix, classes)
     decide(np.eye(len(classes))[:1], cost, decision)  # an unknown rule fails before any work
@@ -99,15 +120,25 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     wh = store.warehouse(project)
     M = metadata_matrix(table, meta_fields)
     groups = prior_groups(M[fit_mask])
-    config = {"head": head, "folds": folds, "seed": seed, "backbone": backbone or project.config.models.backbone,
+    used = list(widths)
+    config = {"head": head, "folds": folds, "seed": seed, "backbone": used[0],
               "metadata": {"mode": metadata, "groups": groups}, "decision": decision}
+    if len(used) > 1:
+        config["backbones"] = {"names": used, "by_default": by_default, "left_out": [n for n in names if n not in widths]}
     with wh.run("predict", config) as run_id:
         probs = np.zeros((len(ids), len(classes)))
         fold = np.full(len(ids), -1, dtype=int)
-        oof, fold_fit = cross_val_pred_probs(make_head(head), X[fit_mask], y, len(classes), folds=folds, seed=seed)
+        oof, fold_fit = cross_val_pred_probs(model, X[fit_mask], y, len(classes), folds=folds, seed=seed)
         fold[fit_mask] = fold_fit
-        full = clone(make_head(head)).fit(X[fit_mask], y) if (~fit_mask).any() else None
-        rest = aligned_proba(full, X[~fit_mask], len(classes)) if full is not None else None
+        # across backbones the head fit on all training samples is fit anyway: its choice is recorded
+        full = clone(model).fit(X[fit_mask], y) if (~fit_mask).any() or len(used) > 1 else None
+        rest = aligned_proba(full, X[~fit_mask], len(classes)) if (~fit_mask).any() else None
+        combination = {}
+        if len(used) > 1:
+            combination = full.chosen()
+            combination.update({k: dict(zip(used, combination[k])) for k in ("weights", "temperatures") if k in combination})
+            wh.update_config(run_id, {"backbones": {**config["backbones"], **combination}})
+            log.info("across backbones %s: %s", ", ".join(used), combination)
         w = 0.0
         if groups:
             oof, rest, w, prior_info = with_prior(oof, rest, M, fit_mask, y, fold_fit, len(classes))
@@ -142,7 +173,27 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     return PredictReport(run_id=run_id, head=head, folds=int(fold.max() + 1), n_cross_validated=int(fit_mask.sum()),
                          n_fit_all=int((~fit_mask).sum()), n_without_embedding=n_all - len(ids),
                          oof_top1=oof_top1, pred_probs_path=str(path), metadata=groups, metadata_weight=w,
-                         decision=decision, n_unknown=sum(v is not None and v >= UNKNOWN_AT for v in unknown.values()))
+                         decision=decision, n_unknown=sum(v is not None and v >= UNKNOWN_AT for v in unknown.values()),
+                         backbones=used, by_default=by_default and len(used) > 1,
+                         left_out=[n for n in names if n not in widths], combination=combination)
+
+
+def _backbones(project: Project, backbone: str | None, backbones: list[str] | None) -> tuple[list[str], bool]:
+    """The backbones predict uses and whether they are the default (nobody named them): ``backbone``,
+    ``backbones``, ``models.backbones``, else every embedded backbone when there are 2 or more
+    (the configured one first), else the configured one."""
+    if backbone and backbones:
+        raise FieldguideError("name one backbone (--backbone) or several (--backbones), not both")
+    named = [backbone] if backbone else list(backbones or project.config.models.backbones)
+    if named:
+        if len(set(named)) != len(named):
+            raise FieldguideError(f"backbones {', '.join(named)}: a backbone named twice")
+        return named, False
+    default = project.config.models.backbone
+    embedded = embedded_backbones(project)
+    if default in embedded and len(embedded) > 1:
+        return [default, *(n for n in embedded if n != default)], True
+    return [default], False
 
 
 def project_tree(project: Project, classes: list[str]) -> ClassTree:

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
 
 from fieldguide.models.crossval import cross_val_pred_probs
 from fieldguide.models.heads.base import Head, make_head, register_head
@@ -18,13 +18,31 @@ def tempered(p: np.ndarray, t: float) -> np.ndarray:
     return softmax(np.where(p > 0, np.log(np.clip(p, 1e-300, None)) / t, -np.inf), axis=1)
 
 
+def mean_nll(p: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels ``y`` (n,) under probabilities ``p`` (n, k)."""
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+
+def selection_key(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """How out-of-fold probabilities ``p`` are ranked: top-1 first, then the lower log-loss."""
+    return float((p.argmax(axis=1) == y).mean()), -mean_nll(p, y)
+
+
+def _member(m) -> BaseEstimator:
+    """An unfitted copy of a member: a registered head by name, or a clone of an estimator."""
+    return make_head(m) if isinstance(m, str) else clone(m)
+
+
 @register_head("ensemble")
 class EnsembleHead(Head):
     """The weighted mean of its members' probabilities, aligned on the union of their classes.
 
-    ``weights=None`` picks them on inner out-of-fold predictions (see ``_search_weights``)."""
+    A member is a registered head's name or an unfitted estimator (cloned before fitting: e.g. a
+    pipeline that gives a head one backbone's columns, :mod:`.across_backbones`).
+    ``weights=None`` picks them on inner out-of-fold predictions (see ``_search_weights``); then
+    ``inner_probs_`` holds the mix of those predictions (rows as in ``fit``'s ``X``)."""
 
-    def __init__(self, members: tuple[str, ...] = ("logreg", "mlp", "knn"), weights: tuple[float, ...] | None = None,
+    def __init__(self, members: tuple = ("logreg", "mlp", "knn"), weights: tuple[float, ...] | None = None,
                  inner_folds: int = 5, step: float = 0.1, seed: int = 0):
         self.members = members
         self.weights = weights
@@ -38,42 +56,37 @@ class EnsembleHead(Head):
             self.weights_ = np.asarray(self.weights, dtype=float)
             self.temperatures_ = np.ones(len(self.members))
         else:
-            self.temperatures_, self.weights_ = self._calibrate(np.asarray(X), yi)
-        self.models_ = [clone(make_head(m)).fit(X, y) for m in self.members]
+            self.temperatures_, self.weights_, self.inner_probs_ = self._calibrate(np.asarray(X), yi)
+        self.models_ = [_member(m).fit(X, y) for m in self.members]
         return self
 
-    def _calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-member temperatures (lowest log-loss) and convex weights (highest accuracy, then
         lowest log-loss, over a grid of the simplex), both on inner out-of-fold probabilities.
         Heads differ in calibration (logistic regression on normalised embeddings is
         under-confident, kNN over-confident), so members are put on one scale before mixing.
         Each member alone is a corner of the grid: on the inner folds the ensemble is never worse
-        than its best member."""
+        than its best member. Returns ``(temperatures, weights, mixed inner probabilities)``."""
 
         from scipy.optimize import minimize_scalar
 
         k = len(self.classes_)
-        rows = np.arange(len(y))
-
-        def nll(p):
-            return float(-np.log(np.clip(p[rows, y], 1e-12, None)).mean())
-
-        raw = [cross_val_pred_probs(make_head(m), X, y, k, folds=self.inner_folds, seed=self.seed)[0]
+        raw = [cross_val_pred_probs(_member(m), X, y, k, folds=self.inner_folds, seed=self.seed)[0]
                for m in self.members]
-        temps = np.array([minimize_scalar(lambda t, p=p: nll(tempered(p, t)), bounds=(0.05, 10.0),
+        temps = np.array([minimize_scalar(lambda t, p=p: mean_nll(tempered(p, t), y), bounds=(0.05, 10.0),
                                           method="bounded").x for p in raw])
         oof = [tempered(p, t) for p, t in zip(raw, temps)]
-        return temps, self._search_weights(oof, y, nll)
+        weights = self._search_weights(oof, y)
+        return temps, weights, sum(w * p for w, p in zip(weights, oof))
 
-    def _search_weights(self, oof: list[np.ndarray], y: np.ndarray, nll) -> np.ndarray:
+    def _search_weights(self, oof: list[np.ndarray], y: np.ndarray) -> np.ndarray:
         n = round(1 / self.step)
         best, best_key = None, None
         for combo in itertools.product(range(n + 1), repeat=len(self.members)):
             if sum(combo) != n:
                 continue
             w = np.array(combo, dtype=float) / n
-            p = sum(wi * pi for wi, pi in zip(w, oof))
-            key = (float((p.argmax(axis=1) == y).mean()), -nll(p))
+            key = selection_key(sum(wi * pi for wi, pi in zip(w, oof)), y)
             if best_key is None or key > best_key:
                 best, best_key = w, key
         return best
