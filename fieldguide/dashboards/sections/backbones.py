@@ -74,9 +74,9 @@ def main() -> None:
     st.title("Backbones")
     table = backbone_table(ctx.warehouse)
     if table.empty:
-        st.info("No backbone benchmark recorded yet: measure the backbones on this project's data.")
-        st.code(ctx.command("bench backbones --backbones efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"),
-                language="bash")
+        # the loop's next step first (a new project ingests before it can measure backbones)
+        context.show_empty(ctx, "No backbone benchmark recorded yet: measure the backbones on this project's data.",
+                           "bench backbones --backbones efficientnet_lite0,efficientnet_lite1,efficientnet_lite2")
         return
     collections = list(dict.fromkeys(table["collection"]))
     chosen = st.selectbox("Collection", collections, key="backbones_collection") if len(collections) > 1 \
