@@ -11,7 +11,7 @@ import pytest
 
 from conftest import free_port, project_on_database, start_mongod, stop_processes, wait_until
 from fieldguide.config import init_project, open_project
-from fieldguide.errors import StoreError
+from fieldguide.errors import ConfigError, StoreError
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
 from fieldguide.platform.status import project_status
@@ -81,3 +81,30 @@ def test_an_unreachable_database_uri_is_one_clear_error(tmp_path):
         assert str(e.value) == "cannot reach the database at store.database_uri (ConnectionError: Could not connect to `mongod`)"
     finally:
         store.release_database()
+
+
+def test_store_database_name_gives_each_project_its_own_database(tmp_path, image_folder, external_mongo):
+    uri, client = external_mongo
+    first = project_on_database(tmp_path / "a", "first", uri, "team_a")
+    second = project_on_database(tmp_path / "b", "second", uri, "team_b")
+    assert ingest(first, image_folder, fmt="folder").added == 24
+    assert ingest(second, image_folder, fmt="folder").added == 24
+    store.set_labels(first, store.dataset(first), {store.dataset(first).first().id: "blue_bird"},
+                     source="curator", actor="tester")
+    for project, database in ((first, "team_a"), (second, "team_b")):
+        names = [d["name"] for d in client[database]["datasets"].find({}, {"name": 1})]
+        assert names == [project.dataset_name]
+    assert "fiftyone" not in client.list_database_names()
+    histories = {name: client[name][client[name]["datasets"].find_one()["sample_collection_name"]]
+                 .count_documents({"label_history.0": {"$exists": True}}) for name in ("team_a", "team_b")}
+    assert histories == {"team_a": 1, "team_b": 0}  # a change in one project's database only
+    assert project_status(first)["samples"] == project_status(second)["samples"] == 24
+
+
+def test_a_bad_database_name_is_refused_in_one_line(tmp_path):
+    project = init_project(tmp_path / "proj", "named")
+    text = project.config_path.read_text().replace('database_name = ""', 'database_name = "team.a"')
+    project.config_path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        open_project(project.root)
+    assert "store.database_name" in str(e.value) and "team.a" in str(e.value)

@@ -13,7 +13,9 @@ from conftest import class_folder, free_port, project_on_database, start_mongod,
 from fieldguide.curation.flag import flag
 from fieldguide.models.embed import embed
 from fieldguide.models.predict import predict
-from fieldguide.platform import fields, store
+from fieldguide.errors import StoreError
+from fieldguide.platform import elections, store
+from fieldguide.platform.lock import writes
 from fieldguide.platform.ingest import ingest
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -21,21 +23,24 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 REPLICA_SET = "rs0"
 
 
-@pytest.fixture
-def replica_set(tmp_path):
+@pytest.fixture(scope="module")
+def replica_set(tmp_path_factory):
     """Three mongods (small oplog and cache) initiated as one replica set; yields ``(uri, client)``
     once it has a primary and two secondaries; every mongod is stopped afterwards, failed or not."""
     import pymongo
 
+    tmp_path = tmp_path_factory.mktemp("replica-set")
     ports = [free_port() for _ in range(3)]
     procs, clients = [], []
     try:
         for i, port in enumerate(ports):
             procs.append(start_mongod(tmp_path / f"member{i}", port, "--replSet", REPLICA_SET, "--oplogSize", "16",
                                       "--setParameter", "shutdownTimeoutMillisForSignaledShutdown=0"))
-        first = pymongo.MongoClient("127.0.0.1", ports[0], directConnection=True, serverSelectionTimeoutMS=500)
-        clients.append(first)
-        wait_until(lambda: first.admin.command("ping"), "the first member answering", procs=tuple(procs))
+        for port in ports:  # every member listening before the set is initiated
+            clients.append(pymongo.MongoClient("127.0.0.1", port, directConnection=True, serverSelectionTimeoutMS=500))
+            wait_until(lambda: clients[-1].admin.command("ping"), f"the member on port {port} answering",
+                       procs=tuple(procs))
+        first = clients[0]
         # elections within ~2 s (heartbeats every 0.5 s) instead of MongoDB's 10 s default
         first.admin.command("replSetInitiate", {
             "_id": REPLICA_SET,
@@ -111,10 +116,6 @@ def test_the_loop_on_a_replica_set_survives_its_primary_stepping_down(tmp_path, 
     assert not watcher.is_alive() and len(during) == 1, "the primary did not step down during flag"
     assert all(old != new for old, new in primaries + during)
 
-    # a multi-document update (not retried by pymongo) right after a step-down: fieldguide writes it again
-    primaries.append(step_down(client))
-    fields.set_tags(ds, add=["after_elections"])
-
     # nothing lost: read from the set's current primary, straight from MongoDB, not through FiftyOne
     docs = list(samples.find({}, {"ground_truth": 1, "label_history": 1, "noise_score": 1, "label_issue": 1,
                                   "prediction": 1, "tags": 1, "filepath": 1}))
@@ -127,10 +128,54 @@ def test_the_loop_on_a_replica_set_survives_its_primary_stepping_down(tmp_path, 
     assert all(d.get("prediction", {}).get("label") for d in docs)  # predict's write survived the next step-down
     assert report.assessed == 33  # every labeled sample, train and test
     assert all(isinstance(d.get("noise_score"), float) and isinstance(d.get("label_issue"), bool) for d in docs)
-    assert all("after_elections" in d["tags"] for d in docs)
     # the same, read back through fieldguide after the elections
     table = store.samples_table(store.dataset(project, create=False), ["noise_score"])
     assert dict(zip(table["id"], table["noise_score"])) == {sid: d.get("noise_score") for sid, d in by_id.items()}
     print(f"replica-set loop: {time.monotonic() - started:.1f} s, primaries {primaries + during}, "
           f"flag returned {flag_done - during_at:.2f} s after its step-down; retries: "
           f"{[r.getMessage() for r in caplog.records if 'writing again' in r.getMessage()]}")
+
+
+def test_a_write_a_member_refuses_as_not_primary_is_written_again_or_stops_in_one_line(
+        tmp_path, replica_set, monkeypatch, caplog):
+    """The errors pymongo does not retry, from the real set: a multi-document update sent to a
+    member that is not the primary (what an update in flight meets when the primary steps down)."""
+    import pymongo
+
+    uri, client = replica_set
+    monkeypatch.setattr(elections, "BACKOFF_S", 0.0)
+    project = project_on_database(tmp_path / "proj", "refused", uri, "fg_refused")
+    secondary = next(name for name, state in member_states(client).items() if state == "SECONDARY")
+    host, port = secondary.split(":")
+    probes = client["fg_refused"]["probes"]
+    probes.insert_many([{"n": i} for i in range(5)])
+    sent_to = []
+
+    with pymongo.MongoClient(host, int(port), directConnection=True) as not_primary:
+        @elections.retrying
+        def mark(to_secondary_first: bool):
+            target = not_primary if to_secondary_first and not sent_to else client
+            sent_to.append(target is not_primary)
+            target["fg_refused"]["probes"].update_many({}, {"$set": {"marked": True}})
+
+        mark(True)  # refused once (NotPrimaryError), then written on the primary
+        assert sent_to == [True, False]
+        assert probes.count_documents({"marked": True}) == 5
+        assert sum("writing again" in r.getMessage() for r in caplog.records) == 1
+
+        @elections.retrying
+        def mark_on_the_secondary():
+            sent_to.append(True)
+            not_primary["fg_refused"]["probes"].update_many({}, {"$set": {"step": True}})
+
+        @writes("flag")
+        def step(project):
+            mark_on_the_secondary()
+
+        sent_to.clear()
+        with pytest.raises(StoreError) as e:  # this member never becomes the primary: the retries run out
+            step(project)
+        assert sent_to == [True] * elections.ATTEMPTS
+        assert str(e.value) == elections.lost_primary_message("flag")
+        assert str(e.value).startswith("'flag' stopped: the database lost its primary") and "run it again" in str(e.value)
+        assert probes.count_documents({"step": True}) == 0
