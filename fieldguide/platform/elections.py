@@ -43,13 +43,14 @@ BACKOFF_S = 0.5
 
 def is_election_error(error: BaseException) -> bool:
     """Whether ``error`` (or an error it was raised from: FiftyOne re-raises a bulk write's error
-    as a ``ValueError``) comes from a change of primary or a lost connection to one."""
-    from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
+    as a ``ValueError``) comes from a change of primary or a lost connection to one. Not a server
+    selection timeout: pymongo has already waited ``serverSelectionTimeoutMS`` for a primary then."""
+    from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, ServerSelectionTimeoutError
 
     seen = 0
     while error is not None and seen < 10:
-        if isinstance(error, AutoReconnect):  # NotPrimaryError, a connection the old primary closed
-            return True
+        if isinstance(error, AutoReconnect) and not isinstance(error, ServerSelectionTimeoutError):
+            return True  # NotPrimaryError, a connection the old primary closed
         if isinstance(error, BulkWriteError):
             codes = {e.get("code") for e in error.details.get("writeErrors", [])}
             if codes & ELECTION_CODES:
@@ -57,7 +58,7 @@ def is_election_error(error: BaseException) -> bool:
         if isinstance(error, OperationFailure) and (
                 error.code in ELECTION_CODES or error.has_error_label("RetryableWriteError")):
             return True
-        error, seen = error.__cause__ or error.__context__, seen + 1
+        error, seen = error.__cause__, seen + 1
     return False
 
 
@@ -67,7 +68,8 @@ def retrying(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        for attempt in range(1, ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 return fn(*args, **kwargs)
             except Exception as e:
@@ -75,8 +77,8 @@ def retrying(fn: Callable[..., T]) -> Callable[..., T]:
                     raise
                 log.warning("%s: the database's primary changed (%s); writing again", fn.__name__,
                             type(e).__name__)
-                time.sleep(BACKOFF_S * attempt)
-        raise AssertionError("unreachable")
+            time.sleep(BACKOFF_S * attempt)
+            attempt += 1
 
     return wrapper
 
