@@ -129,7 +129,9 @@ def test_the_loop_on_a_replica_set_survives_its_primary_stepping_down(tmp_path, 
     assert report.assessed == 33  # every labeled sample, train and test
     assert all(isinstance(d.get("noise_score"), float) and isinstance(d.get("label_issue"), bool) for d in docs)
     # the same, read back through fieldguide after the elections
-    table = store.samples_table(store.dataset(project, create=False), ["noise_score"])
+    after = store.dataset(project, create=False)
+    assert {"to_review", "outliers", "near_duplicates"} <= set(after.list_saved_views())  # written after the step-down
+    table = store.samples_table(after, ["noise_score"])
     assert dict(zip(table["id"], table["noise_score"])) == {sid: d.get("noise_score") for sid, d in by_id.items()}
     print(f"replica-set loop: {time.monotonic() - started:.1f} s, primaries {primaries + during}, "
           f"flag returned {flag_done - during_at:.2f} s after its step-down; retries: "
