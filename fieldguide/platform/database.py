@@ -54,18 +54,24 @@ def check_fiftyone_version(installed: str | None = None) -> None:
 
 _configured_for: str | None = None
 
+#: FiftyOne's own database name: the one used when ``store.database_name`` is empty
+DEFAULT_DATABASE_NAME = "fiftyone"
+
 
 def configure_fiftyone(project: Project) -> None:
-    """Point FiftyOne at the project's database dir and keep it from writing to the home dir."""
+    """Point FiftyOne at the project's database (its embedded mongod's dir, or ``store.database_uri``,
+    and ``store.database_name`` in it) and keep it from writing to the home dir."""
     global _configured_for
     db_dir = str(project.database_dir)
     uri = project.config.store.database_uri
-    key = uri or db_dir
+    name = project.config.store.database_name or DEFAULT_DATABASE_NAME
+    key = f"{uri or db_dir} {name}"
     if _configured_for == key:
         return
     check_fiftyone_version()
     settings = {
         "FIFTYONE_DATABASE_DIR": db_dir,
+        "FIFTYONE_DATABASE_NAME": name,
         "FIFTYONE_DO_NOT_TRACK": "true",
         "FIFTYONE_DATABASE_VALIDATION": "false",
         "FIFTYONE_SHOW_PROGRESS_BARS": os.environ.get("FIFTYONE_SHOW_PROGRESS_BARS", "true"),
@@ -86,7 +92,7 @@ def configure_fiftyone(project: Project) -> None:
         import fiftyone as fo
 
         fo.config.plugins_dir = settings["FIFTYONE_PLUGINS_DIR"]  # read at import: set it again
-        _reconnect(project, db_dir, uri)
+        _reconnect(db_dir, uri, name)
     _isolate_database_service()
     _connect(project)
     _configured_for = key
@@ -212,13 +218,15 @@ def _forget_repositories() -> None:
     repo_factory.RepositoryFactory.repos.clear()
 
 
-def _reconnect(project: Project, db_dir: str, uri: str) -> None:
+def _reconnect(db_dir: str, uri: str, name: str) -> None:
     """FiftyOne was imported for another project in this process: move it to this one."""
     import fiftyone as fo
 
-    if fo.config.database_dir == db_dir and (fo.config.database_uri or "") == uri:
+    if (fo.config.database_dir == db_dir and (fo.config.database_uri or "") == uri
+            and fo.config.database_name == name):
         return
     _stop_service()
     fo.config.database_dir = db_dir
     fo.config.database_uri = uri or None
+    fo.config.database_name = name
     fo.config.database_validation = False

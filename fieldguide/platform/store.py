@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from fieldguide.config import CONFIG_NAME, Project
 from fieldguide.errors import FieldguideError, StoreError
 from fieldguide.platform import samples
+from fieldguide.platform.elections import retrying
 from fieldguide.platform.database import configure_fiftyone, release_database  # noqa: F401 - public here too
 from fieldguide.platform.fields import CREATED_WITH, declare_fields, write_values
 from fieldguide.platform.lock import writes
@@ -244,8 +245,8 @@ def set_labels(
             }
         )
     # history first: a crash between the two writes leaves a history entry, never a silent change
-    view.set_values("label_history", new_hist)
-    view.set_values("ground_truth", new_gt)
+    retrying(view.set_values)("label_history", new_hist)
+    retrying(view.set_values)("ground_truth", new_gt)
     warehouse(project).write("label_events", events)
     return changed
 
