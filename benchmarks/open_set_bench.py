@@ -27,12 +27,12 @@ seed ``mean`` averages the seeds; collection/backbone ``all`` averages every row
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.special import logsumexp
 
 from taxonomy_bench import load  # noqa: E402 - a sibling script (benchmarks/ is on sys.path when run)
@@ -117,10 +117,7 @@ def main() -> None:
     for r in sorted((r for r in rows if r["collection"] == "all"), key=lambda r: -r["auroc"]):
         print(f"{r['method']:20s} {r['params']:70s} {r['auroc']:.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows({**r, "auroc": round(r["auroc"], 4)} for r in rows)
+    pd.DataFrame(rows, columns=FIELDS).round({"auroc": 4}).to_csv(args.out, index=False)
     print(f"wrote {args.out}")
 
 
