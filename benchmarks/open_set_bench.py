@@ -20,7 +20,8 @@ is recorded:
 The default ``unknown_score`` (:data:`~fieldguide.models.open_set.DEFAULT_SCORES`) is the best
 ``combined`` by the mean over every collection, backbone and seed (``collection`` ``all``).
 
-Writes ``benchmarks/results/open_set.csv`` (collection, backbone, method, params, seed, auroc;
+Writes ``benchmarks/results/open_set.csv`` (collection, backbone, score (method and params), method,
+params, seed, auroc;
 seed ``mean`` averages the seeds; collection/backbone ``all`` averages every row of a method).
 """
 
@@ -39,7 +40,7 @@ from taxonomy_bench import load  # noqa: E402 - a sibling script (benchmarks/ is
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "open_set.csv"
-FIELDS = ["collection", "backbone", "method", "params", "seed", "auroc"]
+FIELDS = ["collection", "backbone", "score", "method", "params", "seed", "auroc"]
 HELD_OUT = 3
 #: each score's swept setting (a ScoreInputs parameter) and its values; the module's default first
 SWEEPS = {"max_softmax": ("", [None]), "max_logit": ("", [None]), "energy": ("temperature", [1.0, 0.5, 2.0, 5.0]),
@@ -117,7 +118,9 @@ def main() -> None:
     for r in sorted((r for r in rows if r["collection"] == "all"), key=lambda r: -r["auroc"]):
         print(f"{r['method']:20s} {r['params']:70s} {r['auroc']:.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=FIELDS).round({"auroc": 4}).to_csv(args.out, index=False)
+    df = pd.DataFrame(rows)
+    df["score"] = (df["method"] + " " + df["params"]).str.strip()
+    df[FIELDS].round({"auroc": 4}).to_csv(args.out, index=False)
     print(f"wrote {args.out}")
 
 
