@@ -10,9 +10,7 @@ default head (``logreg``) fit on the training split, scored on the test split:
   family from its metadata.csv; cub100: flat), and the mean taxonomic distance of the errors;
 - ``backoff``: at ``models.backoff_threshold``'s default (and 0.5, 0.9), per rank the share of test images answered
   there (coverage) and the share of those answers that hold the true class (precision);
-- ``open_set``: ``--seeds`` times, 3 random species held out of training; AUROC of each score
-  separating the held-out species' test images from the others: max-softmax, energy, kNN distance,
-  and the combination fitted out of fold on the training split (:func:`fit_combiner`);
+- (unknown species: ``benchmarks/open_set_bench.py``, its own CSV);
 - ``cost``: ``--seeds`` times, 3 random classes made dangerous (FungiCLEF's costs: dangerous called
   harmless 100, the reverse 1, other errors 1); FungiCLEF track-3 score, mean cost, top-1 and the
   dangerous images called harmless, for argmax and for the expected-cost rule.
@@ -34,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "results" / "taxonomy.csv"
 FIELDS = ["collection", "backbone", "section", "method", "rank", "metric", "seed", "value"]
-HELD_OUT = 3
 THRESHOLDS = (0.5, 0.7, 0.9)  # back-off thresholds shown beside the default
 
 
@@ -63,7 +60,6 @@ def tree_of(name: str, classes: list[str]):
 
 def run(name: str, cache: Path, backbone: str, seeds: int) -> list[dict]:
     from fieldguide.config.sections import ModelsSection
-    from fieldguide.models import open_set as osr
     from fieldguide.models.costs import dangerous_cost_matrix, expected_cost_decision, fungiclef_track3
     from fieldguide.models.crossval import aligned_proba
     from fieldguide.models.heads import make_head
@@ -95,23 +91,10 @@ def run(name: str, cache: Path, backbone: str, seeds: int) -> list[dict]:
         add("backoff", method, "any", "precision", b["backoff_precision"])
         add("backoff", method, "none", "coverage", b["backoff_abstained"])
 
-    methods = [*osr.SCORES, "combined"]
-    auroc: dict[str, list[float]] = {k: [] for k in methods}
     cost_rows: dict[tuple[str, str], list[float]] = {}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
-        out = rng.choice(len(classes), size=HELD_OUT, replace=False)
-        keep = ~np.isin(ytr, out)
-        fitted = make_head("logreg").fit(Xtr[keep], ytr[keep])
-        table = osr.score_table(fitted, Xtr[keep], Xte)
-        combiner = osr.fit_combiner(make_head("logreg"), Xtr[keep], ytr[keep], seed=seed)
-        scores = np.column_stack([table, osr.combined_score(combiner, table)])
-        unknown = np.isin(yte, out)
-        for j, method in enumerate(methods):
-            a = osr.open_set_auroc(unknown, scores[:, j])
-            auroc[method].append(a)
-            add("open_set", method, "species" if tree.ranks else "class", "auroc", a, seed)
-
+        rng.choice(len(classes), size=3, replace=False)  # the held-out draw this section shared: the same dangerous classes
         dangerous = np.zeros(len(classes), dtype=bool)
         dangerous[rng.choice(len(classes), size=3, replace=False)] = True
         cost = dangerous_cost_matrix(dangerous)
@@ -123,8 +106,6 @@ def run(name: str, cache: Path, backbone: str, seeds: int) -> list[dict]:
             for metric, v in values.items():
                 add("cost", method, "", metric, v, seed)
                 cost_rows.setdefault((method, metric), []).append(v)
-    for method, values in auroc.items():
-        add("open_set", method, "species" if tree.ranks else "class", "auroc", np.mean(values), "mean")
     for (method, metric), values in cost_rows.items():
         add("cost", method, "", metric, np.mean(values), "mean")
     return rows

@@ -22,6 +22,8 @@ ENTROPY_AUM = "entropy_aum"
 ENTROPY_AGREEMENT = "entropy_agreement"
 ENTROPY_MEAN = "entropy_mean"
 METADATA_PLAUSIBILITY = "metadata_plausibility"  # log p(given | date, place) - max over classes (low: doubtful)
+ERROR_COST = "error_cost"  # expected cost of keeping the given label (classes.costs; 0/1: 1 - p(given))
+COST_PRIORITY = "cost_priority"  # noise_score x error_cost: the review queue's ``cost`` order
 
 
 def issue_score(issue: str) -> str:

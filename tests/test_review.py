@@ -128,3 +128,55 @@ def test_review_cli_set_confirm_status_and_bad_input(predicted):
     assert (_states(ds), ds.values("label_history")) == before  # nothing changed
 
 
+
+
+def test_flag_unknown_queues_likely_unknown_species_with_reason_and_the_cost_order(predicted):
+    """``flag --unknown N`` queues the N samples of highest unknown_score (review_reason ``unknown``)
+    beside the flagged ones (``label_issue``); ``error_cost`` is the expected cost of keeping the
+    label under classes.costs, and the ``cost`` order sorts the queue by noise score x error cost."""
+    import numpy as np
+
+    from fieldguide.config import dump_config
+    from fieldguide.models.costs import dangerous_cost_matrix
+    from fieldguide.models.predict import load_pred_probs
+
+    p = predicted
+    p.config.classes.costs = ["red_bird"]
+    p.config_path.write_text(dump_config(p.config))
+    ds = store.dataset(p)
+    scored = {sid: v for sid, v in zip(*ds.values(["id", "unknown_score"])) if v is not None}
+    top2 = set(sorted(scored, key=scored.get, reverse=True)[:2])
+    res = CliRunner().invoke(app, ["-p", str(p.root), "flag", "--unknown", "2", "--include-test", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["unknown_queued"] == 2
+    queued = _queue(ds)
+    values = {f: dict(zip(*ds.values(["id", f]))) for f in (review.REASON, "label_issue", "noise_score",
+                                                             "error_cost", "cost_priority")}
+    flagged = {sid for sid, v in values["label_issue"].items() if v}
+    assert queued == top2 | flagged
+    for sid in queued:
+        expected = {r for r, ids in ((review.REASON_UNKNOWN, top2), (review.REASON_LABEL_ISSUE, flagged)) if sid in ids}
+        assert set(values[review.REASON][sid].split(",")) == expected
+
+    pp = load_pred_probs(p)
+    cost = dangerous_cost_matrix(np.array([c == "red_bird" for c in pp.classes]))
+    row = {sid: i for i, sid in enumerate(pp.sample_ids)}
+    labels = dict(zip(*ds.values(["id", "ground_truth.label"])))
+    assessed = [sid for sid, v in values["noise_score"].items() if v is not None]
+    assert assessed
+    for sid in assessed:
+        expected = sum(pp.pred_probs[row[sid], j] * cost[j, pp.classes.index(labels[sid])]
+                       for j in range(len(pp.classes)))
+        assert values["error_cost"][sid] == pytest.approx(expected)
+        assert values["cost_priority"][sid] == pytest.approx(values["noise_score"][sid] * expected)
+    res = CliRunner().invoke(app, ["-p", str(p.root), "review", "status", "--top", "50", "--order", "cost", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["queue"]
+    assert {r["id"] for r in rows} == queued
+    priority = [r["cost_priority"] for r in rows if r["cost_priority"] is not None]
+    assert priority == sorted(priority, reverse=True)
+
+    review.requeue(ds, flagged)  # a later flag run without --unknown: the unknown ones leave
+    assert _queue(ds) == flagged
+    reasons = dict(zip(*ds.values(["id", review.REASON])))
+    assert all(reasons[sid] is None for sid in top2 - flagged)

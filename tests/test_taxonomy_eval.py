@@ -10,8 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import blobs
-from fieldguide.models.costs import dangerous_cost_matrix, decide, expected_cost_decision, fungiclef_track3
-from fieldguide.models.open_set import energy_score, fit_combiner, max_softmax_score, open_set_auroc, score_table
+from fieldguide.errors import FieldguideError
+from fieldguide.models.costs import (dangerous_cost_matrix, decide, expected_cost_decision, fungiclef_track3,
+                                    keep_label_cost)
+from fieldguide.models.open_set import (DEFAULT_SCORES, SCORES, energy_score, fit_combiner, max_softmax_score,
+                                        open_set_auroc, score_table, simulated_unknowns)
 from fieldguide.models.taxonomy import (backoff, backoff_metrics, flat_tree, rank_metrics, roll_up,
                                         taxonomic_distance, tree_from_lineages, tree_from_taxa)
 
@@ -87,6 +90,24 @@ def test_expected_cost_rule_lowers_the_cost_against_argmax():
     np.testing.assert_array_equal(expected_cost_decision(probs, 1 - np.eye(C)), argmax)
 
 
+def test_a_dangerous_class_error_ranks_above_an_equal_noise_harmless_one():
+    from fieldguide.platform.review import QUEUE_ORDERS
+
+    # classes: 0 poisonous, 1 and 2 edible; both samples are labeled edible 1, equally noisy, and
+    # the model puts 0.6 on another class: the poisonous one for the first, edible 2 for the second
+    cost = dangerous_cost_matrix(np.array([True, False, False]))
+    probs = np.array([[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]])
+    error_cost = keep_label_cost(probs, np.array([1, 1]), cost)
+    assert error_cost == pytest.approx([0.6 * 100 + 0.1 * 1, 0.1 * 100 + 0.6 * 1])
+    noise = np.array([0.5, 0.5])
+    priority = noise * error_cost
+    assert priority[0] > priority[1]  # the one that may be poisonous comes first
+    assert QUEUE_ORDERS["cost"][0] == ("cost_priority", -1)
+    np.testing.assert_allclose(keep_label_cost(probs, np.array([1, 2]), 1 - np.eye(3)), 1 - probs[[0, 1], [1, 2]])
+    with pytest.raises(FieldguideError, match="cost matrix"):
+        keep_label_cost(probs, np.array([1, 1]), np.eye(2))
+
+
 def test_open_set_scores_separate_held_out_classes():
     from fieldguide.models.heads import make_head
 
@@ -96,14 +117,22 @@ def test_open_set_scores_separate_held_out_classes():
     test[np.random.default_rng(1).choice(len(y), 40, replace=False)] = True
     train = ~unknown & ~test
     head = make_head("logreg").fit(X[train], y[train])
-    table = score_table(head, X[train], X[test])
+    table = score_table(head, X[train], y[train], X[test], pca_dims=8)
+    assert table.shape == (test.sum(), len(SCORES))
     probs = head.predict_proba(X[test])
-    np.testing.assert_allclose(table[:, 0], max_softmax_score(probs))
+    np.testing.assert_allclose(table[:, list(SCORES).index("max_softmax")], max_softmax_score(probs))
     assert energy_score(np.zeros((2, 3))) == pytest.approx([-np.log(3)] * 2)
-    aucs = [open_set_auroc(unknown[test], table[:, j]) for j in range(3)]
-    assert all(0.5 < a <= 1 for a in aucs), aucs
-    combiner = fit_combiner(make_head("logreg"), X[train], y[train], rounds=1, seed=0)
-    assert open_set_auroc(unknown[test], combiner.predict_proba(table)[:, 1]) > 0.5
+    assert energy_score(np.zeros((2, 3)), 2.0) == pytest.approx([-2 * np.log(3)] * 2)
+    aucs = {name: open_set_auroc(unknown[test], table[:, j]) for j, name in enumerate(SCORES)}
+    assert all(0.5 < a <= 1 for a in aucs.values()), aucs
+    sim, target = simulated_unknowns(make_head("logreg"), X[train], y[train], scores=DEFAULT_SCORES, rounds=1,
+                                     pca_dims=8)
+    assert sim.shape == (len(target), len(DEFAULT_SCORES)) and 0 < target.mean() < 1
+    combiner = fit_combiner(sim, target)
+    used = table[:, [list(SCORES).index(s) for s in DEFAULT_SCORES]]
+    assert open_set_auroc(unknown[test], combiner.predict_proba(used)[:, 1]) > 0.5
+    with pytest.raises(FieldguideError, match="open-set score"):
+        score_table(head, X[train], y[train], X[test], scores=("nope",))
     assert np.isnan(open_set_auroc(np.zeros(3, dtype=bool), np.arange(3.0)))
 
 

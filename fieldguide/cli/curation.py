@@ -95,12 +95,15 @@ def flag_cmd(
     include_test: bool = typer.Option(False, "--include-test",
                                       help="Queue flagged test samples for review too (relabeling them moves "
                                            "the evaluation baseline; evaluate reports which changed)."),
+    unknown: int = typer.Option(0, "--unknown", min=0,
+                                help="Also queue the N samples most likely of a species no class covers "
+                                     "(highest unknown_score from predict; review_reason 'unknown')."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Label-issue signals, one noise score and the review queue (saved views to_review, outliers, ...)."""
     from fieldguide.curation.flag import flag
 
-    report = flag(_project(), backbone=backbone, include_test=include_test)
+    report = flag(_project(), backbone=backbone, include_test=include_test, unknown=unknown)
     if as_json:
         _echo_json(report.as_dict())
         return
@@ -109,7 +112,9 @@ def flag_cmd(
     for reason, n in report.not_assessable_reasons.items():
         typer.echo(f"  not assessable ({reason}): {n}")
     typer.echo(f"signals: {', '.join(report.signals) or 'none'}")
-    typer.echo(f"review queue {report.queued}" + (f"; left out: {report.kept_decided} a curator already decided"
+    typer.echo(f"review queue {report.queued}" + (f" ({report.unknown_queued} likely unknown species)"
+                                                  if report.unknown_queued else "")
+               + (f"; left out: {report.kept_decided} a curator already decided"
                                                   if report.kept_decided else "")
                + (f"; {report.test_left_out} test samples (--include-test queues them)" if report.test_left_out else ""))
     for row in report.top:

@@ -52,7 +52,8 @@ def review_confirm(
 def review_status(
     top: int = typer.Option(0, min=0, help="Also list the first TOP samples of the review queue."),
     order: Optional[str] = typer.Option(
-        None, help="The queue's order: noise_score | error_rank (default: curation.review_order)."),
+        None, help="The queue's order: noise_score | error_rank | cost | unknown_score "
+                   "(default: curation.review_order)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """How many samples are in each review state; with --top, the head of the review queue (its
@@ -71,4 +72,4 @@ def review_status(
     for r in rows or []:
         score = "-" if r["noise_score"] is None else f"{r['noise_score']:.3f}"
         typer.echo(f"  {r['id']}  {score}  {r['label']} -> {r['consensus'] or r['predicted']}  "
-                   f"error at {r['error_rank'] or '-'}  ({r['review_state']})")
+                   f"error at {r['error_rank'] or '-'}  ({r['review_state']}; {r['reason'] or '-'})")

@@ -147,9 +147,11 @@ class CurationSection(_Section):
                                     "is scarce (augment, fill, the scarce_classes view)")
     knn_k: int = Field(default=10, ge=1)
     review_order: str = Field(
-        default="noise_score", pattern="^(noise_score|error_rank)$",
+        default="noise_score", pattern="^(noise_score|error_rank|cost|unknown_score)$",
         description="the to_review view's order: noise_score (ties: the coarser error_rank first) | error_rank "
-                    "(a label in the wrong family before one in the wrong species, then by noise score)",
+                    "(a label in the wrong family before one in the wrong species, then by noise score) | cost "
+                    "(noise score x the expected cost of keeping the label under classes.costs: a dangerous "
+                    "class's error first) | unknown_score (likely unknown species first, flag --unknown)",
     )
 
 

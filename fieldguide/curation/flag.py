@@ -4,10 +4,12 @@ Reads arrays from the store (labels, votes), the latest pred_probs and the cache
 computes the registered signals on the assessable samples; writes ``noise_score``,
 ``label_issue`` and the signal fields to the store in bulk, every signal to the warehouse
 ``signals`` table under the run, per-annotator quality to ``annotators``, the crowd's consensus
-and each label's ``error_rank`` on the class tree (:mod:`fieldguide.curation.error_rank`); replaces the previous
-run's review tags, queues the flagged samples for review (:func:`fieldguide.platform.review.requeue`:
+and each label's ``error_rank`` on the class tree (:mod:`fieldguide.curation.error_rank`), ``error_cost`` (the
+expected cost of keeping the given label under ``classes.costs``) and ``cost_priority`` (noise score
+x error cost); replaces the previous run's review tags, queues the flagged samples for review, and
+with ``unknown`` the samples most likely of an unknown species (:func:`fieldguide.platform.review.requeue`:
 not those a curator decided unless the evidence changed, not test samples unless
-``include_test``) and saves the views ``to_review``, ``outliers``, ``near_duplicates`` and
+``include_test``; the reason in ``review_reason``) and saves the views ``to_review``, ``outliers``, ``near_duplicates`` and
 ``scarce_classes``.
 
 A sample is assessable when it has a label, an out-of-sample prediction and an embedding, and
@@ -41,7 +43,8 @@ REVIEW_TAGS = ("outlier", "near_duplicate")  # the review queue's tag is review.
 #: signal arrays written to the store as sample fields (the rest go to the warehouse only)
 STORE_FIELDS = {"label_quality": "label_quality", "outlier_score": "outlier_score",
                 "knn_disagreement": "knn_disagreement", "annotator_agreement": "annotator_agreement",
-                "entropy_aum": "entropy_aum", ERROR_SEVERITY: ERROR_SEVERITY}
+                "entropy_aum": "entropy_aum", ERROR_SEVERITY: ERROR_SEVERITY, names.ERROR_COST: names.ERROR_COST,
+                names.COST_PRIORITY: names.COST_PRIORITY}
 
 
 @dataclass
@@ -58,6 +61,7 @@ class FlagReport:
     queued: int = 0  # samples in the review queue after this run
     kept_decided: int = 0  # flagged again, left out: a curator decided and the evidence is the same
     test_left_out: int = 0  # flagged test samples left out of the queue (``include_test`` queues them)
+    unknown_queued: int = 0  # samples queued as likely unknown species (``unknown``)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -76,8 +80,10 @@ def _votes_frame(votes_values, class_index: dict[str, int]) -> pd.DataFrame | No
 
 
 @writes('flag')
-def flag(project: Project, *, backbone: str | None = None, include_test: bool = False) -> FlagReport:
-    """Compute the signals and the review queue; see the module docstring."""
+def flag(project: Project, *, backbone: str | None = None, include_test: bool = False, unknown: int = 0) -> FlagReport:
+    """Compute the signals and the review queue; see the module docstring. ``unknown``: also queue
+    the ``unknown`` samples of highest ``unknown_score`` (likely a species no class covers)."""
+    from fieldguide.models.costs import keep_label_cost, project_costs
     from fieldguide.models.embed import load_embeddings
     from fieldguide.models.predict import load_pred_probs
 
@@ -93,6 +99,7 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
         X, emb_row = None, {}
     pred_row = {s: i for i, s in enumerate(pp.sample_ids)}
     classes = pp.classes
+    cost, _ = project_costs(project.config.classes.costs, project.config.evaluate.cost_matrix, classes)
     class_index = {c: i for i, c in enumerate(classes)}
     labeled = table[table["label"].notna()]
     counts = labeled["label"].value_counts()
@@ -145,6 +152,8 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             n_issues = int(values.get("cl_issue", np.zeros(len(assess))).sum())
             flagged = flag_top(score, n_issues)
             values[names.NOISE_SCORE] = score
+            values[names.ERROR_COST] = keep_label_cost(probs, labels, cost)
+            values[names.COST_PRIORITY] = score * values[names.ERROR_COST]
             values[names.LABEL_ISSUE] = flagged.astype(float)
             if "near_duplicate_of" in values:
                 dup = values.pop("near_duplicate_of")
@@ -162,7 +171,8 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             near_dup_of, taxa, flagged = {}, None, np.zeros(0, dtype=bool)
 
         flagged_ids = _write_store(ds, table.index.tolist(), assess, values, near_dup_of, taxa)
-        requeued = review.requeue(ds, flagged_ids, include_test=include_test)
+        unknown_ids = review.most_unknown(ds, unknown)
+        requeued = review.requeue(ds, flagged_ids, unknown=unknown_ids, include_test=include_test)
         if len(assess) >= 2:
             values.update(brain_signals(ds, assess, X[[emb_row[s] for s in assess]] if X is not None else None))
         _write_warehouse(wh, run_id, assess, values, stats)
@@ -181,6 +191,7 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             outliers=int(np.nansum(values.get(names.IS_OUTLIER, np.zeros(0)))),
             near_duplicates=len(near_dup_of), signals=sorted(values), not_assessable_reasons=reasons, top=top,
             queued=requeued.queued, kept_decided=requeued.kept_decided, test_left_out=requeued.test_left_out,
+            unknown_queued=requeued.unknown,
         )
         wh.write("metrics", [{"run_id": run_id, "split": "all", "name": k, "value": float(v)} for k, v in (
             (names.ASSESSED, report.assessed), (names.NOT_ASSESSABLE, report.not_assessable), (names.FLAGGED, report.flagged),

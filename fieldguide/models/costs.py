@@ -101,3 +101,13 @@ def fungiclef_track3(y: np.ndarray, pred: np.ndarray, dangerous: np.ndarray) -> 
     error = float((y != pred).mean())
     psc = float((DANGEROUS_AS_HARMLESS * (d[y] & ~d[pred]) + HARMLESS_AS_DANGEROUS * (~d[y] & d[pred])).mean())
     return {"classification_error": error, "poisonous_confusion_cost": psc, "fungiclef_track3": error + psc}
+
+
+def keep_label_cost(probs: np.ndarray, labels: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """(n,) the expected cost of keeping each sample's given label: ``sum_j probs[:, j] * cost[j, label]``
+    (the true class is j with probability p_j, and keeping the label predicts ``label`` for it).
+    Under 0/1 costs: 1 - the given label's probability."""
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels, dtype=int)
+    if cost.shape != (probs.shape[1], probs.shape[1]):
+        raise FieldguideError(f"cost matrix: expected shape {(probs.shape[1],) * 2}, got {cost.shape}")
+    return (probs * cost[:, labels].T).sum(axis=1)

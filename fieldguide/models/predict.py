@@ -15,8 +15,9 @@ Beside the prediction (argmax, or the class of least expected cost with ``decisi
 and ``classes.costs``): ``prediction_backoff``, the finest rank of the class tree whose rolled-up
 probability reaches ``models.backoff_threshold``; and for the samples outside the fitted ones
 (test, unlabeled, val) ``unknown_score``, the open-set score (:mod:`fieldguide.models.open_set`:
-max-softmax, energy and kNN distance combined by a model fitted on held-out training classes),
-with the ``unknown`` saved view of those most likely unknown.
+the scores of ``DEFAULT_SCORES`` combined by a model fitted on held-out training classes; every
+registered score goes to pred_probs.npz for ``evaluate``), with the ``unknown`` saved view of those
+most likely unknown.
 
 With several backbones (``backbones``, or ``models.backbones``; by default every backbone embedded
 for the samples when there are two or more), the head is
@@ -213,15 +214,20 @@ def backoff_labels(ids: list[str], probs: np.ndarray, tree: ClassTree, threshold
 
 
 def _open_set_scores(head: str, X: np.ndarray, y: np.ndarray, fit_mask: np.ndarray, full, seed: int) -> np.ndarray:
-    """(n, 4) the open-set scores (:data:`open_set.SCORES`, then the combined one) of the samples
-    outside ``fit_mask`` under the head fit on all of them; NaN for the fitted samples (their label
-    is known) and when there are fewer than 3 classes to simulate unknowns with."""
-    out = np.full((len(X), len(open_set.SCORES) + 1), np.nan)
+    """(n, len(SCORES) + 1) the open-set scores (:data:`open_set.SCORES`, then ``unknown_score``:
+    the combination of :data:`open_set.DEFAULT_SCORES`) of the samples outside ``fit_mask`` under
+    the head fit on all of them; NaN for the fitted samples (their label is known) and when there
+    are fewer than 3 classes to simulate unknowns with."""
+    names = tuple(open_set.SCORES)
+    out = np.full((len(X), len(names) + 1), np.nan)
     if full is None or len(np.unique(y)) < 3:
         return out
-    combiner = open_set.fit_combiner(make_head(head), X[fit_mask], y, seed=seed)
-    table = open_set.score_table(full, X[fit_mask], X[~fit_mask])
-    out[~fit_mask] = np.column_stack([table, open_set.combined_score(combiner, table)])
+    sim, target = open_set.simulated_unknowns(make_head(head), X[fit_mask], y, scores=open_set.DEFAULT_SCORES,
+                                              seed=seed)
+    combiner = open_set.fit_combiner(sim, target)
+    table = open_set.score_table(full, X[fit_mask], y, X[~fit_mask], scores=names)
+    used = table[:, [names.index(s) for s in open_set.DEFAULT_SCORES]]
+    out[~fit_mask] = np.column_stack([table, open_set.combined_score(combiner, used)])
     return out
 
 

@@ -40,6 +40,8 @@ SCHEMA: dict[str, str] = {
     "consensus_rank": "string",
     "error_rank": "string",
     "error_severity": "float",
+    "error_cost": "float",  # expected cost of keeping the given label (classes.costs)
+    "cost_priority": "float",  # noise_score x error_cost: the review queue's cost order
     "label_quality": "float",
     "outlier_score": "float",
     "knn_disagreement": "float",
@@ -49,6 +51,7 @@ SCHEMA: dict[str, str] = {
     "review_state": "string",
     "review_decided_at": "datetime",
     "review_evidence": "string",
+    "review_reason": "string",  # why it is queued: label_issue, unknown (or both)
     # pseudolabel
     "pseudo_label": "classification",
     # augment

@@ -11,8 +11,11 @@ A decision keeps ``review_decided_at`` and ``review_evidence`` (the given label,
 prediction and the number of crowd votes when it was taken): :func:`requeue` (run by ``flag``)
 leaves a decided sample out of the queue until that evidence changes, and leaves test samples
 out unless asked, so that reviewing never moves the evaluation baseline silently. The queue's
-order is ``curation.review_order`` (:data:`QUEUE_ORDERS`, :func:`queue`): by noise score, or
-by ``error_rank`` (a label in the wrong family before one in the wrong species).
+order is ``curation.review_order`` (:data:`QUEUE_ORDERS`, :func:`queue`): by noise score, by
+``error_rank`` (a label in the wrong family before one in the wrong species), by ``cost`` (the
+noise score times the expected cost of keeping the label), or by ``unknown_score``. ``flag
+--unknown N`` queues the N samples most likely of an unknown species beside the flagged ones
+(``review_reason`` says which).
 :func:`decide` is a curator's decision from the App, the CLI or the Python API: the label (with
 its history), the state, a ``set_label`` run, and the Label Studio task closed when one is open.
 """
@@ -45,12 +48,20 @@ QUEUE_TAG = "to_review"
 #: without a value last. ``error_severity`` ranks a label's error on the class tree (higher: a
 #: coarser rank, :mod:`fieldguide.curation.error_rank`): at equal noise score a label in the
 #: wrong family comes before one in the wrong species; ``error_rank`` puts it first.
+#: ``cost`` puts first the labels whose error would cost most (``cost_priority``: noise score x
+#: the expected cost of keeping the label under ``classes.costs``); ``unknown_score`` the samples
+#: most likely of a species no class covers.
 QUEUE_ORDERS: dict[str, list[tuple[str, int]]] = {
     "noise_score": [("noise_score", -1), ("error_severity", -1)],
     "error_rank": [("error_severity", -1), ("noise_score", -1)],
+    "cost": [("cost_priority", -1), ("noise_score", -1)],
+    "unknown_score": [("unknown_score", -1), ("noise_score", -1)],
 }
+#: why a sample is in the queue (``review_reason``, comma-separated when both)
+REASON_LABEL_ISSUE, REASON_UNKNOWN = "label_issue", "unknown"
+REASON = "review_reason"
 
-_READ = ["tags", "ground_truth.label", "prediction.label", "votes", FIELD, "review_evidence"]
+_READ = ["tags", "ground_truth.label", "prediction.label", "votes", FIELD, "review_evidence", REASON]
 
 
 def _evidence(label, predicted, votes) -> str:
@@ -68,13 +79,20 @@ def _table(ds, ids: Iterable[str] | None = None):
     return df
 
 
-def set_states(ds, states: Mapping[str, str | None], *, decided: bool = False) -> None:
+def set_states(ds, states: Mapping[str, str | None], *, decided: bool = False,
+               reasons: Mapping[str, str | None] | None = None) -> None:
     """Write ``review_state`` for the samples of ``states`` (sample id → state, None clears it) and
     keep the ``to_review`` tag on exactly the queued ones. ``decided``: also stamp the decision's
-    time and evidence (the samples' current label, prediction and votes)."""
+    time and evidence (the samples' current label, prediction and votes). ``reasons``: the queued
+    samples' ``review_reason``; without it a queued sample keeps its reason. A sample out of the
+    queue has none."""
     if not states:
         return
     columns: dict[str, dict] = {FIELD: dict(states)}
+    reason = {s: (reasons or {}).get(s) if v in QUEUED else None for s, v in states.items()
+              if reasons is not None or v not in QUEUED}
+    if samples.has_field(ds, REASON) or any(r is not None for r in reason.values()):
+        columns[REASON] = reason
     if decided:
         df = _table(ds, list(states))
         when = now()
@@ -94,26 +112,42 @@ def set_states(ds, states: Mapping[str, str | None], *, decided: bool = False) -
 class Requeue:
     queued: int = 0
     kept_decided: int = 0  # flagged again, but a curator decided and the evidence is the same
-    test_left_out: int = 0  # flagged test samples not queued (``--include-test`` queues them)
+    test_left_out: int = 0  # flagged (or unknown) test samples not queued (``--include-test`` queues them)
+    unknown: int = 0  # queued as likely unknown species
 
 
-def requeue(ds, flagged: Iterable[str], *, include_test: bool = False) -> Requeue:
-    """The review queue after a ``flag`` run that flagged ``flagged``.
+def most_unknown(ds, n: int) -> list[str]:
+    """The ids of the ``n`` samples of highest ``unknown_score`` (written by ``predict``); none
+    when ``n`` is 0 or no sample has one."""
+    if n <= 0 or not samples.has_field(ds, "unknown_score"):
+        return []
+    df = samples.arrays(ds, ["unknown_score"]).dropna(subset=["unknown_score"])
+    return df.sort_values("unknown_score", ascending=False, kind="stable")["id"].head(n).tolist()
 
-    A sample with an open Label Studio task (pushed, answered) stays as it is; a flagged sample
-    joins the queue unless a decision about it stands (same label, prediction and votes since)
-    or it is a test sample (unless ``include_test``); a queued sample no longer flagged leaves.
+
+def requeue(ds, flagged: Iterable[str], *, unknown: Iterable[str] = (), include_test: bool = False) -> Requeue:
+    """The review queue after a ``flag`` run that flagged ``flagged`` (label issues) and picked
+    ``unknown`` (likely unknown species, :func:`most_unknown`).
+
+    A sample with an open Label Studio task (pushed, answered) stays as it is; a flagged or
+    unknown sample joins the queue unless a decision about it stands (same label, prediction and
+    votes since) or it is a test sample (unless ``include_test``); a queued sample neither
+    flagged nor unknown now leaves. ``review_reason`` records why a queued sample is there
+    (:data:`REASON_LABEL_ISSUE`, :data:`REASON_UNKNOWN`, or both).
     """
-    flagged = set(flagged)
+    flagged, unknown = set(flagged), set(unknown)
     df = _table(ds)
     report = Requeue()
     states: dict[str, str | None] = {}
-    for sid, tags, label, pred, votes, state, evidence in zip(
+    reasons: dict[str, str | None] = {}
+    for sid, tags, label, pred, votes, state, evidence, reason in zip(
             df["id"], df["tags"], df["ground_truth.label"], df["prediction.label"], df["votes"],
-            df[FIELD], df["review_evidence"]):
+            df[FIELD], df["review_evidence"], df[REASON]):
+        reasons[sid] = ",".join(r for r, ids in ((REASON_LABEL_ISSUE, flagged), (REASON_UNKNOWN, unknown))
+                                if sid in ids) or None
         if state in (PUSHED, ANSWERED):
-            states[sid] = state
-        elif sid in flagged:
+            states[sid], reasons[sid] = state, reason if isinstance(reason, str) else None
+        elif sid in flagged or sid in unknown:
             if store.split_of(tags or []) == "test" and not include_test:
                 report.test_left_out += 1
                 states[sid] = None if state == TO_REVIEW else state
@@ -125,7 +159,8 @@ def requeue(ds, flagged: Iterable[str], *, include_test: bool = False) -> Requeu
         else:
             states[sid] = None if state == TO_REVIEW else state
     report.queued = sum(v in QUEUED for v in states.values())
-    set_states(ds, states)
+    report.unknown = sum(states[s] == TO_REVIEW for s in unknown if s in states)
+    set_states(ds, states, reasons=reasons)
     return report
 
 
@@ -142,11 +177,13 @@ def counts(ds) -> dict[str, int]:
 def queue(ds, *, order: str = "noise_score", limit: int | None = None):
     """The review queue (samples in :data:`QUEUED` states) in ``order`` (a key of :data:`QUEUE_ORDERS`),
     at most ``limit``: a DataFrame with ``id``, ``label``, ``predicted``, ``consensus``, ``error_rank``,
-    ``noise_score`` and ``review_state`` (None where the step writing it has not run)."""
+    ``noise_score``, ``cost_priority``, ``unknown_score``, ``review_state`` and ``reason`` (None where
+    the step writing it has not run)."""
     if order not in QUEUE_ORDERS:
         raise FieldguideError(f"review order {order!r} is not one of {', '.join(QUEUE_ORDERS)}")
     columns = {"label": "ground_truth.label", "predicted": "prediction.label", "consensus": "consensus_label",
-               "error_rank": "error_rank", "noise_score": "noise_score", "review_state": FIELD}
+               "error_rank": "error_rank", "noise_score": "noise_score", "cost_priority": "cost_priority",
+               "unknown_score": "unknown_score", "review_state": FIELD, "reason": REASON}
     present = {col: path for col, path in columns.items() if path == "ground_truth.label"
                or samples.has_field(ds, path.split(".")[0])}
     view = ds.match_tags(QUEUE_TAG)
