@@ -158,6 +158,7 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
 
         flagged_ids = _write_store(ds, table.index.tolist(), assess, values, near_dup_of, consensus, used_names)
         requeued = review.requeue(ds, flagged_ids, include_test=include_test)
+        index_fields(ds)  # after requeue: review_state exists once a sample was queued
         if len(assess) >= 2:
             values.update(brain_signals(ds, assess, uniq))
         _write_warehouse(wh, run_id, assess, values, stats)
@@ -222,7 +223,6 @@ def _write_store(ds, all_ids, assess, values, near_dup_of, consensus, used_names
     n = len(assess)
     # declared up front: a first run where every value is None cannot infer a field's type
     declare_fields(ds, ["noise_score", "label_issue", "near_duplicate_of", "consensus_label", *STORE_FIELDS.values()])
-    index_fields(ds)
     set_tags(ds, remove=REVIEW_TAGS)
     columns = {"noise_score": column(values.get("noise_score", np.full(n, np.nan))),
                "label_issue": column(values.get("label_issue", np.full(n, np.nan)), bool)}

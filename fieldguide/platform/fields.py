@@ -115,11 +115,11 @@ def write_values(ds, columns: Mapping[str, Mapping[str, object]], *, batch_size:
 
 
 def index_fields(ds, fields: Iterable[str] = INDEXED_FIELDS) -> None:
-    """Database indexes on ``fields`` (idempotent): the App's and the views' filters and sorts on
-    them stay fast past 100k samples."""
+    """Database indexes on those of ``fields`` the dataset has (idempotent): the App's and the
+    views' filters and sorts on them stay fast past 100k samples."""
     existing = set(ds.list_indexes())
     for name in fields:
-        if name not in existing:
+        if name not in existing and ds.has_sample_field(name):
             ds.create_index(name)
 
 
