@@ -81,16 +81,17 @@ class KnnGraph:
 
 def normalized(features: np.ndarray, pca_dim: int = 0, *, seed: int = 0) -> np.ndarray:
     """``features`` (n, d) as L2-normalised float32 rows (a copy), PCA-reduced to ``pca_dim`` first
-    when 0 < pca_dim < d (fitted on at most 100k rows)."""
+    when 0 < pca_dim < d (scikit-learn's randomized PCA, fitted on at most 100k rows)."""
     import faiss
 
     X = np.array(features, dtype=np.float32, order="C", copy=True)
     if 0 < pca_dim < X.shape[1]:
-        pca = faiss.PCAMatrix(X.shape[1], pca_dim)
+        from sklearn.decomposition import PCA
+
         rng = np.random.default_rng(seed)
         train = X if len(X) <= 100_000 else X[np.sort(rng.choice(len(X), 100_000, replace=False))]
-        pca.train(train)
-        X = pca.apply(X)
+        pca = PCA(pca_dim, svd_solver="randomized", random_state=seed).fit(train)
+        X = np.concatenate([pca.transform(X[i:i + 50_000]) for i in range(0, len(X), 50_000)]).astype(np.float32)
     faiss.normalize_L2(X)
     return X
 
