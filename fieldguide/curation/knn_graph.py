@@ -33,7 +33,7 @@ class GraphSettings:
     """
 
     method: str = "auto"
-    exact_below: int = 20_000
+    exact_below: int = 50_000
     pca_dim: int = 0
     hnsw_m: int = 32
     ef_search: int = 64
