@@ -266,6 +266,7 @@ def test_flag_writes_scores_tags_views_and_warehouse(predicted):
     # the wrong label on a red bird is the noisiest sample, flagged and the most "mistaken" for the Brain too
     assert max(scores, key=scores.get) == red.id and ds[red.id].label_issue is True
     assert max(zip(*ds.values(["mistakenness", "id"])))[1] == red.id
+    assert {"noise_score", "review_state", "tags"} <= set(ds.list_indexes())  # what the views sort and filter by
     # the stored score is the weighted rank mean of the signals the run wrote to the warehouse
     wh = store.warehouse(p)
     long = wh.query("SELECT sample_id, signal, value FROM signals WHERE run_id = ?", [report.run_id])

@@ -153,6 +153,15 @@ class CurationSection(_Section):
                     "(noise score x the expected cost of keeping the label under classes.costs: a dangerous "
                     "class's error first) | unknown_score (likely unknown species first, flag --unknown)",
     )
+    knn_method: str = Field(default="auto", pattern="^(auto|exact|hnsw|ivf)$",
+                            description="the shared kNN graph (FAISS): exact, hnsw or ivf (approximate); "
+                            "auto: exact below knn_exact_below samples, else hnsw")
+    knn_exact_below: int = Field(default=50_000, ge=0, description="auto: exact kNN search below this many samples")
+    knn_pca_dim: int = Field(default=0, ge=0, description="PCA-reduce the embeddings to this many dimensions "
+                             "before the kNN search (0: no reduction)")
+    knn_ef_search: int = Field(default=64, ge=1, description="hnsw: search breadth (higher: better recall, slower)")
+    pred_probs_budget_mb: float = Field(default=2048, gt=0, description="pred_probs larger than this: cleanlab "
+                                        "reads them in batches (find_label_issues_batched)")
 
 
 class PseudolabelSection(_Section):

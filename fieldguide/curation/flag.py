@@ -29,10 +29,11 @@ from fieldguide import names
 from fieldguide.config import Project
 from fieldguide.curation import plausibility, signals as sig  # plausibility registers its signal
 from fieldguide.curation.error_rank import CONSENSUS_RANK, ERROR_RANK, ERROR_SEVERITY, taxonomy_evidence
+from fieldguide.curation.knn_graph import GraphSettings, uniqueness
 from fieldguide.curation.noise_score import flag_top, noise_score
 from fieldguide.platform import review, samples, store
 from fieldguide.platform.brain import brain_signals
-from fieldguide.platform.fields import declare_fields, save_view, set_tags, write_values
+from fieldguide.platform.fields import declare_fields, index_fields, save_view, set_tags, write_values
 from fieldguide.platform.lock import writes
 from fieldguide.platform.tree import class_tree
 
@@ -138,14 +139,17 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             probs_c = probs_c / np.maximum(probs_c.sum(axis=1, keepdims=True), 1e-12)
             labels_c = np.array([remap[v] for v in labels])
             votes = _votes_frame(sub["votes"].tolist(), class_index)
+            cur = project.config.curation
             if votes is not None:  # votes for classes outside the compacted set are dropped
                 votes = votes.apply(lambda col: col.map(lambda v: remap.get(int(v), np.nan) if pd.notna(v) else np.nan))
             inputs = sig.SignalInputs(labels=labels_c, pred_probs=probs_c,
                                       features=X[[emb_row[s] for s in assess]] if X is not None else None,
-                                      votes=votes, knn_k=project.config.curation.knn_k,
+                                      votes=votes, knn_k=cur.knn_k, graph=graph_settings(cur),
+                                      pred_probs_budget_mb=cur.pred_probs_budget_mb,
                                       extra={**_trajectory_inputs(project, assess),
                                              **plausibility.metadata_inputs(ds, assess, project.config.models.metadata)})
             values = sig.compute_signals(inputs)
+            uniq = uniqueness(inputs.knn_graph) if inputs.knn_graph is not None and len(assess) > 3 else None
             used_names = [classes[i] for i in used]
             stats = inputs.extra.get("annotator_stats")
             score = noise_score(values, weights, sig.directions())
@@ -168,13 +172,14 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
                                      [classes[i] for i in probs.argmax(axis=1)], vote_names, crowd)
             values[ERROR_SEVERITY] = taxa.error_severity
         else:
-            near_dup_of, taxa, flagged = {}, None, np.zeros(0, dtype=bool)
+            near_dup_of, taxa, flagged, uniq = {}, None, np.zeros(0, dtype=bool), None
 
         flagged_ids = _write_store(ds, table.index.tolist(), assess, values, near_dup_of, taxa)
         unknown_ids = review.most_unknown(ds, unknown)
         requeued = review.requeue(ds, flagged_ids, unknown=unknown_ids, include_test=include_test)
+        index_fields(ds)  # after requeue: review_state exists once a sample was queued
         if len(assess) >= 2:
-            values.update(brain_signals(ds, assess, X[[emb_row[s] for s in assess]] if X is not None else None))
+            values.update(brain_signals(ds, assess, uniq))
         _write_warehouse(wh, run_id, assess, values, stats)
         _save_views(ds, project.config.curation.scarce_class_count, counts, project.config.curation.review_order)
         store.snapshot_samples(project, ds)
@@ -199,6 +204,12 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             (names.QUEUED, report.queued), (names.KEPT_DECIDED, report.kept_decided),
             (names.TEST_LEFT_OUT, report.test_left_out))])
     return report
+
+
+def graph_settings(curation) -> GraphSettings:
+    """The kNN graph settings of the ``[curation]`` section of fieldguide.toml."""
+    return GraphSettings(method=curation.knn_method, exact_below=curation.knn_exact_below,
+                         pca_dim=curation.knn_pca_dim, ef_search=curation.knn_ef_search)
 
 
 def _trajectory_inputs(project: Project, assess: list[str]) -> dict[str, np.ndarray]:

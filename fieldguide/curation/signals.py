@@ -10,8 +10,11 @@ registered outputs by :func:`check_weights`. A later signal (the entropy traject
 noise-tolerant training) plugs in by registering itself; nothing else changes.
 
 Every signal uses the libraries' own APIs: cleanlab's ``filter.find_label_issues`` and
-``rank.get_label_quality_scores``, ``Datalab``, ``multiannotator.get_label_quality_multiannotator``,
-scikit-learn's ``NearestNeighbors``.
+``rank.get_label_quality_scores`` (``experimental.label_issues_batched.find_label_issues_batched``
+when pred_probs exceed ``SignalInputs.pred_probs_budget_mb``), ``Datalab``,
+``multiannotator.get_label_quality_multiannotator``. The signals that read neighbours (kNN
+disagreement, Datalab) share one graph, built once with FAISS (:mod:`fieldguide.curation.knn_graph`)
+on first use: :meth:`SignalInputs.neighbours`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fieldguide import names
+from fieldguide.curation.knn_graph import GraphSettings, KnnGraph, build_knn_graph
 from fieldguide.errors import ConfigError
 from fieldguide.registry import Registry
 
@@ -38,6 +42,9 @@ class SignalInputs:
     labels: (n,) given class indices in [0, K); pred_probs: (n, K) out-of-sample probabilities;
     features: (n, d) embeddings or None; votes: a (n, A) DataFrame of annotator class indices
     (NaN where an annotator did not vote) or None; extra: arrays from other steps (by name).
+    knn_k: neighbours of the kNN signal; graph: how the shared kNN graph is built; knn_graph: that
+    graph, given or built on first use (:meth:`neighbours`); pred_probs_budget_mb: above this size
+    cleanlab reads pred_probs in batches (``find_label_issues_batched``).
     """
 
     labels: np.ndarray
@@ -46,6 +53,21 @@ class SignalInputs:
     votes: pd.DataFrame | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     knn_k: int = 10
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    knn_graph: KnnGraph | None = None
+    pred_probs_budget_mb: float = 2048.0
+
+    def neighbours(self) -> KnnGraph:
+        """The shared kNN graph of ``features`` (at least ``knn_k`` and Datalab's 10 neighbours per
+        sample), built once; raises :class:`SignalUnavailable` without features or with fewer than 2."""
+        if self.knn_graph is None:
+            if self.features is None:
+                raise SignalUnavailable("no features")
+            n = len(self.features)
+            if n < 2:
+                raise SignalUnavailable("fewer than 2 samples")
+            self.knn_graph = build_knn_graph(self.features, min(max(self.knn_k, DATALAB_K), n - 1), self.graph)
+        return self.knn_graph
 
 
 @dataclass
@@ -120,6 +142,8 @@ def cleanlab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
+    if inp.pred_probs.nbytes > inp.pred_probs_budget_mb * 2**20:
+        return _cleanlab_batched(inp.labels, inp.pred_probs, inp.pred_probs_budget_mb)
     quality = get_label_quality_scores(inp.labels, inp.pred_probs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -127,46 +151,58 @@ def cleanlab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
     return {names.LABEL_QUALITY: quality, names.CL_ISSUE: issues.astype(float)}
 
 
+def _cleanlab_batched(labels: np.ndarray, pred_probs: np.ndarray, budget_mb: float) -> dict[str, np.ndarray]:
+    """cleanlab's low-memory path: pred_probs (a NumPy array or memmap) read in row batches of
+    about a tenth of the budget; the issue set is ``find_label_issues_batched``'s (low
+    self-confidence, close to ``find_label_issues``' on large data)."""
+    from cleanlab.experimental.label_issues_batched import find_label_issues_batched
+    from cleanlab.rank import get_label_quality_scores
+
+    batch = max(1000, int(budget_mb * 2**20 / 10 / max(pred_probs[:1].nbytes, 1)))
+    log.info("pred_probs %.0f MB over the %.0f MB budget: cleanlab in batches of %d rows",
+             pred_probs.nbytes / 2**20, budget_mb, batch)
+    quality = np.concatenate([get_label_quality_scores(labels[i:i + batch], np.asarray(pred_probs[i:i + batch]))
+                              for i in range(0, len(labels), batch)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        issues = find_label_issues_batched(labels, pred_probs, batch_size=batch, verbose=False, return_mask=True)
+    return {names.LABEL_QUALITY: quality, names.CL_ISSUE: issues.astype(float)}
+
+
 # ---- kNN label disagreement -----------------------------------------------------------------------------
 @register_signal("knn", noisy_when={names.KNN_DISAGREEMENT: "high"})
 def knn_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
-    """Share of a sample's k nearest neighbours (cosine, itself excluded) whose label differs."""
-    from sklearn.neighbors import NearestNeighbors
-
-    if inp.features is None:
-        raise SignalUnavailable("no features")
-    n = len(inp.labels)
-    k = min(inp.knn_k, n - 1)
-    if k < 1:
-        raise SignalUnavailable("fewer than 2 samples")
-    nn = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(inp.features)
-    _, idx = nn.kneighbors(inp.features)
-    idx = np.array([row[row != i][:k] for i, row in enumerate(idx)])
-    return {names.KNN_DISAGREEMENT: (inp.labels[idx] != inp.labels[:, None]).mean(axis=1)}
+    """Share of a sample's k nearest neighbours (cosine, itself excluded) whose label differs,
+    read from the shared graph (:meth:`SignalInputs.neighbours`)."""
+    graph = inp.neighbours()
+    idx = graph.first(min(inp.knn_k, graph.k)).indices
+    found = idx >= 0
+    differs = (inp.labels[np.where(found, idx, 0)] != inp.labels[:, None]) & found
+    return {names.KNN_DISAGREEMENT: differs.sum(axis=1) / np.maximum(found.sum(axis=1), 1)}
 
 
 # ---- Datalab -------------------------------------------------------------------------------------------
 DATALAB_ISSUES = ("outlier", "near_duplicate", "non_iid", "class_imbalance", "underperforming_group")
+DATALAB_K = 10  # the neighbours Datalab's issue managers read by default
 
 
 @register_signal("datalab", noisy_when={names.DATALAB_LABEL_SCORE: "low",
                                         **{names.issue_score(t): "low" for t in DATALAB_ISSUES}})
 def datalab_signal(inp: SignalInputs) -> dict[str, np.ndarray]:
-    """cleanlab's Datalab on the embeddings: label, outlier, near-duplicate, non-iid, imbalance, groups.
+    """cleanlab's Datalab on the shared kNN graph of the embeddings (given as ``knn_graph``): label,
+    outlier, near-duplicate, non-iid, imbalance, groups.
 
     Returns each issue's score (low = more severe), ``is_<issue>`` booleans, and
     ``near_duplicate_of`` (the index of the nearest near-duplicate, NaN if none).
     """
     from cleanlab import Datalab
 
-    if inp.features is None:
-        raise SignalUnavailable("no features")
+    knn_graph = inp.neighbours().csr()
     lab = Datalab(data={"label": inp.labels}, label_name="label", verbosity=0)
     issue_types = {"label": {}, **{t: {} for t in DATALAB_ISSUES}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lab.find_issues(features=np.asarray(inp.features, dtype=np.float32), pred_probs=inp.pred_probs,
-                        issue_types=issue_types)
+        lab.find_issues(knn_graph=knn_graph, pred_probs=inp.pred_probs, issue_types=issue_types)
     issues = lab.get_issues()
     out: dict[str, np.ndarray] = {}
     for t in ("label", *DATALAB_ISSUES):

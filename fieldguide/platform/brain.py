@@ -2,6 +2,9 @@
 
 Reported by ``flag``, not combined into its score: both repeat what the cleanlab and kNN signals
 measure, but curators know them from the App, where they are sample fields to sort and filter by.
+Uniqueness is the Brain's formula computed by ``flag`` on the shared kNN graph
+(:func:`fieldguide.curation.knn_graph.uniqueness`): the Brain's own ``compute_uniqueness`` would
+search all neighbours again, brute force; here it is only written to the samples.
 """
 
 from __future__ import annotations
@@ -10,26 +13,32 @@ import logging
 
 import numpy as np
 
+from fieldguide.platform.fields import write_values
+
 log = logging.getLogger(__name__)
 
 
-def brain_signals(ds, sample_ids: list[str], features: np.ndarray | None) -> dict[str, np.ndarray]:
+def brain_signals(ds, sample_ids: list[str], uniqueness: np.ndarray | None) -> dict[str, np.ndarray]:
     """FiftyOne Brain on the samples ``sample_ids`` (in that order): ``mistakenness`` from the
-    stored ``prediction`` logits against ``ground_truth``, and ``uniqueness`` from ``features``
-    (n, d) aligned with ``sample_ids`` (no model is loaded). Each is an (n,) float array, absent
-    when the Brain failed (logged) or, for uniqueness, with no features or 3 samples or fewer."""
+    stored ``prediction`` logits against ``ground_truth``, absent when the Brain failed (logged);
+    ``uniqueness`` (n,) aligned with ``sample_ids``, when given, is written to the samples' field
+    ``uniqueness`` and returned. Each is an (n,) float array."""
     view = ds.select(sample_ids, ordered=True)
     # the Brain logs its progress at INFO through FiftyOne's stdout handler: keep stdout for results
     brain_log = logging.getLogger("fiftyone.brain")
     level = brain_log.level
     brain_log.setLevel(logging.WARNING)
     try:
-        return _brain_fields(view, features)
+        out = _brain_fields(view)
     finally:
         brain_log.setLevel(level)
+    if uniqueness is not None:
+        write_values(ds, {"uniqueness": {sid: float(u) for sid, u in zip(sample_ids, uniqueness)}})
+        out["uniqueness"] = np.asarray(uniqueness, dtype=float)
+    return out
 
 
-def _brain_fields(view, features) -> dict[str, np.ndarray]:
+def _brain_fields(view) -> dict[str, np.ndarray]:
     import fiftyone.brain as fob
 
     out: dict[str, np.ndarray] = {}
@@ -38,10 +47,4 @@ def _brain_fields(view, features) -> dict[str, np.ndarray]:
         out["mistakenness"] = np.array(view.values("mistakenness"), dtype=float)
     except Exception as e:  # noqa: BLE001 - a Brain failure must not lose the other signals
         log.warning("FiftyOne Brain mistakenness not computed: %s", e)
-    if features is not None and len(view) > 3:
-        try:
-            fob.compute_uniqueness(view, embeddings=np.asarray(features, dtype=np.float32), progress=False)
-            out["uniqueness"] = np.array(view.values("uniqueness"), dtype=float)
-        except Exception as e:  # noqa: BLE001
-            log.warning("FiftyOne Brain uniqueness not computed: %s", e)
     return out

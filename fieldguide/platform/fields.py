@@ -106,16 +106,35 @@ def _stored(field: str, value):
     return classification(value) if SCHEMA.get(field) in CLASSIFICATION_KINDS else value
 
 
+#: samples per ``set_values`` call of :func:`write_values`: memory stays flat on large stores
+WRITE_BATCH = 20_000
+
+#: the fields saved views filter and sort by (``flag``'s views, the review queue): indexed
+INDEXED_FIELDS = ("noise_score", "review_state", "tags")
+
+
 @retrying
-def write_values(ds, columns: Mapping[str, Mapping[str, object]]) -> None:
-    """Bulk-write sample fields: ``{field: {sample id: value}}``, one write per field (None
-    clears a value). A field of :data:`SCHEMA` is declared first when the dataset lacks it, and
-    its Classification values are given as dicts (see :func:`classification`); any other field
-    is a free field, typed by its values."""
+def write_values(ds, columns: Mapping[str, Mapping[str, object]], *, batch_size: int = WRITE_BATCH) -> None:
+    """Bulk-write sample fields: ``{field: {sample id: value}}``, one write per field and batch of
+    ``batch_size`` samples (None clears a value). A field of :data:`SCHEMA` is declared first when
+    the dataset lacks it, and its Classification values are given as dicts (see
+    :func:`classification`); any other field is a free field, typed by its values."""
     declare_fields(ds, [f for f, values in columns.items() if values and f in SCHEMA])
     for field, values in columns.items():
-        if values:
-            ds.set_values(field, {sid: _stored(field, v) for sid, v in values.items()}, key_field="id")
+        items = list(values.items())
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            ds.set_values(field, {sid: _stored(field, v) for sid, v in chunk}, key_field="id")
+
+
+@retrying
+def index_fields(ds, fields: Iterable[str] = INDEXED_FIELDS) -> None:
+    """Database indexes on those of ``fields`` the dataset has (idempotent): the App's and the
+    views' filters and sorts on them stay fast past 100k samples."""
+    existing = set(ds.list_indexes())
+    for name in fields:
+        if name not in existing and ds.has_sample_field(name):
+            ds.create_index(name)
 
 
 @retrying

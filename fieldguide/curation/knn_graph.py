@@ -1,0 +1,184 @@
+"""One k-nearest-neighbour graph of the embeddings, built once with FAISS and shared by every signal
+that reads neighbours: the kNN label disagreement, cleanlab's Datalab (outliers, near-duplicates,
+non-iid, underperforming groups: passed as ``knn_graph``) and uniqueness.
+
+Cosine similarity is the inner product of L2-normalised float32 rows (optionally PCA-reduced
+first, then normalised again). Below ``exact_below`` samples the search is exact
+(``faiss.IndexFlatIP``, as fast as an approximate one at that size); above it, ``hnsw``
+(``faiss.IndexHNSWFlat``) or ``ivf`` (``faiss.IndexIVFFlat``) is approximate. A sample's own row is
+never among its neighbours; distances are cosine distances ``1 - cos``, nearest first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METHODS = ("auto", "exact", "hnsw", "ivf")
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How the graph is built (``curation.knn_*`` in fieldguide.toml).
+
+    method: ``auto`` (exact below ``exact_below`` samples, else ``hnsw``), ``exact``, ``hnsw`` or
+    ``ivf``; pca_dim: reduce to this many dimensions first (0: no reduction); hnsw_m / ef_search /
+    ef_construction: HNSW's links per node and search / build breadth; nprobe: IVF lists visited
+    per query (the index has ``4 * sqrt(n)`` lists).
+    """
+
+    method: str = "auto"
+    exact_below: int = 50_000
+    pca_dim: int = 0
+    hnsw_m: int = 32
+    ef_search: int = 64
+    ef_construction: int = 64
+    nprobe: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"kNN graph method {self.method!r}: use one of {', '.join(METHODS)}")
+
+
+@dataclass
+class KnnGraph:
+    """indices: (n, k) int64 neighbour rows, nearest first, self excluded (-1 where fewer than k
+    were found); distances: (n, k) float32 cosine distances (inf where -1); method: how it was built."""
+
+    indices: np.ndarray
+    distances: np.ndarray
+    method: str
+    seconds: float = 0.0
+
+    @property
+    def k(self) -> int:
+        return self.indices.shape[1]
+
+    def first(self, k: int) -> KnnGraph:
+        """The graph of the ``k`` nearest neighbours only."""
+        if k > self.k:
+            raise ValueError(f"kNN graph has {self.k} neighbours per sample, {k} asked for")
+        return KnnGraph(self.indices[:, :k], self.distances[:, :k], self.method, self.seconds)
+
+    def csr(self):
+        """The graph as the square scipy CSR matrix of distances cleanlab's Datalab takes as
+        ``knn_graph`` (k entries per row, ascending; an exact duplicate is an explicit 0)."""
+        from scipy.sparse import csr_matrix
+
+        n, k = self.indices.shape
+        if (self.indices < 0).any():
+            raise ValueError("kNN graph has rows with fewer than k neighbours: Datalab needs k per row")
+        indptr = np.arange(0, n * k + 1, k)
+        return csr_matrix((self.distances.reshape(-1).astype(np.float64), self.indices.reshape(-1), indptr),
+                          shape=(n, n))
+
+
+def normalized(features: np.ndarray, pca_dim: int = 0, *, seed: int = 0) -> np.ndarray:
+    """``features`` (n, d) as L2-normalised float32 rows (a copy), PCA-reduced to ``pca_dim`` first
+    when 0 < pca_dim < d (scikit-learn's randomized PCA, fitted on at most 100k rows)."""
+    import faiss
+
+    X = np.array(features, dtype=np.float32, order="C", copy=True)
+    if 0 < pca_dim < X.shape[1]:
+        from sklearn.decomposition import PCA
+
+        rng = np.random.default_rng(seed)
+        train = X if len(X) <= 100_000 else X[np.sort(rng.choice(len(X), 100_000, replace=False))]
+        pca = PCA(pca_dim, svd_solver="randomized", random_state=seed).fit(train)
+        X = np.concatenate([pca.transform(X[i:i + 50_000]) for i in range(0, len(X), 50_000)]).astype(np.float32)
+    faiss.normalize_L2(X)
+    return X
+
+
+def build_knn_graph(features: np.ndarray, k: int, settings: GraphSettings = GraphSettings()) -> KnnGraph:
+    """The ``k``-nearest-neighbour graph of ``features`` (n, d) by cosine similarity; see the module
+    docstring. Needs n > k."""
+    import faiss
+
+    n = len(features)
+    if not 1 <= k < n:
+        raise ValueError(f"kNN graph: k must be in [1, n) = [1, {n}), got {k}")
+    start = time.perf_counter()
+    X = normalized(features, settings.pca_dim, seed=settings.seed)
+    method = settings.method
+    if method == "auto":
+        method = "exact" if n < settings.exact_below else "hnsw"
+    index = _index(X, method, settings)
+    sims, idx = index.search(X, k + 1)
+    indices, distances = _drop_self(idx, 1.0 - sims, k)
+    graph = KnnGraph(indices, distances, method, time.perf_counter() - start)
+    if (distances[:, 0] <= 1e-6).any():  # exact duplicates: every member of a set sees the others at 0
+        graph = _correct_duplicates(graph, X)
+    log.info("kNN graph (%s, n=%d, d=%d, k=%d) in %.1f s", method, n, X.shape[1], k, graph.seconds)
+    return graph
+
+
+def _index(X: np.ndarray, method: str, settings: GraphSettings):
+    import faiss
+
+    n, d = X.shape
+    if method == "exact":
+        index = faiss.IndexFlatIP(d)
+    elif method == "hnsw":
+        index = faiss.IndexHNSWFlat(d, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = settings.ef_construction
+        index.hnsw.efSearch = settings.ef_search
+    else:
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = settings.seed
+        index.train(X)
+        index.nprobe = min(settings.nprobe, nlist)
+    index.add(X)
+    return index
+
+
+def _drop_self(idx: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k first neighbours of each row other than the row itself (its own index removed where
+    the search returned it, else the last one dropped)."""
+    n = len(idx)
+    not_self = idx != np.arange(n)[:, None]
+    # stable order: keep the search's ranking, move the self column (or the surplus last one) out
+    keep = np.argsort(~not_self, axis=1, kind="stable")[:, :k]
+    indices = np.take_along_axis(idx, keep, axis=1).astype(np.int64)
+    distances = np.take_along_axis(dist, keep, axis=1).astype(np.float32)
+    distances = np.where(indices < 0, np.inf, np.maximum(distances, 0.0)).astype(np.float32)
+    return indices, distances
+
+
+def _correct_duplicates(graph: KnnGraph, X: np.ndarray) -> KnnGraph:
+    """cleanlab's own correction for exact duplicates (what Datalab does to the graph it builds),
+    with the duplicate sets found among the rows that have a neighbour at distance 0 only."""
+    from cleanlab.internal.neighbor.knn_graph import correct_knn_distances_and_indices
+
+    rows = np.flatnonzero(graph.distances[:, 0] <= 1e-6)
+    _, inverse, counts = np.unique(X[rows], return_inverse=True, return_counts=True, axis=0)
+    inverse = inverse.reshape(-1)
+    sets = [rows[inverse == u] for u in np.flatnonzero(counts > 1)]
+    distances, indices = correct_knn_distances_and_indices(
+        X, graph.distances.astype(np.float64), graph.indices, exact_duplicate_sets=sets)
+    return KnnGraph(indices.astype(np.int64), distances.astype(np.float32), graph.method, graph.seconds)
+
+
+def uniqueness(graph: KnnGraph) -> np.ndarray:
+    """FiftyOne Brain's uniqueness from the graph: the weighted mean of the cosine distances to the
+    3 nearest neighbours (weights 0.6, 0.3, 0.1, as ``fiftyone.brain.compute_uniqueness``), divided
+    by its maximum. (n,) float, 1 = the most unique."""
+    d = graph.first(3).distances.astype(np.float64)
+    d = np.where(np.isfinite(d), d, np.nan)
+    score = np.nanmean(d * np.array([0.6, 0.3, 0.1]), axis=1)
+    top = np.nanmax(score) if np.isfinite(score).any() else 0.0
+    return score / top if top > 0 else np.ones(len(score))
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact neighbours (n, k) that the approximate graph (n, k) found."""
+    k = exact.shape[1]
+    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx[:, :k], exact))
+    return hits / exact.size
