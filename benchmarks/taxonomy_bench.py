@@ -131,10 +131,14 @@ def main() -> None:
                     print(f"{name:16s} {backbone:18s} {r['section']:9s} {r['method']:24s} {r['rank']:8s} "
                           f"{r['metric']:26s} {r['value']:.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["collection"], r["backbone"]) for r in rows}
+    if args.out.exists():  # keep the rows of the (collection, backbone) pairs not run this time
+        with args.out.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if (r["collection"], r["backbone"]) not in done] + rows
     with args.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
-        w.writerows({**r, "value": round(r["value"], 4)} for r in rows)
+        w.writerows({**r, "value": round(float(r["value"]), 4)} for r in rows)
     print(f"wrote {args.out}")
 
 
