@@ -20,7 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CLASS_COLORS, free_port, make_image, running_listener
+from conftest import CLASS_COLORS, copy_labelstudio_data, free_port, make_image, running_listener
 from fieldguide.cli import app
 from fieldguide.config import dump_config, init_project, open_project
 from fieldguide.errors import ServiceError
@@ -121,7 +121,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def birds(tmp_path_factory, tiny_weights):
+def birds(tmp_path_factory, tiny_weights, labelstudio_data):
     """The project (beside and around its images) and its own Label Studio on a free port."""
     area = tmp_path_factory.mktemp("lsfaults") / "birds"
     project = init_project(area / "project", "faults")
@@ -139,6 +139,7 @@ def birds(tmp_path_factory, tiny_weights):
     ]
     for source in sources:
         ingest(project, source, fmt="folder")
+    copy_labelstudio_data(labelstudio_data, project)
     info = ls.start(project, port=free_port(), timeout_s=600)
     assert info.running
     yield project
