@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import socket
 import subprocess
 import threading
@@ -181,6 +182,35 @@ def running_listener(project):
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+# ---- Label Studio: its first start (the database migrations) once per session ----------------------
+@pytest.fixture(scope="session")
+def labelstudio_data(tmp_path_factory) -> Path:
+    """A Label Studio data dir after a real first start, stopped: the SQLite database migrated,
+    the user and API token made (``credentials.json``). The migrations take most of a first start
+    (half a minute or more on a small machine); a module that starts its project's own server copies
+    this in with :func:`copy_labelstudio_data`, and that start is a later start."""
+    from fieldguide.config import init_project
+    from fieldguide.platform import labelstudio as ls
+    from fieldguide.platform.store import release_database
+
+    project = init_project(tmp_path_factory.mktemp("labelstudio-data") / "proj", "lsdata")
+    assert ls.start(project, port=free_port(), timeout_s=600).running
+    assert ls.stop(project)
+    release_database()
+    return project.labelstudio_dir
+
+
+def copy_labelstudio_data(data: Path, project) -> None:
+    """Put the session's migrated Label Studio data dir (:func:`labelstudio_data`) under ``project``
+    before its first start; the running server's files (state, log) stay behind."""
+    from fieldguide.platform import labelstudio as ls
+    from fieldguide.platform.labelstudio.server import LOG_FILE, STATE_FILE
+
+    shutil.copytree(data, project.labelstudio_dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(STATE_FILE, LOG_FILE))
+    assert ls.credentials(project)["username"] == project.config.labelstudio.username
 
 
 # ---- a tiny backbone: random weights of timm's test_efficientnet ---------------------------------------

@@ -2,7 +2,7 @@
 
 Every verb is its own ``python -m fieldguide.cli`` process, its output in files (never pipes:
 a mongod that a command starts inherits its output). One Label Studio server for the module
-(the first start migrates its database, a minute or more on a small machine): the tests run
+(on a copy of the session's migrated data dir, conftest's ``labelstudio_data``): the tests run
 in file order, start first and stop last.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import CLASS_COLORS, free_port, make_image
+from conftest import CLASS_COLORS, copy_labelstudio_data, free_port, make_image
 from fieldguide.config import PROJECT_ENV, init_project
 from fieldguide.platform import labelstudio as ls
 from fieldguide.platform import store
@@ -94,8 +94,9 @@ def logs(area) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(area):
-    """A tiny project (2 images a class) beside its image folder."""
+def project(area, labelstudio_data):
+    """A tiny project (2 images a class) beside its image folder, with a migrated Label Studio
+    data dir (the first start's migrations ran once for the session)."""
     images = area / "images"
     seed = 500
     for cls, color in CLASS_COLORS.items():
@@ -104,6 +105,7 @@ def project(area):
             make_image(images / "train" / cls / f"{cls}_{i}.jpg", color, seed=seed)
     project = init_project(area / "proj", "lscli")
     ingest(project, images, fmt="folder")
+    copy_labelstudio_data(labelstudio_data, project)
     yield project
     ls.stop(project)  # when a test before test_stop failed
     store.release_database()

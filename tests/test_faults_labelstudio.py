@@ -20,7 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CLASS_COLORS, free_port, make_image, running_listener
+from conftest import CLASS_COLORS, copy_labelstudio_data, free_port, make_image, running_listener, use_tiny_backbone
 from fieldguide.cli import app
 from fieldguide.config import dump_config, init_project, open_project
 from fieldguide.errors import ServiceError
@@ -107,28 +107,10 @@ def _wait(seen: list, n: int, timeout: float = 60.0) -> None:
 
 # ---- fixtures -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    """Random weights of timm's tiny test_efficientnet (a real backbone, built in a second)."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = timm.create_model("test_efficientnet", pretrained=False)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_file(model.state_dict(), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def birds(tmp_path_factory, tiny_weights):
+def birds(tmp_path_factory, tiny_weights, labelstudio_data):
     """The project (beside and around its images) and its own Label Studio on a free port."""
     area = tmp_path_factory.mktemp("lsfaults") / "birds"
-    project = init_project(area / "project", "faults")
-    project.config.models.backbone = "timm/test_efficientnet"
-    project.config.models.weights = str(tiny_weights)
-    project.config.models.batch_size = 8
-    project.config.models.num_workers = 0
+    project = use_tiny_backbone(init_project(area / "project", "faults"), tiny_weights)
     project.config.store.lock_timeout_s = 300  # five pulls at once wait for each other
     project.config_path.write_text(dump_config(project.config))
     project = open_project(project.root)
@@ -139,6 +121,7 @@ def birds(tmp_path_factory, tiny_weights):
     ]
     for source in sources:
         ingest(project, source, fmt="folder")
+    copy_labelstudio_data(labelstudio_data, project)
     info = ls.start(project, port=free_port(), timeout_s=600)
     assert info.running
     yield project

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port, make_image
+from conftest import copy_labelstudio_data, free_port, make_image
 from fieldguide.config import init_project
 from fieldguide.platform import labelstudio as ls
 from fieldguide.platform import store
@@ -156,11 +156,12 @@ def test_preselect_threshold():
 
 # ---- with a real server ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, labelstudio_data):
     """The 100-class project, flagged, and its own Label Studio on a free port (stopped at the end)."""
     area = tmp_path_factory.mktemp("lstask")
     project = make_project(area)
     written = flag(project)
+    copy_labelstudio_data(labelstudio_data, project)
     info = ls.start(project, port=free_port(), timeout_s=600)
     assert info.running
     yield project, written

@@ -1,8 +1,9 @@
 """The relabel round trip with a real Label Studio server on a free port.
 
-One server per module (the first start migrates its database, a minute on a small machine):
-the ``main`` project owns it (the project's local server); the ``remote`` project reaches
-the same server as "your own server" (url and token from the environment).
+One server per module, started on a copy of the session's migrated data dir (conftest's
+``labelstudio_data``: the migrations of a first start run once per session): the ``main``
+project owns it (the project's local server); the ``remote`` project reaches the same server
+as "your own server" (url and token from the environment).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CLASS_COLORS, free_port, make_image, running_listener
+from conftest import CLASS_COLORS, copy_labelstudio_data, free_port, make_image, running_listener
 from fieldguide.cli import app
 from fieldguide.config import dump_config, init_project, open_project
 from fieldguide.errors import ServiceError
@@ -157,9 +158,10 @@ def area(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(area):
+def server(area, labelstudio_data):
     """The ``main`` project and its own Label Studio on a free port (stopped at the end)."""
     project = _make_project(area, "main")
+    copy_labelstudio_data(labelstudio_data, project)
     t0 = time.monotonic()
     info = ls.start(project, port=free_port(), timeout_s=600)
     TIMINGS["first_start_s"] = time.monotonic() - t0

@@ -11,7 +11,8 @@ the pin in ``pyproject.toml``); they live here and nowhere else:
 - ``fiftyone.core.service.DatabaseService`` is replaced by a subclass that attaches only to a
   mongod of the same ``--dbpath`` (and starts it with :data:`MONGOD_EXTRA_ARGS`); it uses the
   private ``_service_args`` and ``fiftyone.service.util.find_processes_by_args`` /
-  ``send_ipc_message``;
+  ``send_ipc_message``, and starts FiftyOne's service process (``fiftyone/service/main.py``,
+  as ``fiftyone.core.service.Service.start`` does) through :data:`SERVICE_LAUNCH`;
 - ``fiftyone.core.odm.database``: ``_connect``, ``_disconnect``, ``_connection_kwargs`` (its
   ``host`` / ``port``) and ``_db_service`` are called or reset to connect, stop and move
   between projects.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,6 +77,9 @@ def configure_fiftyone(project: Project) -> None:
         "FIFTYONE_DO_NOT_TRACK": "true",
         "FIFTYONE_DATABASE_VALIDATION": "false",
         "FIFTYONE_SHOW_PROGRESS_BARS": os.environ.get("FIFTYONE_SHOW_PROGRESS_BARS", "true"),
+        # unset, FiftyOne finds it by reading the metadata of every installed package each time it
+        # loads its config (a second of CPU per mongod start); fieldguide's models are torch
+        "FIFTYONE_DEFAULT_ML_BACKEND": os.environ.get("FIFTYONE_DEFAULT_ML_BACKEND", "torch"),
         "FIFTYONE_PLUGINS_DIR": str(Path(__file__).resolve().parent.parent / "plugins"),
         "FIFTYONE_MODEL_ZOO_DIR": str(project.root / "models-zoo"),
         "FIFTYONE_DATASET_ZOO_DIR": str(project.root / "datasets-zoo"),
@@ -142,6 +147,18 @@ def _connect(project: Project) -> None:
 # is full and removes old ones after each checkpoint).
 MONGOD_EXTRA_ARGS = ["--wiredTigerEngineConfigString=log=(prealloc=false,file_max=16MB)"]
 
+#: How the service process that runs (and watches) mongod starts: FiftyOne's ``service/main.py``
+#: as ``__main__``, under a bare ``fiftyone`` package. The script needs only the package's IPC
+#: server, but run as a file it imports the whole of ``fiftyone`` first: seconds of CPU before
+#: each mongod starts.
+SERVICE_LAUNCH = (
+    "import importlib.util, runpy, sys, types; "
+    "package = types.ModuleType('fiftyone'); "
+    "package.__path__ = list(importlib.util.find_spec('fiftyone').submodule_search_locations); "
+    "sys.modules['fiftyone'] = package; "
+    "runpy.run_module('fiftyone.service.main', run_name='__main__')"
+)
+
 
 def _isolate_database_service() -> None:
     """Make FiftyOne attach only to a mongod serving *this* database dir.
@@ -153,6 +170,7 @@ def _isolate_database_service() -> None:
     """
     import fiftyone.core.service as fos
     import fiftyone.service.util as fosu
+    import psutil
 
     if getattr(fos.DatabaseService, "_fieldguide_isolated", False):
         return
@@ -165,7 +183,8 @@ def _isolate_database_service() -> None:
             return super().command + MONGOD_EXTRA_ARGS
 
         def start(self):
-            key = self._service_args + self.command[:3]  # ... mongod --dbpath DIR
+            command = self.command  # FiftyOne's loads its whole config each time
+            key = self._service_args + command[:3]  # ... mongod --dbpath DIR
             for process in fosu.find_processes_by_args(key):
                 try:
                     if fosu.send_ipc_message(process, ("register", os.getpid())) is True:
@@ -174,7 +193,13 @@ def _isolate_database_service() -> None:
                         return
                 except IOError:
                     log.warning("database service %s did not respond", process.pid)
-            fos.Service.start(self)
+            # fos.Service.start, with SERVICE_LAUNCH for the script's path
+            self.child = psutil.Popen(
+                [sys.executable, "-c", SERVICE_LAUNCH, *self._service_args, *command],
+                cwd=self.working_dir,
+                stdin=subprocess.PIPE,
+                env={**os.environ, "FIFTYONE_DISABLE_SERVICES": "1", **self.env},
+            )
 
     fos.DatabaseService = ProjectDatabaseService
 
