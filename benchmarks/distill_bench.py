@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="Distil on the first N train images only (a smoke run).")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "distill",
                     help="Checkpoints and students (a rerun resumes from them).")
+    ap.add_argument("--evaluate-checkpoint", action="store_true",
+                    help="Score each student's run as its last checkpoint stands (it may still be running).")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill.csv")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -121,43 +123,59 @@ def main() -> None:
              "knn_top1": knn_top1(Xt_tr, yt_tr, Xt_te, yt_te),
              "lr_top1": lr_top1(Xt_tr, yt_tr, Xt_te, yt_te, len(classes)), "device": "cpu (2 shared cores)"}]
     for arch in [a.strip() for a in args.students.split(",") if a.strip()]:
-        torch.manual_seed(0)
-        random_bb, kwargs = create_student(arch, args.image_size)
-        X, ips = embed_paths(random_bb, paths)
-        rows.append({"collection": COLLECTION, "backbone": f"{arch} (random init, {args.image_size} px)", "arch": arch, "init": "random",
-                     "image_size": args.image_size, "params_m": count_params(random_bb.model) / 1e6, "epochs": 0,
-                     "distill_seconds": "", "distill_images_per_s": "",
-                     "knn_top1": knn_top1(X[~test], y[~test], X[test], y[test]),
-                     "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], len(classes)), "device": "cpu (2 shared cores)"})
+        name = f"{arch} (random init, {args.image_size} px)"
+        done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame({"backbone": []})
+        if not (args.evaluate_checkpoint and name in set(done["backbone"])):
+            torch.manual_seed(0)
+            random_bb, _ = create_student(arch, args.image_size)
+            rows.append(scored_row(random_bb, paths, y, test, len(classes), backbone=name, arch=arch, init="random",
+                                   image_size=args.image_size, epochs=0))
+            write_rows(rows, args.out)
         student, kwargs = create_student(arch, args.image_size)
         folder = args.work / (f"{arch}-{args.image_size}px-{args.epochs}ep-v{args.cached_views}-t{args.teacher_size}"
                               f"-w{args.token_weight:g}-lr{args.lr:g}")
         folder.mkdir(parents=True, exist_ok=True)
         ckpt_path = folder / "last.pt"
         resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-        writer = CheckpointWriter(ckpt_path, {"arch": arch}, resumed["started"] if resumed else now())
-        _, state = distill_images(teacher, student, train_paths, epochs=args.epochs, lr=args.lr,
-                                  batch_size=args.batch_size, num_workers=1, device="cpu",
-                                  cached_views=args.cached_views, teacher_size=args.teacher_size,
-                                  token_weight=args.token_weight, views_path=folder / "views.pt",
-                                  state=resumed["state"] if resumed else None, resumed=resumed, checkpoint=writer)
-        save_student(folder / "student", student.model, {
-            "arch": arch, "kwargs": kwargs, "input_size": args.image_size, "mean": student.mean, "std": student.std,
-            "interpolation": student.interpolation, "crop_pct": student.crop_pct, "teacher": args.teacher})
-        X, ips = embed_paths(student, paths)
-        kt = knn_top1(X[~test], y[~test], X[test], y[test])
-        rows.append({"collection": COLLECTION, "backbone": (f"{arch} (distilled, {args.cached_views or 'no'} cached views, "
-                                                        f"{args.image_size} px, {args.epochs} ep)"), "arch": arch, "init": "distilled",
-                     "image_size": args.image_size, "params_m": count_params(student.model) / 1e6,
-                     "epochs": args.epochs, "cached_views": args.cached_views, "teacher_size": args.teacher_size,
-                     "token_weight": args.token_weight, "lr": args.lr, "batch_size": args.batch_size,
-                     "views_seconds": state.views_seconds, "distill_seconds": state.seconds,
-                     "distill_images_per_s": state.images / state.seconds,
-                     "knn_top1": kt, "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], len(classes)),
-                     "device": "cpu (2 shared cores)"})
+        recipe = {"cached_views": args.cached_views, "teacher_size": args.teacher_size, "token_weight": args.token_weight,
+                  "lr": args.lr, "batch_size": args.batch_size}
+        name = f"{arch} (distilled, {args.cached_views or 'no'} cached views, {args.image_size} px"
+        if args.evaluate_checkpoint:  # the run as its checkpoint stands, while it goes on
+            state = resumed["state"]
+            student.model.load_state_dict({k.removeprefix("student."): v for k, v in resumed["model"].items()
+                                           if k.startswith("student.")})
+            per_epoch = -(-len(train_paths) // args.batch_size)
+            epochs = round(state.epoch + state.step / per_epoch, 1)
+            name += f", {epochs:g} of {args.epochs} ep)"
+        else:
+            writer = CheckpointWriter(ckpt_path, {"arch": arch}, resumed["started"] if resumed else now())
+            _, state = distill_images(teacher, student, train_paths, epochs=args.epochs, lr=args.lr,
+                                      batch_size=args.batch_size, num_workers=1, device="cpu",
+                                      cached_views=args.cached_views, teacher_size=args.teacher_size,
+                                      token_weight=args.token_weight, views_path=folder / "views.pt",
+                                      state=resumed["state"] if resumed else None, resumed=resumed, checkpoint=writer)
+            save_student(folder / "student", student.model, {
+                "arch": arch, "kwargs": kwargs, "input_size": args.image_size, "mean": student.mean, "std": student.std,
+                "interpolation": student.interpolation, "crop_pct": student.crop_pct, "teacher": args.teacher})
+            epochs = args.epochs
+            name += f", {args.epochs} ep)"
+        rows.append(scored_row(student, paths, y, test, len(classes), backbone=name, arch=arch, init="distilled",
+                               image_size=args.image_size, epochs=epochs, **recipe,
+                               views_seconds=state.views_seconds, distill_seconds=state.seconds,
+                               distill_images_per_s=state.images / state.seconds if state.seconds else ""))
         logging.info("%s: %s", arch, rows[-1])
         write_rows(rows, args.out)
     print(write_rows(rows, args.out).to_string(index=False))
+
+
+def scored_row(bb, paths, y, test, n_classes: int, **row) -> dict:
+    """``row`` with the backbone's parameters and the 1-NN and LR test top-1 of its features."""
+    from fieldguide.models.backbones import count_params
+
+    X, _ = embed_paths(bb, paths)
+    return {"collection": COLLECTION, **row, "params_m": count_params(bb.model) / 1e6,
+            "knn_top1": knn_top1(X[~test], y[~test], X[test], y[test]),
+            "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], n_classes), "device": "cpu (2 shared cores)"}
 
 
 def write_rows(rows: list[dict], out: Path) -> pd.DataFrame:
