@@ -125,7 +125,7 @@ def main() -> None:
     for arch in [a.strip() for a in args.students.split(",") if a.strip()]:
         name = f"{arch} (random init, {args.image_size} px)"
         done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame({"backbone": []})
-        if not (args.evaluate_checkpoint and name in set(done["backbone"])):
+        if not args.evaluate_checkpoint and name not in set(done["backbone"]):  # measured once
             torch.manual_seed(0)
             random_bb, _ = create_student(arch, args.image_size)
             rows.append(scored_row(random_bb, paths, y, test, len(classes), backbone=name, arch=arch, init="random",
