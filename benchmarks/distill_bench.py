@@ -184,6 +184,9 @@ def write_rows(rows: list[dict], out: Path) -> pd.DataFrame:
     if out.exists():
         old = pd.read_csv(out)
         df = pd.concat([old[~old["backbone"].isin(df["backbone"])], df], ignore_index=True)
+    order = df["init"].map({"random": 1, "distilled": 2}).fillna(0)  # the teacher first, then per student
+    df = (df.assign(_student=order > 0, _order=order).sort_values(["_student", "arch", "_order"], kind="stable")
+          .drop(columns=["_student", "_order"]))
     teacher = df.loc[df["init"].str.startswith("teacher"), "knn_top1"].iloc[0]
     df["knn_gap_to_teacher"] = df["knn_top1"] - teacher
     df.to_csv(out, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.4f")
