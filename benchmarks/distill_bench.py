@@ -1,16 +1,19 @@
 """Proteus distillation on CPU: EfficientNet-Lite0 into a ViT and a hybrid on inat-plants-dev's images.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/distill_bench.py --cache /work/main/benchmarks/.cache \\
-        [--students vit_tiny_patch16_224,levit_128s] [--image-size 128] [--epochs 3]
+        [--students vit_tiny_patch16_224,levit_128s] [--image-size 96] [--epochs 15] [--cached-views 4]
 
 Each student is distilled from random init (no labels; token, patch and feature levels; MSE +
 cosine; strong augmentation) on the collection's train images (the suite's split: 30% of each
-species to test, ``random.Random(7)``), with the checkpoints of
+species to test, ``random.Random(7)``), the teacher's targets cached on ``--cached-views`` fixed
+views per image (0: the online path, a teacher pass per batch), with the checkpoints of
 :func:`fieldguide.models.distill.distill_images` (a rerun resumes). Then the distilled student,
 the same architecture at random init and the teacher are scored on frozen features: 1-NN (cosine)
 test top-1 and plain LR test top-1 (``LogisticRegression(C=10)`` on L2-normalised features). The
 teacher's features come from the suite's cache (224 px); the students' are computed here, at
-their input size. Writes ``benchmarks/results/distill.csv``. No GPU: GPU figures are missing.
+their input size. Writes ``benchmarks/results/distill.csv``, replacing the rows of the students
+it runs and keeping the others (so students can run in separate processes). No GPU: GPU figures
+are missing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -84,13 +88,18 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
     ap.add_argument("--teacher", default="efficientnet_lite0")
     ap.add_argument("--students", default="vit_tiny_patch16_224,levit_128s")
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--teacher-size", type=int, default=160, help="The teacher's input size on each view.")
+    ap.add_argument("--cached-views", type=int, default=4)
+    ap.add_argument("--token-weight", type=float, default=1.0)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--limit", type=int, default=0, help="Distil on the first N train images only (a smoke run).")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "distill",
                     help="Checkpoints and students (a rerun resumes from them).")
+    ap.add_argument("--evaluate-checkpoint", action="store_true",
+                    help="Score each student's run as its last checkpoint stands (it may still be running).")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill.csv")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -102,7 +111,7 @@ def main() -> None:
     from fieldguide.models.distill import create_student, distill_images
     from fieldguide.platform.warehouse import now
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     paths, y, test, classes = split_paths(args.data)
     train_paths = [p for p, t in zip(paths, test) if not t][:args.limit or None]
     teacher = load_backbone(args.teacher)
@@ -114,40 +123,74 @@ def main() -> None:
              "knn_top1": knn_top1(Xt_tr, yt_tr, Xt_te, yt_te),
              "lr_top1": lr_top1(Xt_tr, yt_tr, Xt_te, yt_te, len(classes)), "device": "cpu (2 shared cores)"}]
     for arch in [a.strip() for a in args.students.split(",") if a.strip()]:
-        torch.manual_seed(0)
-        random_bb, kwargs = create_student(arch, args.image_size)
-        X, ips = embed_paths(random_bb, paths)
-        rows.append({"collection": COLLECTION, "backbone": f"{arch} (random init)", "arch": arch, "init": "random",
-                     "image_size": args.image_size, "params_m": count_params(random_bb.model) / 1e6, "epochs": 0,
-                     "distill_seconds": "", "distill_images_per_s": "",
-                     "knn_top1": knn_top1(X[~test], y[~test], X[test], y[test]),
-                     "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], len(classes)), "device": "cpu (2 shared cores)"})
+        name = f"{arch} (random init, {args.image_size} px)"
+        done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame({"backbone": []})
+        if not args.evaluate_checkpoint and name not in set(done["backbone"]):  # measured once
+            torch.manual_seed(0)
+            random_bb, _ = create_student(arch, args.image_size)
+            rows.append(scored_row(random_bb, paths, y, test, len(classes), backbone=name, arch=arch, init="random",
+                                   image_size=args.image_size, epochs=0))
+            write_rows(rows, args.out)
         student, kwargs = create_student(arch, args.image_size)
-        folder = args.work / f"{arch}-{args.image_size}px-{args.epochs}ep"
+        folder = args.work / (f"{arch}-{args.image_size}px-{args.epochs}ep-v{args.cached_views}-t{args.teacher_size}"
+                              f"-w{args.token_weight:g}-lr{args.lr:g}")
         folder.mkdir(parents=True, exist_ok=True)
         ckpt_path = folder / "last.pt"
         resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-        writer = CheckpointWriter(ckpt_path, {"arch": arch}, resumed["started"] if resumed else now())
-        _, state = distill_images(teacher, student, train_paths, epochs=args.epochs, lr=args.lr,
-                                  batch_size=args.batch_size, num_workers=1, device="cpu",
-                                  state=resumed["state"] if resumed else None, resumed=resumed, checkpoint=writer)
-        save_student(folder / "student", student.model, {
-            "arch": arch, "kwargs": kwargs, "input_size": args.image_size, "mean": student.mean, "std": student.std,
-            "interpolation": student.interpolation, "crop_pct": student.crop_pct, "teacher": args.teacher})
-        X, ips = embed_paths(student, paths)
-        kt = knn_top1(X[~test], y[~test], X[test], y[test])
-        rows.append({"collection": COLLECTION, "backbone": f"{arch} (distilled)", "arch": arch, "init": "distilled",
-                     "image_size": args.image_size, "params_m": count_params(student.model) / 1e6,
-                     "epochs": args.epochs, "distill_seconds": state.seconds,
-                     "distill_images_per_s": state.images / state.seconds,
-                     "knn_top1": kt, "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], len(classes)),
-                     "device": "cpu (2 shared cores)"})
+        recipe = {"cached_views": args.cached_views, "teacher_size": args.teacher_size, "token_weight": args.token_weight,
+                  "lr": args.lr, "batch_size": args.batch_size}
+        name = f"{arch} (distilled, {args.cached_views or 'no'} cached views, {args.image_size} px"
+        if args.evaluate_checkpoint:  # the run as its checkpoint stands, while it goes on
+            state = resumed["state"]
+            student.model.load_state_dict({k.removeprefix("student."): v for k, v in resumed["model"].items()
+                                           if k.startswith("student.")})
+            per_epoch = -(-len(train_paths) // args.batch_size)
+            epochs = round(state.epoch + state.step / per_epoch, 1)
+            name += f", {epochs:g} of {args.epochs} ep)"
+        else:
+            writer = CheckpointWriter(ckpt_path, {"arch": arch}, resumed["started"] if resumed else now())
+            _, state = distill_images(teacher, student, train_paths, epochs=args.epochs, lr=args.lr,
+                                      batch_size=args.batch_size, num_workers=1, device="cpu",
+                                      cached_views=args.cached_views, teacher_size=args.teacher_size,
+                                      token_weight=args.token_weight, views_path=folder / "views.pt",
+                                      state=resumed["state"] if resumed else None, resumed=resumed, checkpoint=writer)
+            save_student(folder / "student", student.model, {
+                "arch": arch, "kwargs": kwargs, "input_size": args.image_size, "mean": student.mean, "std": student.std,
+                "interpolation": student.interpolation, "crop_pct": student.crop_pct, "teacher": args.teacher})
+            epochs = args.epochs
+            name += f", {args.epochs} ep)"
+        rows.append(scored_row(student, paths, y, test, len(classes), backbone=name, arch=arch, init="distilled",
+                               image_size=args.image_size, epochs=epochs, **recipe,
+                               views_seconds=state.views_seconds, distill_seconds=state.seconds,
+                               distill_images_per_s=state.images / state.seconds if state.seconds else ""))
         logging.info("%s: %s", arch, rows[-1])
-        pd.DataFrame(rows).to_csv(args.out, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.4f")
+        write_rows(rows, args.out)
+    print(write_rows(rows, args.out).to_string(index=False))
+
+
+def scored_row(bb, paths, y, test, n_classes: int, **row) -> dict:
+    """``row`` with the backbone's parameters and the 1-NN and LR test top-1 of its features."""
+    from fieldguide.models.backbones import count_params
+
+    X, _ = embed_paths(bb, paths)
+    return {"collection": COLLECTION, **row, "params_m": count_params(bb.model) / 1e6,
+            "knn_top1": knn_top1(X[~test], y[~test], X[test], y[test]),
+            "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], n_classes), "device": "cpu (2 shared cores)"}
+
+
+def write_rows(rows: list[dict], out: Path) -> pd.DataFrame:
+    """``rows`` into ``out``, replacing the rows of the same backbones and keeping the others."""
     df = pd.DataFrame(rows)
-    df["knn_gap_to_teacher"] = df["knn_top1"] - rows[0]["knn_top1"]
-    df.to_csv(args.out, index=False, float_format="%.4f")
-    print(df.to_string(index=False))
+    if out.exists():
+        old = pd.read_csv(out)
+        df = pd.concat([old[~old["backbone"].isin(df["backbone"])], df], ignore_index=True)
+    order = df["init"].map({"random": 1, "distilled": 2}).fillna(0)  # the teacher first, then per student
+    df = (df.assign(_student=order > 0, _order=order).sort_values(["_student", "arch", "_order"], kind="stable")
+          .drop(columns=["_student", "_order"]))
+    teacher = df.loc[df["init"].str.startswith("teacher"), "knn_top1"].iloc[0]
+    df["knn_gap_to_teacher"] = df["knn_top1"] - teacher
+    df.to_csv(out, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.4f")
+    return df
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from fieldguide.errors import ModelError
 from fieldguide.models import checkpoints
 from fieldguide.models.backbones import load_backbone, timm_backbone
 from fieldguide.models.distill import LEVELS, create_student, distill_images, level_loss
+from fieldguide.models.distill_views import CachedViews, view_batches
 from fieldguide.platform import store
 
 
@@ -131,3 +132,28 @@ def test_distill_step_resumes_on_rerun_and_the_student_embeds(ingested, tiny_wei
     assert bad.exit_code == 1 and bad.stderr.startswith("error: backbone 'distilled:nope': no distilled student")
     bad = runner.invoke(app, ["--project", str(p.root), "distill", "--student", "vit_nonexistent"])
     assert bad.exit_code == 1 and "error: student 'vit_nonexistent': unknown timm architecture" in bad.stderr
+
+
+def test_cached_views_are_built_once_then_epochs_train_on_them(tiny_images, tmp_path):
+    teacher = timm_backbone("test_efficientnet", None)
+    torch.manual_seed(0)
+    student, _ = create_student("test_vit", 32)
+    path = tmp_path / "views.pt"
+    _, state = distill_images(teacher, student, tiny_images, epochs=8, batch_size=8, lr=3e-3, cached_views=2,
+                              teacher_size=48, token_weight=2.0, views_path=path, progress=False)
+    views = CachedViews(**torch.load(path, weights_only=False))
+    assert views.images.shape == (8, 2, 3, 32, 32) and views.images.dtype == torch.uint8 and bool(views.ok.all())
+    assert views.targets["token"].shape[:2] == (8, 2) and views.targets["patch"].ndim == 5
+    assert not torch.equal(views.images[:, 0], views.images[:, 1])  # two different augmentations
+    assert state.views_seconds > 0 and state.images == 8 * len(tiny_images)
+    assert np.mean([c["loss"] for c in state.curves[-2:]]) < 0.85 * state.curves[0]["loss"]
+    batches = list(view_batches(views, epoch=3, start_step=1, batch_size=3, seed=0,
+                                mean=torch.zeros(1, 3, 1, 1), std=torch.ones(1, 3, 1, 1)))
+    assert [len(x) for x, _ in batches] == [3, 2]  # the resumed epoch's batches after the first
+    # a resumed run loads the saved views instead of calling the teacher again
+    views.images.zero_()
+    torch.save(views.__dict__, path)
+    fresh, _ = create_student("test_vit", 32)
+    _, again = distill_images(teacher, fresh, tiny_images, epochs=1, batch_size=8, cached_views=2, teacher_size=48,
+                              views_path=path, progress=False)
+    assert again.views_seconds < state.views_seconds

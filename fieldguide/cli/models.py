@@ -172,6 +172,11 @@ def distill_cmd(
     levels: str = typer.Option("token,patch,feature", help="Objectives: some of token, patch, feature."),
     loss: str = typer.Option("mse+cosine", help="mse | cosine | mse+cosine"),
     include_test: bool = typer.Option(False, help="Distil on the test split's images too (no labels are used)."),
+    cached_views: int = typer.Option(0, help="Compute the teacher's targets once on N fixed views per image "
+                                     "(e.g. 4 on a CPU); 0: a fresh view and teacher pass per batch."),
+    teacher_size: Optional[int] = typer.Option(None, help="The teacher's input size on each view "
+                                               "(default: the student's)."),
+    token_weight: float = typer.Option(1.0, help="Weight of the token-level (pooled feature) loss."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default: models.device)."),
     resume: Optional[str] = typer.Option(None, help="Resume this run (a rerun of the same command resumes by itself)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -182,12 +187,15 @@ def distill_cmd(
     report = distill(_project(), student, teacher=teacher, teacher_weights=teacher_weights, image_size=image_size,
                      epochs=epochs, batch_size=batch_size, lr=lr,
                      levels=tuple(v.strip() for v in levels.split(",") if v.strip()), loss=loss,
-                     include_test=include_test, device=device, resume=resume)
+                     include_test=include_test, cached_views=cached_views, teacher_size=teacher_size,
+                     token_weight=token_weight, device=device, resume=resume)
     if as_json:
         _echo_json(report.as_dict())
         return
     resumed = f" (resumed from {report.resumed_from})" if report.resumed_from else ""
     typer.echo(f"{report.run_id}: {report.teacher} -> {report.student} at {report.image_size} px, {report.epochs} "
                f"epochs on {report.n_images} images in {report.seconds:.0f} s{resumed}; loss {report.first_loss:.3f} "
-               f"-> {report.last_loss:.3f}")
+               f"-> {report.last_loss:.3f}"
+               + (f" ({report.cached_views} cached views per image, built in {report.views_seconds:.0f} s)"
+                  if report.cached_views else ""))
     typer.echo(f"backbone: {report.backbone} (fieldguide embed --backbone {report.backbone})")

@@ -11,7 +11,9 @@ projection head on the student's side that is dropped afterwards:
   ViT) of the teacher vs the student's at the same relative depth, the same way.
 
 Teacher targets are layer-normalised over channels; the loss is MSE, cosine distance (1 - cos)
-or their sum. Teacher and student see the same augmented view, at the student's input size.
+or their sum. Teacher and student see the same augmented view, the student at its input size, the
+teacher at ``teacher_size`` (default: the student's). With ``cached_views`` the teacher's targets
+on a few fixed views per image are computed once (:mod:`fieldguide.models.distill_views`).
 Checkpoints every few batches (``PROJECT/checkpoints/<run>/last.pt``): a stopped run resumes
 where it stopped, mid-epoch included, when the same command runs again (or ``--resume RUN``).
 The student is saved in ``runs/<run>/student`` and loads as the backbone ``distilled:<run>``.
@@ -25,6 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +40,9 @@ from fieldguide.errors import ConfigError, ModelError, NotReadyError
 from fieldguide.models.backbones import DISTILLED, Backbone, load_backbone, save_student, student_dir
 from fieldguide.models.batches import image_loader, readable
 from fieldguide.models.checkpoints import CheckpointWriter, checkpoint_writer
+from fieldguide.models.distill_views import build_views, load_or_build_views, view_batches, view_transform
 from fieldguide.models.inference import resolve_device
+from fieldguide.models.plots import plot_distill_losses
 from fieldguide.models.transforms import train_transform
 from fieldguide.platform import store
 from fieldguide.platform.lock import writes
@@ -137,6 +142,7 @@ class DistillState:
     step: int = 0
     images: int = 0
     seconds: float = 0.0
+    views_seconds: float = 0.0
     curves: list[dict] = field(default_factory=list)
     sums: dict = field(default_factory=dict)
 
@@ -152,12 +158,18 @@ def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
 def distill_images(teacher: Backbone, student: Backbone, paths: list[str], *, epochs: int = 10,
                    levels=LEVELS, loss: str = "mse+cosine", lr: float = 1e-3, weight_decay: float = 0.05,
                    batch_size: int = 32, num_workers: int = 0, device: str = "auto", seed: int = 0,
-                   state: DistillState | None = None, checkpoint: Callable | None = None,
-                   resumed: dict | None = None, checkpoint_every: int = 20,
+                   cached_views: int = 0, teacher_size: int | None = None, token_weight: float = 1.0,
+                   views_path: Path | None = None, state: DistillState | None = None,
+                   checkpoint: Callable | None = None, resumed: dict | None = None, checkpoint_every: int = 20,
                    progress: bool = True) -> tuple[ProjectionHeads, DistillState]:
     """Train ``student.model`` in place to match the frozen ``teacher`` on strongly augmented views
     of the images ``paths``; returns the projection heads and the run's state.
 
+    The teacher sees each view at ``teacher_size`` (default: the student's size), the student at
+    its own. ``cached_views`` > 0: the teacher's targets on that many fixed views per image are
+    computed once (:mod:`fieldguide.models.distill_views`, saved at ``views_path`` when given) and
+    epochs cost only the student's passes; 0: a fresh view and teacher pass per batch (GPUs).
+    ``token_weight`` scales the token-level loss (the pooled feature is what kNN and heads use).
     ``checkpoint(state, model_state, optim_state, schedule_state)`` is called every
     ``checkpoint_every`` batches and after each epoch; ``resumed`` (``model``, ``optimizer``,
     ``schedule`` of such a call) and ``state`` continue from it.
@@ -166,16 +178,22 @@ def distill_images(teacher: Backbone, student: Backbone, paths: list[str], *, ep
         raise ConfigError(f"distillation levels {','.join(levels)!r}: use some of {', '.join(LEVELS)}")
     if loss not in LOSSES:
         raise ConfigError(f"distillation loss {loss!r}: use one of {', '.join(LOSSES)}")
+    if cached_views < 0:
+        raise ConfigError(f"cached views {cached_views}: use 0 (a fresh view per batch) or a few (e.g. 4)")
     if not paths:
         raise NotReadyError("no images to distil on (ingest images first)")
     dev = resolve_device(device)
     torch.manual_seed(seed)
     t_model = teacher.model.to(dev).eval().requires_grad_(False)
     s_model = student.model.to(dev)
-    size = student.input_size
+    size, t_size = student.input_size, teacher_size or student.input_size
     with torch.no_grad():
-        zeros = torch.zeros(2, 3, size, size, device=dev)
-        heads = ProjectionHeads(level_features(s_model.eval(), zeros), level_features(t_model, zeros), levels).to(dev)
+        s_zero = level_features(s_model.eval(), torch.zeros(2, 3, size, size, device=dev))
+        t_zero = level_features(t_model, torch.zeros(2, 3, t_size, t_size, device=dev))
+        heads = ProjectionHeads(s_zero, t_zero, levels).to(dev)
+    # the grid each map level is compared on: the smaller of the two
+    grids = {lv: tuple(min(a, b) for a, b in zip(s_zero[lv].shape[-2:], t_zero[lv].shape[-2:]))
+             for lv in levels if s_zero[lv].ndim == 4}
     trained = nn.ModuleDict({"student": s_model, "heads": heads})
     opt = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=weight_decay)
     per_epoch = math.ceil(len(paths) / batch_size)
@@ -188,7 +206,36 @@ def distill_images(teacher: Backbone, student: Backbone, paths: list[str], *, ep
     # the student's normalisation to the teacher's: same view, each model its own mean / std
     s_mean, s_std, t_mean, t_std = (torch.tensor(v, device=dev).view(1, 3, 1, 1)
                                     for v in (student.mean, student.std, teacher.mean, teacher.std))
-    tf = train_transform(student, strong=True)
+
+    def teacher_targets(x01: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's levels on views in [0, 1], maps pooled to the compared grid."""
+        if x01.shape[-1] != t_size:
+            x01 = F.interpolate(x01, size=(t_size, t_size), mode="bilinear", align_corners=False)
+        out = level_features(t_model, (x01 - t_mean) / t_std)
+        return {lv: F.adaptive_avg_pool2d(out[lv], grids[lv]) if lv in grids else out[lv] for lv in levels}
+
+    if cached_views:
+        t0 = time.perf_counter()
+        views = load_or_build_views(views_path, lambda: build_views(
+            paths, teacher_targets, view_transform(student, t_size), n_views=cached_views, student_size=size,
+            batch_size=batch_size, num_workers=num_workers, seed=seed, device=dev, progress=progress))
+        state.views_seconds += time.perf_counter() - t0
+        per_epoch = math.ceil(int(views.ok.sum()) / batch_size)
+
+    def batches(epoch: int):
+        if cached_views:
+            yield from view_batches(views, epoch=epoch, start_step=state.step, batch_size=batch_size, seed=seed,
+                                    mean=s_mean, std=s_std, device=dev)
+            return
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+        todo = [paths[i] for i in order[state.step * batch_size:]]
+        loader = image_loader(todo, train_transform(student, strong=True), batch_size=batch_size,
+                              num_workers=num_workers, pin_memory=dev.type == "cuda")
+        for _, x in readable(loader):
+            x = x.to(dev, non_blocking=True)
+            with torch.no_grad():
+                t_out = teacher_targets(x * s_std + s_mean)
+            yield x, t_out
 
     def save():
         if checkpoint is not None:
@@ -196,18 +243,12 @@ def distill_images(teacher: Backbone, student: Backbone, paths: list[str], *, ep
 
     trained.train()
     for epoch in range(state.epoch, epochs):
-        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-        todo = [paths[i] for i in order[state.step * batch_size:]]
-        loader = image_loader(todo, tf, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
         bar = tqdm(total=per_epoch, initial=state.step, desc=f"distill {epoch + 1}/{epochs}", unit="batch",
                    disable=None if progress else True)
         start = time.perf_counter()
-        for _, x in readable(loader):
-            x = x.to(dev, non_blocking=True)
-            with torch.no_grad():
-                t_out = level_features(t_model, (x * s_std + s_mean - t_mean) / t_std)
+        for x, t_out in batches(epoch):
             parts = distill_losses(level_features(s_model, x), t_out, heads, loss)
-            total = sum(parts.values())
+            total = sum(v * (token_weight if k == "token" else 1.0) for k, v in parts.items())
             opt.zero_grad(set_to_none=True)
             total.backward()
             nn.utils.clip_grad_norm_(trained.parameters(), 3.0)
@@ -245,7 +286,9 @@ class DistillReport:
     image_size: int
     epochs: int
     n_images: int
+    cached_views: int = 0
     seconds: float = 0.0
+    views_seconds: float = 0.0
     images_per_s: float = 0.0
     first_loss: float | None = None
     last_loss: float | None = None
@@ -268,28 +311,11 @@ def _unfinished_run(wh, config: dict, project: Project) -> str | None:
     return None
 
 
-def plot_losses(curves: list[dict], path, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for key in sorted(k for k in curves[0] if k.startswith("loss")):
-        ax.plot([c["epoch"] for c in curves], [c[key] for c in curves], marker="o", label=key)
-    ax.set_xlabel("epoch")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 @writes('distill')
 def distill(project: Project, student: str, *, teacher: str | None = None, teacher_weights: str | None = None,
             image_size: int = 224, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
             levels: tuple[str, ...] = LEVELS, loss: str = "mse+cosine", include_test: bool = False,
+            cached_views: int = 0, teacher_size: int | None = None, token_weight: float = 1.0,
             device: str | None = None, resume: str | None = None, seed: int = 0,
             progress: bool = True) -> DistillReport:
     """Distil ``teacher`` (default: ``models.backbone``) into a fresh ``student`` on the images of
@@ -306,6 +332,8 @@ def distill(project: Project, student: str, *, teacher: str | None = None, teach
             c["student"], c["teacher"], c["image_size"], c["epochs"], c["batch_size"], c["lr"], c["loss"],
             c["include_test"], c["seed"])
         levels, teacher_weights = tuple(c["levels"]), c["teacher_weights"]
+        cached_views, teacher_size, token_weight = (c.get("cached_views", 0), c.get("teacher_size"),
+                                                    c.get("token_weight", 1.0))
     teacher = teacher or mcfg.backbone
     if teacher == mcfg.backbone and teacher_weights is None:
         teacher_weights = mcfg.weights or None
@@ -320,7 +348,8 @@ def distill(project: Project, student: str, *, teacher: str | None = None, teach
     config = {"teacher": teacher, "teacher_weights": teacher_weights, "teacher_weights_id": t_bb.weights_id,
               "student": s_bb.name.removeprefix("timm/"), "image_size": image_size, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "levels": list(levels), "loss": loss,
-              "include_test": include_test, "seed": seed, "n_images": len(paths)}
+              "include_test": include_test, "seed": seed, "n_images": len(paths), "cached_views": cached_views,
+              "teacher_size": teacher_size, "token_weight": token_weight}
     run_id = resume or _unfinished_run(wh, config, project)
     if run_id and resumed is None:
         resumed = load_checkpoint(project, run_id)
@@ -329,12 +358,14 @@ def distill(project: Project, student: str, *, teacher: str | None = None, teach
     run_id = wh.start_run("distill", config, run_id, resumed["started"] if resumed else None)
     ckpt: CheckpointWriter = checkpoint_writer(project, run_id, config, resumed)
     report = DistillReport(run_id=run_id, backbone=f"{DISTILLED}{run_id}", teacher=teacher, student=config["student"],
-                           image_size=image_size, epochs=epochs, n_images=len(paths),
+                           image_size=image_size, epochs=epochs, n_images=len(paths), cached_views=cached_views,
                            resumed_from=f"epoch {resumed['state'].epoch}, batch {resumed['state'].step}" if resumed else "")
     try:
         _, state = distill_images(
             t_bb, s_bb, paths, epochs=epochs, levels=levels, loss=loss, lr=lr, batch_size=batch_size,
-            num_workers=mcfg.num_workers, device=device or mcfg.device, seed=seed,
+            num_workers=mcfg.num_workers, device=device or mcfg.device, seed=seed, cached_views=cached_views,
+            teacher_size=teacher_size, token_weight=token_weight,
+            views_path=project.checkpoints_dir / run_id / "views.pt" if cached_views else None,
             state=resumed["state"] if resumed else None, resumed=resumed, checkpoint=ckpt, progress=progress)
         folder = save_student(student_dir(project.runs_dir, run_id), s_bb.model, {
             "arch": config["student"], "kwargs": kwargs, "input_size": image_size, "mean": s_bb.mean,
@@ -344,16 +375,17 @@ def distill(project: Project, student: str, *, teacher: str | None = None, teach
     except BaseException as e:
         wh.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
         raise
-    report.seconds = state.seconds
+    report.seconds, report.views_seconds = state.seconds, state.views_seconds
     report.images_per_s = state.images / state.seconds if state.seconds else 0.0
     report.first_loss, report.last_loss = state.curves[0]["loss"], state.curves[-1]["loss"]
     report.student_dir = str(folder)
-    report.curves_png = str(plot_losses(state.curves, project.run_dir(run_id) / "losses.png",
+    report.curves_png = str(plot_distill_losses(state.curves, project.run_dir(run_id) / "losses.png",
                                         f"{teacher} -> {config['student']} ({image_size} px, {len(paths)} images)"))
     wh.write("curves", [{"run_id": run_id, "step": c["epoch"], "name": k, "value": float(v)}
                         for c in state.curves for k, v in c.items() if k != "epoch"])
     wh.write("metrics", [{"run_id": run_id, "split": "all", "name": names.SECONDS, "value": state.seconds},
                          {"run_id": run_id, "split": "all", "name": "images_per_s", "value": report.images_per_s},
+                         {"run_id": run_id, "split": "all", "name": "views_seconds", "value": state.views_seconds},
                          {"run_id": run_id, "split": "train", "name": names.N, "value": float(len(paths))}])
     wh.finish_run(run_id, "completed")
     return report

@@ -110,3 +110,14 @@ def plot_gradient_norms(lines: dict, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.set_title(f"gradient activity per block{': ' + title if title else ''}")
     return _save(fig, path)
+
+
+def plot_distill_losses(curves: list[dict], path: Path, title: str) -> Path:
+    """Each distillation loss (their sum and one per level) per epoch."""
+    fig, ax = _pyplot().subplots(figsize=(6, 3.6))
+    for key in sorted(k for k in curves[0] if k.startswith("loss")):
+        ax.plot([c["epoch"] for c in curves], [c[key] for c in curves], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    return _save(fig, path)
