@@ -134,7 +134,7 @@ class Project:
 
     def predict(self, *, head: str | None = None, folds: int | None = None,
                 backbone: str | None = None, backbones: list[str] | None = None,
-                metadata: str | None = None) -> PredictReport:
+                metadata: str | None = None, decision: str | None = None) -> PredictReport:
         """``fieldguide predict``: out-of-sample predictions for every embedded sample (K-fold for the
         labeled training samples; default head and K: ``[predict]``); ``metadata`` auto | none
         (default ``models.metadata``): the date and place prior. ``backbones``: heads across these
@@ -143,7 +143,7 @@ class Project:
         from fieldguide.models.predict import predict
 
         return predict(self.project, head=head, folds=folds, backbone=backbone, backbones=backbones,
-                       metadata=metadata)
+                       metadata=metadata, decision=decision)
 
     def evaluate(self, split: str = "test") -> dict:
         """``fieldguide evaluate``: top-1/5, macro-F1, ECE, per-class scores, confusions and cost of the
@@ -152,13 +152,13 @@ class Project:
 
         return evaluate(self.project, split=split)
 
-    def flag(self, *, backbone: str | None = None, include_test: bool = False) -> FlagReport:
+    def flag(self, *, backbone: str | None = None, include_test: bool = False, unknown: int = 0) -> FlagReport:
         """``fieldguide flag``: the label-issue signals, ``noise_score``, ``label_issue``, the review
         queue (test samples only with ``include_test``) and the saved views ``to_review``,
         ``outliers``, ``near_duplicates``, ``scarce_classes``."""
         from fieldguide.curation.flag import flag
 
-        return flag(self.project, backbone=backbone, include_test=include_test)
+        return flag(self.project, backbone=backbone, include_test=include_test, unknown=unknown)
 
     def train(self, *, method: str | None = None, mode: str | None = None, epochs: int | None = None,
               backbone: str | None = None, resume: str | None = None, metadata: str | None = None) -> TrainReport:

@@ -109,9 +109,21 @@ def test_predict_across_two_backbones_by_default_and_flag_uses_it(ingested, tiny
     assert cost["params"] == costs.loc[[first, SECOND], "params"].sum() > costs.loc[first, "params"]
     assert cost["macs"] == costs.loc[[first, SECOND], "macs"].sum()
 
+    # the open-set scores come from a head with real logits (energy varies), as the combiner's did
+    saved = np.load(report.pred_probs_path)
+    energy = saved["open_set"][~train][:, list(saved["open_set_names"]).index("energy")]
+    assert np.isfinite(energy).all() and np.ptp(energy) > 1e-6
+
     # one backbone named: the single-backbone path
     single = predict(p, folds=3, backbones=[SECOND])
     assert single.backbones == [SECOND] and not single.combination and not single.by_default
+
+    # every sample a labeled training sample (a folder without splits): nothing to score as unknown
+    ds = store.dataset(p)
+    ds.untag_samples(["test", "val", "unlabeled"])  # the split is a tag
+    ds.tag_samples("train")
+    everyone = predict(p, folds=3)
+    assert everyone.backbones == [first, SECOND] and everyone.n_fit_all == 0 and everyone.n_unknown == 0
 
 
 def test_a_backbone_missing_samples_is_an_error_when_named_and_left_out_by_default(ingested, tiny_weights, tmp_path):

@@ -190,7 +190,8 @@ def augment(project: Project, *, classes: list[str] | None = None, min_per_class
         raise NotReadyError("augment needs labeled training samples with embeddings (ingest and embed first)")
     index = {c: i for i, c in enumerate(all_classes)}
     head = make_head(project.config.predict.head).fit(X[fit], np.array([index[v] for v in table["label"][fit]]))
-    bb = load_backbone(project.config.models.backbone, project.config.models.weights or None)
+    bb = load_backbone(project.config.models.backbone, project.config.models.weights or None,
+                       runs_dir=project.runs_dir)
     pipe = pipeline if pipeline is not None else load_pipeline(cfg.model_dir, cfg.method)
     semantic = (SemanticFilter(cfg.semantic_model_dir, [prompt_for(c, cfg.super_category) for c in all_classes])
                 if cfg.semantic_model_dir else None)

@@ -175,7 +175,7 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
             near_dup_of, taxa, flagged, uniq = {}, None, np.zeros(0, dtype=bool), None
 
         flagged_ids = _write_store(ds, table.index.tolist(), assess, values, near_dup_of, taxa)
-        unknown_ids = review.most_unknown(ds, unknown)
+        unknown_ids = review.most_unknown(ds, unknown, include_test=include_test)
         requeued = review.requeue(ds, flagged_ids, unknown=unknown_ids, include_test=include_test)
         index_fields(ds)  # after requeue: review_state exists once a sample was queued
         if len(assess) >= 2:

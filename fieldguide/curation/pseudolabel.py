@@ -99,7 +99,7 @@ def finetune_mode(project: Project, data: PseudoInputs, hp: dict, backbone: str 
     from fieldguide.models.inference import predict_images
 
     mcfg, tcfg = project.config.models, project.config.train
-    bb = load_backbone(backbone or mcfg.backbone, mcfg.weights or None)
+    bb = load_backbone(backbone or mcfg.backbone, mcfg.weights or None, runs_dir=project.runs_dir)
     lab, unl = list(data.paths[data.labeled]), list(data.paths[data.unlabeled])
     result = fit_semi_supervised_images(
         bb, lab, data.y, unl, data.n_classes, **_semi_options(hp), lr=tcfg.finetune_lr,

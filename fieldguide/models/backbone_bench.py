@@ -286,7 +286,7 @@ def bench_backbones(project: Project, backbones: Sequence[str] | None = None, *,
         for name, weights in wanted:
             if weights is None and name == cfg.backbone and cfg.weights:
                 weights = cfg.weights
-            bb = load_backbone(name, weights)
+            bb = load_backbone(name, weights, runs_dir=project.runs_dir)
             log.info("bench backbones: %s (%s)", bb.name, bb.weights_id)
             if not fully_embedded(project, bb):  # else: nothing to write, no write lock to wait for
                 embed(project, bb=bb, device=device)

@@ -86,11 +86,11 @@ def expected_cost_decision(probs: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 def decide(probs: np.ndarray, cost: np.ndarray | None, rule: str) -> np.ndarray:
     """(n,) predicted classes by ``rule``: ``argmax``, or ``expected_cost`` (needs ``cost``)."""
+    if rule not in ("argmax", "expected_cost"):
+        raise FieldguideError(f"decision rule {rule!r}: use argmax or expected_cost")
     if rule == "argmax" or cost is None:
         return probs.argmax(axis=1)
-    if rule == "expected_cost":
-        return expected_cost_decision(probs, cost)
-    raise FieldguideError(f"decision rule {rule!r}: use argmax or expected_cost")
+    return expected_cost_decision(probs, cost)
 
 
 def fungiclef_track3(y: np.ndarray, pred: np.ndarray, dangerous: np.ndarray) -> dict:

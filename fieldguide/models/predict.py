@@ -41,6 +41,7 @@ from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.models import open_set
 from fieldguide.models.costs import decide, project_costs
 from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
+from fieldguide.models.backbones import DISTILLED
 from fieldguide.models.embed import embedded_backbones, embedded_table, joint_embedded_table
 from fieldguide.models.heads import make_head
 from fieldguide.models.heads.across_backbones import AcrossBackbonesHead
@@ -111,8 +112,10 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     model = (AcrossBackbonesHead(dims=tuple(widths.values()), head=head, inner_folds=folds, seed=seed)
              if len(widths) > 1 else make_head(head))
     classes = store.classes(ds)
-    cost, _ = project_costs(project.config.classes.costs, project.config.evaluate.cost_matrix, classes)
-    decide(np.eye(len(classes))[:1], cost, decision)  # an unknown rule fails before any work
+    decide(np.eye(len(classes))[:1], None, decision)  # an unknown rule fails before any work
+    # the costs are read only when they decide (a stale cost file is evaluate's concern otherwise)
+    cost = (project_costs(project.config.classes.costs, project.config.evaluate.cost_matrix, classes)[0]
+            if decision == "expected_cost" else None)
     index = {c: i for i, c in enumerate(classes)}
     fit_mask = table["split"].isin(FIT_SPLITS).to_numpy() & table["label"].notna().to_numpy()
     if fit_mask.sum() < 2:
@@ -191,7 +194,8 @@ def _backbones(project: Project, backbone: str | None, backbones: list[str] | No
             raise FieldguideError(f"backbones {', '.join(named)}: a backbone named twice")
         return named, False
     default = project.config.models.backbone
-    embedded = embedded_backbones(project)
+    # by default a distilled student (embedded to be measured, often far weaker) joins only when named
+    embedded = [n for n in embedded_backbones(project) if n == default or not n.startswith(DISTILLED)]
     if default in embedded and len(embedded) > 1:
         return [default, *(n for n in embedded if n != default)], True
     return [default], False
@@ -220,8 +224,10 @@ def _open_set_scores(head: str, X: np.ndarray, y: np.ndarray, fit_mask: np.ndarr
     are fewer than 3 classes to simulate unknowns with."""
     names = tuple(open_set.SCORES)
     out = np.full((len(X), len(names) + 1), np.nan)
-    if full is None or len(np.unique(y)) < 3:
+    if full is None or not (~fit_mask).any() or len(np.unique(y)) < 3:
         return out
+    if not hasattr(full, "decision_function"):  # across backbones: score with the kind of head the
+        full = make_head(head).fit(X[fit_mask], y)  # combiner is fitted on (real logits for energy)
     sim, target = open_set.simulated_unknowns(make_head(head), X[fit_mask], y, scores=open_set.DEFAULT_SCORES,
                                               seed=seed)
     combiner = open_set.fit_combiner(sim, target)

@@ -270,7 +270,7 @@ def _train_finetune(project, ds, run_id, config, classes, index, resumed, progre
 
     cfg = project.config.train
     mcfg = project.config.models
-    bb = load_backbone(config["backbone"], mcfg.weights or None)
+    bb = load_backbone(config["backbone"], mcfg.weights or None, runs_dir=project.runs_dir)
     table = store.samples_table(ds, ["label_issue"] if samples.has_field(ds, "label_issue") else []).set_index("id")
     ids = table.index.tolist()
     _, fit_mask, flagged_mask = _training_table(project, ds, ids, config["flagged"])

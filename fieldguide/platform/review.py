@@ -116,12 +116,15 @@ class Requeue:
     unknown: int = 0  # queued as likely unknown species
 
 
-def most_unknown(ds, n: int) -> list[str]:
-    """The ids of the ``n`` samples of highest ``unknown_score`` (written by ``predict``); none
-    when ``n`` is 0 or no sample has one."""
+def most_unknown(ds, n: int, *, include_test: bool = False) -> list[str]:
+    """The ids of the ``n`` samples of highest ``unknown_score`` (written by ``predict``), test
+    samples only with ``include_test`` (the queue takes no others); none when ``n`` is 0 or no
+    sample has one."""
     if n <= 0 or not samples.has_field(ds, "unknown_score"):
         return []
-    df = samples.arrays(ds, ["unknown_score"]).dropna(subset=["unknown_score"])
+    df = samples.arrays(ds, ["unknown_score", "split"]).dropna(subset=["unknown_score"])
+    if not include_test:
+        df = df[df["split"] != "test"]
     return df.sort_values("unknown_score", ascending=False, kind="stable")["id"].head(n).tolist()
 
 
