@@ -146,6 +146,12 @@ def test_flag_unknown_queues_likely_unknown_species_with_reason_and_the_cost_ord
     ds = store.dataset(p)
     scored = {sid: v for sid, v in zip(*ds.values(["id", "unknown_score"])) if v is not None}
     top2 = set(sorted(scored, key=scored.get, reverse=True)[:2])
+    # without --include-test the pick is among the samples the queue takes (no test sample)
+    tags = dict(zip(*ds.values(["id", "tags"])))
+    picked = review.most_unknown(ds, len(scored))
+    assert all("test" not in tags[sid] for sid in picked)
+    assert len(picked) == sum("test" not in tags[sid] for sid in scored)
+    assert set(review.most_unknown(ds, 2, include_test=True)) == top2
     res = CliRunner().invoke(app, ["-p", str(p.root), "flag", "--unknown", "2", "--include-test", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["unknown_queued"] == 2

@@ -122,9 +122,9 @@ def most_unknown(ds, n: int, *, include_test: bool = False) -> list[str]:
     sample has one."""
     if n <= 0 or not samples.has_field(ds, "unknown_score"):
         return []
-    df = samples.arrays(ds, ["unknown_score", "split"]).dropna(subset=["unknown_score"])
-    if not include_test:
-        df = df[df["split"] != "test"]
+    df = samples.arrays(ds, ["unknown_score", "tags"]).dropna(subset=["unknown_score"])
+    if not include_test:  # the split is a tag
+        df = df[[store.split_of(tags or []) != "test" for tags in df["tags"]]]
     return df.sort_values("unknown_score", ascending=False, kind="stable")["id"].head(n).tolist()
 
 
