@@ -50,13 +50,29 @@ def test_approximate_graph_recall_at_10(method):
     assert recall_at_k(exact.indices, exact.indices) == 1.0
 
 
-def test_auto_is_exact_below_the_threshold_and_pca_reduces():
+def test_auto_is_exact_below_the_threshold_and_reads_the_full_rows():
     X, _ = _clustered(500)
-    assert build_knn_graph(X, 5, GraphSettings(exact_below=1000)).method == "exact"
+    exact = build_knn_graph(X, 5, GraphSettings(method="exact"))
+    auto = build_knn_graph(X, 5, GraphSettings(exact_below=1000, pca_dim=4))
+    assert auto.method == "exact" and (auto.indices == exact.indices).all()  # exact ignores pca_dim
     assert build_knn_graph(X, 5, GraphSettings(exact_below=100)).method == "hnsw"
-    reduced = build_knn_graph(X, 5, GraphSettings(method="exact", pca_dim=16))
-    # 16 of 32 dimensions hold the centroids and the rank-8 variation: the neighbours barely move
-    assert recall_at_k(reduced.indices, build_knn_graph(X, 5, GraphSettings(method="exact")).indices) > 0.8
+
+
+@pytest.mark.parametrize("method", ["hnsw", "ivf"])
+def test_pca_candidates_re_ranked_on_the_full_rows(method):
+    """PCA to 10 of 32 dimensions loses neighbours; re-ranking 4x as many candidates on the full rows
+    wins them back, and the distances are the full rows' exact cosine distances."""
+    X, _ = _clustered(3000, d=32)
+    exact = build_knn_graph(X, 10, GraphSettings(method="exact"))
+    reduced = build_knn_graph(X, 10, GraphSettings(method=method, pca_dim=10, refine=0, nprobe=8))
+    refined = build_knn_graph(X, 10, GraphSettings(method=method, pca_dim=10, refine=4, nprobe=8))
+    r0, r4 = recall_at_k(reduced.indices, exact.indices), recall_at_k(refined.indices, exact.indices)
+    assert r0 < 0.8 and r4 >= 0.95 and r4 > r0 + 0.15
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    rows = np.arange(len(X))[:, None]
+    assert np.allclose(refined.distances, 1 - (Xn[rows] * Xn[refined.indices]).sum(-1), atol=1e-5)
+    assert (np.diff(refined.distances, axis=1) >= -1e-6).all()  # nearest first
+    assert not (refined.indices == rows).any()
 
 
 def test_bad_settings_and_k():

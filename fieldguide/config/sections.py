@@ -157,8 +157,10 @@ class CurationSection(_Section):
                             description="the shared kNN graph (FAISS): exact, hnsw or ivf (approximate); "
                             "auto: exact below knn_exact_below samples, else hnsw")
     knn_exact_below: int = Field(default=50_000, ge=0, description="auto: exact kNN search below this many samples")
-    knn_pca_dim: int = Field(default=0, ge=0, description="PCA-reduce the embeddings to this many dimensions "
-                             "before the kNN search (0: no reduction)")
+    knn_pca_dim: int = Field(default=128, ge=0, description="hnsw/ivf: search among the embeddings PCA-reduced to "
+                             "this many dimensions (0: the full embeddings; exact always reads the full ones)")
+    knn_refine: int = Field(default=4, ge=0, description="hnsw/ivf with PCA: this many candidates per neighbour, "
+                            "re-ranked by the exact cosine on the full embeddings (0: none)")
     knn_ef_search: int = Field(default=64, ge=1, description="hnsw: search breadth (higher: better recall, slower)")
     pred_probs_budget_mb: float = Field(default=2048, gt=0, description="pred_probs larger than this: cleanlab "
                                         "reads them in batches (find_label_issues_batched)")

@@ -209,7 +209,8 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
 def graph_settings(curation) -> GraphSettings:
     """The kNN graph settings of the ``[curation]`` section of fieldguide.toml."""
     return GraphSettings(method=curation.knn_method, exact_below=curation.knn_exact_below,
-                         pca_dim=curation.knn_pca_dim, ef_search=curation.knn_ef_search)
+                         pca_dim=curation.knn_pca_dim, refine=curation.knn_refine,
+                         ef_search=curation.knn_ef_search)
 
 
 def _trajectory_inputs(project: Project, assess: list[str]) -> dict[str, np.ndarray]:
