@@ -163,7 +163,8 @@ def test_status_reports_running_with_the_url(project, started, logs):
     port = started[0]
     code, out, err = _cli(project, logs, "status", "labelstudio", "status")
     assert code == 0, out + err
-    assert out.strip() == f"Label Studio running at http://127.0.0.1:{port}: running"
+    assert out.strip().splitlines() == [f"Label Studio running at http://127.0.0.1:{port}: running",
+                                        f"database: sqlite {project.labelstudio_dir / 'label_studio.sqlite3'}"]
 
 
 def test_listen_applies_an_answer_that_label_studio_sends_by_webhook(project, started, sdk, logs):

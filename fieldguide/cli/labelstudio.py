@@ -29,6 +29,7 @@ def labelstudio_start(
         return
     typer.echo(f"Label Studio {info.message} at {info.url} (pid {info.pid})")  # running | already running
     typer.echo(f"log in as {info.username}; password in {info.data_dir}/credentials.json")
+    typer.echo(f"database: {info.database}")
 
 
 @labelstudio_app.command("stop")
@@ -50,6 +51,8 @@ def labelstudio_status(as_json: bool = typer.Option(False, "--json", help="Print
         return
     typer.echo(f"Label Studio {'running' if info.running else 'stopped'}"
                + (f" at {info.url}" if info.url else "") + (f": {info.message}" if info.message else ""))
+    if info.database:  # the project's own server: sqlite PATH | postgresql://user@host:port/name
+        typer.echo(f"database: {info.database}")
     if not info.running:
         raise typer.Exit(3)
 

@@ -16,7 +16,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fieldguide.config.sections import Config, ProjectSection, TrainSection
 from fieldguide.errors import ConfigError
@@ -112,15 +112,26 @@ def _toml_value(value) -> str:
 def dump_config(config: Config) -> str:
     """TOML text for ``config``, every key written with its description as a comment."""
     lines = ["# fieldguide project file: every key is optional but [project].name", ""]
-    for section_name, field in Config.model_fields.items():
-        section = getattr(config, section_name)
-        lines.append(f"[{section_name}]")
-        for key, info in type(section).model_fields.items():
-            if info.description:
-                lines.append(f"# {info.description}")
-            lines.append(f"{key} = {_toml_value(getattr(section, key))}")
-        lines.append("")
+    for section_name in Config.model_fields:
+        _dump_table(lines, section_name, getattr(config, section_name))
     return "\n".join(lines)
+
+
+def _dump_table(lines: list[str], name: str, section: BaseModel) -> None:
+    """``[name]`` and its keys, then its nested sections as ``[name.sub]`` (TOML wants them after)."""
+    lines.append(f"[{name}]")
+    nested = []
+    for key, info in type(section).model_fields.items():
+        value = getattr(section, key)
+        if isinstance(value, BaseModel):
+            nested.append((key, value))
+            continue
+        if info.description:
+            lines.append(f"# {info.description}")
+        lines.append(f"{key} = {_toml_value(value)}")
+    lines.append("")
+    for key, value in nested:
+        _dump_table(lines, f"{name}.{key}", value)
 
 
 SECRET_KEYS = {"token", "password", "secret", "database_uri"}
@@ -136,6 +147,8 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
             parts.append(f"missing key '{where}'")
         elif e["loc"] and str(e["loc"][-1]) in SECRET_KEYS:
             parts.append(f"'{where}': {e['msg']} (value not shown)")
+        elif isinstance(e.get("input"), dict):  # a whole table: it may hold a secret
+            parts.append(f"'{where}': {e['msg']}")
         else:
             parts.append(f"'{where}': {e['msg']} (got {e.get('input')!r})")
     return f"{path}: " + "; ".join(parts)

@@ -10,7 +10,7 @@ import re
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -209,6 +209,48 @@ class DashboardsSection(_Section):
     )
 
 
+class LabelStudioDatabase(_Section):
+    """``[labelstudio.database]``: where the project's own Label Studio keeps its data.
+
+    ``engine = "sqlite"`` (the default): a SQLite file in ``PROJECT/labelstudio``, for one curator
+    on one machine; the other keys are unused. ``engine = "postgresql"``: a team's PostgreSQL
+    server at ``host:port``, database ``name``, as ``user``; the password comes from the
+    environment variable named by ``password_env`` (preferred) or from ``password`` (never
+    printed). ``fieldguide labelstudio start`` checks that it can log in before it starts the
+    server. One database per project: Label Studio keeps its users and API token in it.
+    Unused when ``labelstudio.url`` points at your own server.
+    """
+
+    engine: str = Field(default="sqlite", pattern="^(sqlite|postgresql)$",
+                        description="sqlite (a file in PROJECT/labelstudio) | postgresql (host, port, name, user below)")
+    host: str = Field(default="", pattern=r"^[A-Za-z0-9_.:\[\]-]*$",
+                      description="postgresql: the server's host name or address")
+    port: int = Field(default=5432, ge=1, le=65535, description="postgresql: the server's port")
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_$-]*$",
+                      description="postgresql: the database (made beforehand, empty or Label Studio's own)")
+    user: str = Field(default="", pattern=r"^[A-Za-z0-9_.@$-]*$",
+                      description="postgresql: the user Label Studio logs in as")
+    password_env: str = Field(default="FIELDGUIDE_LABELSTUDIO_DB_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                              description="environment variable holding the user's password")
+    password: str = Field(default="", repr=False,
+                          description="the user's password (prefer password_env); never printed")
+
+    @model_validator(mode="after")
+    def _postgresql_needs_a_server(self) -> "LabelStudioDatabase":
+        if self.engine == "postgresql":
+            missing = [k for k in ("host", "name", "user") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"engine 'postgresql' needs {', '.join(missing)}")
+        return self
+
+    def where(self) -> str:
+        """The database in words, without the password: ``postgresql://user@host:port/name``."""
+        if self.engine == "sqlite":
+            return "sqlite"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{self.user}@{host}:{self.port}/{self.name}"
+
+
 class LabelStudioSection(_Section):
     """Where Label Studio is, and what a relabel task shows.
 
@@ -218,6 +260,9 @@ class LabelStudioSection(_Section):
     pre-selected answer invites rubber-stamping a guess (a 100-class model at 0.13 is mostly
     wrong), so the annotator starts from nothing; the prediction still shows among the
     candidates and in the facts. 1.0 never pre-selects; 0 always does.
+
+    ``[labelstudio.database]`` (:class:`LabelStudioDatabase`): SQLite in the project folder, or a
+    team's PostgreSQL.
     """
 
     url: str = Field(default="", description="your own server; empty: the project's local one")
@@ -245,6 +290,7 @@ class LabelStudioSection(_Section):
         default=0.8, ge=0, le=1,
         description="pre-select the model's prediction in a task only at or above this confidence",
     )
+    database: LabelStudioDatabase = Field(default_factory=LabelStudioDatabase)
 
 
 class Config(_Section):

@@ -3,6 +3,7 @@
 One module per job:
 
 - :mod:`.server`: the project's own local Label Studio (start, stop, status, credentials);
+- :mod:`.database`: its database, SQLite in its data dir or a team's PostgreSQL;
 - :mod:`.storages`: which folders Label Studio may serve (the images, never the project's files);
 - :mod:`.client`: how to reach a server (:func:`connection`) and the SDK calls, with retries
   and one-line errors (:class:`Client`);

@@ -2,9 +2,10 @@
 
 The local server is a real ``label-studio`` (1.23.x) process bound to 127.0.0.1, its data
 dir (SQLite database, media, a private ``HOME``) under ``PROJECT/labelstudio``; nothing goes
-to the user's home dir. A user and an API token are created non-interactively on first start
-and kept in ``labelstudio/credentials.json`` (mode 0600); the token is never printed or
-logged.
+to the user's home dir. With ``[labelstudio.database] engine = "postgresql"`` its database is a
+team's PostgreSQL instead (see :mod:`.database`); the rest stays in the data dir. A user and an
+API token are created non-interactively on first start and kept in
+``labelstudio/credentials.json`` (mode 0600); the token is never printed or logged.
 
 Label Studio serves the images in place from local-files storages under a document root
 picked at start (see :mod:`.storages`).
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from fieldguide.config import Project
 from fieldguide.errors import ServiceError
+from fieldguide.platform.labelstudio.database import check as check_database, describe as describe_database
+from fieldguide.platform.labelstudio.database import server_env as database_env
 from fieldguide.platform.labelstudio.storages import DEFAULT_DOCUMENT_ROOT, images_root
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class ServerStatus:
     document_root: str | None = None
     images_root: str | None = None
     username: str | None = None
+    database: str | None = None  # sqlite PATH | postgresql://user@host:port/name (never the password)
     log: str | None = None
     started: str | None = None
     message: str = ""
@@ -204,6 +208,7 @@ def start(project: Project, *, port: int | None = None, timeout_s: float = 300.0
         raise ServiceError(
             f"port {port} on {HOST} is already in use (pass --port or set labelstudio.port)"
         )
+    check_database(project)  # PostgreSQL: log in once, or one line naming host:port/db
     data_dir = project.labelstudio_dir
     home = data_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
@@ -244,6 +249,7 @@ def start(project: Project, *, port: int | None = None, timeout_s: float = 300.0
     )
     for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PORT", "DJANGO_SETTINGS_MODULE"):
         env.pop(key, None)
+    database_env(project, env)
     args = [
         sys.executable, "-c", _LAUNCH, "start",
         "--no-browser", "--internal-host", HOST, "--port", str(port),
@@ -268,6 +274,7 @@ def start(project: Project, *, port: int | None = None, timeout_s: float = 300.0
         "url": url,
         "document_root": str(document_root),
         "images_root": str(root),
+        "database": describe_database(project),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _write_private(_state_path(project), state)
@@ -338,6 +345,7 @@ def status(project: Project) -> ServerStatus:
     return ServerStatus(
         running=running, url=state.get("url"), pid=pid, data_dir=data_dir,
         document_root=state.get("document_root"), images_root=state.get("images_root"),
-        username=creds_user, log=str(project.labelstudio_dir / LOG_FILE), started=state.get("started"),
+        username=creds_user, database=state.get("database") or describe_database(project),
+        log=str(project.labelstudio_dir / LOG_FILE), started=state.get("started"),
         message="running" if running else "not answering (run 'fieldguide labelstudio stop' then 'start')",
     )
