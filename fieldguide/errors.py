@@ -38,3 +38,7 @@ class ExportError(FieldguideError):
 
 class DuplicateNameError(FieldguideError):
     """A second signal, head, backbone, format, ... registered under a name already taken."""
+
+
+class ClusterError(FieldguideError):
+    """A Ray cluster (``--ray``) could not be reached or joined, or its workers failed."""

@@ -14,12 +14,14 @@ def embed(
     weights: Optional[str] = typer.Option(None, help="Local weights file or folder (default: models.weights)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Embed on a Ray cluster: auto (the one running here, else a "
+                                      "local one) or HOST:PORT; none: this machine (default: models.ray_address)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Embed the images the cache does not hold yet (new or changed files only)."""
     from fieldguide.models.embed import embed as run_embed
 
-    report = run_embed(_project(), backbone, weights, batch_size=batch_size, device=device)
+    report = run_embed(_project(), backbone, weights, batch_size=batch_size, device=device, ray_address=ray)
     if as_json:
         _echo_json(report.as_dict())
         return
@@ -39,6 +41,8 @@ def predict(
                                            "samples have dates or places (default: models.metadata)."),
     decision: Optional[str] = typer.Option(None, help="argmax | expected_cost: the class of least expected cost "
                                            "under classes.costs (default: predict.decision)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Fit the K-fold heads on a Ray cluster, a task per fold: "
+                                      "auto or HOST:PORT; none: this machine (default: models.ray_address)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Out-of-sample predictions for every sample (K-fold for labeled training samples)."""
@@ -46,7 +50,7 @@ def predict(
 
     names = [b.strip() for b in backbones.split(",") if b.strip()] if backbones is not None else None
     report = run_predict(_project(), head=head, folds=folds, backbone=backbone, backbones=names, metadata=metadata,
-                         decision=decision)
+                         decision=decision, ray_address=ray)
     if as_json:
         _echo_json(report.as_dict())
         return

@@ -64,6 +64,8 @@ class ModelsSection(_Section):
     batch_size: int = Field(default=64, ge=1)
     num_workers: int = Field(default=2, ge=0)
     device: str = "auto"
+    ray_address: str = Field(default="", description="embed and predict on a Ray cluster: auto (the one running on "
+                                                     "this machine, else a local one) or HOST:PORT; empty: no Ray")
     metadata: str = Field(default="auto", pattern="^(auto|none)$",
                           description="auto: predict combines the head with a date/place prior when samples "
                                       "have observed_at or location (none when they have neither); none: images only")

@@ -32,13 +32,17 @@ def n_folds_for(y: np.ndarray, folds: int) -> int:
 
 
 def cross_val_pred_probs(head: BaseEstimator, X: np.ndarray, y: np.ndarray, n_classes: int,
-                         *, folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                         *, folds: int = 5, seed: int = 0,
+                         ray_address: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold probabilities for labeled samples: scikit-learn's ``cross_val_predict(...,
     method="predict_proba")`` over a shuffled ``StratifiedKFold``.
 
     Args:
         head: an unfitted head (cloned for each fold).
         X: (n, d) features; y: (n,) class indices in ``[0, n_classes)``.
+        ray_address: ``auto`` or a Ray cluster's address: each fold is a Ray task there
+            (:func:`fieldguide.models.distributed.fold_probs`, the same folds and probabilities);
+            None: here, by ``cross_val_predict``.
     Returns:
         ``(pred_probs (n, n_classes), fold (n,))``: row i comes from the head fit without fold[i].
         A class with fewer samples than folds is absent from some training folds; its column is
@@ -57,7 +61,12 @@ def cross_val_pred_probs(head: BaseEstimator, X: np.ndarray, y: np.ndarray, n_cl
         warnings.filterwarnings("ignore", message="The least populated class")  # the case above
         warnings.filterwarnings("ignore", message="Number of classes in training fold")
         splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, y))
-        present = cross_val_predict(head, X, y, cv=splits, method="predict_proba")
+        if ray_address:
+            from fieldguide.models.distributed import fold_probs
+
+            present = fold_probs(head, X, y, splits, address=ray_address)
+        else:
+            present = cross_val_predict(head, X, y, cv=splits, method="predict_proba")
     for f, (_, te) in enumerate(splits):
         fold[te] = f
     probs = np.zeros((len(y), n_classes))

@@ -4,6 +4,10 @@ The cache of a backbone lives in ``PROJECT/embeddings/<backbone>/<weights id>/pa
 rows of (sample_id, filehash, embedding). A sample is embedded again only when it is new or its
 file changed (another hash). Parts are written every few batches, so an interrupted run
 resumes where it stopped. Unreadable images are skipped and reported, never a crash.
+
+With ``ray_address`` (``embed --ray auto|ADDRESS``, ``models.ray_address``) the images are
+embedded on a Ray cluster (:func:`fieldguide.models.distributed.ray_features`) and this process
+writes the same cache from the batches that come back.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fieldguide.config import Project
-from fieldguide.errors import NotReadyError
+from fieldguide.errors import ModelError, NotReadyError
 from fieldguide.models.backbones import Backbone, count_macs, count_params, load_backbone
 from fieldguide.models.inference import image_outputs
 from fieldguide.platform import samples, store
@@ -109,39 +114,54 @@ def _stored_files(project: Project, ds=None) -> tuple[list[str], list[str], list
 @writes('embed')
 def embed(project: Project, backbone: str | None = None, weights: str | None = None, *,
           batch_size: int | None = None, num_workers: int | None = None, device: str | None = None,
-          bb: Backbone | None = None) -> EmbedReport:
-    """Embed every sample of the store that the cache does not hold yet (or whose file changed)."""
+          bb: Backbone | None = None, ray_address: str | None = None) -> EmbedReport:
+    """Embed every sample of the store that the cache does not hold yet (or whose file changed).
+    ``ray_address``: ``auto`` or a Ray cluster's address to embed there (default:
+    models.ray_address; empty or ``none``: on this machine)."""
+    from fieldguide.models.distributed import wants_ray
+
     cfg = project.config.models
     name = backbone or cfg.backbone
+    weights = weights if weights is not None else (cfg.weights or None)
+    address = ray_address if ray_address is not None else cfg.ray_address
+    if bb is not None and wants_ray(address):
+        raise ModelError(f"backbone {bb.name!r}: a loaded backbone cannot go to a Ray cluster (name it instead)")
     if bb is None:
-        bb = load_backbone(name, weights if weights is not None else (cfg.weights or None), runs_dir=project.runs_dir)
+        bb = load_backbone(name, weights, runs_dir=project.runs_dir)
     ids, paths, hashes = _stored_files(project)
     directory = cache_dir(project, bb.name, bb.weights_id)
     todo = _not_cached(directory, ids, hashes)
     wh = store.warehouse(project)
-    config = {"backbone": bb.name, "weights_id": bb.weights_id, "batch_size": batch_size or cfg.batch_size}
+    config = {"backbone": bb.name, "weights_id": bb.weights_id, "batch_size": batch_size or cfg.batch_size,
+              **({"ray": address} if wants_ray(address) else {})}
     with wh.run("embed", config) as run_id:
         report = EmbedReport(run_id=run_id, backbone=bb.name, dim=bb.dim,
                              cached=len(ids) - len(todo), cache_dir=str(directory))
         start = time.perf_counter()
         buf_ids, buf_hashes, buf_feats = [], [], []
         todo_paths = [paths[i] for i in todo]
-        for idx, feats, bad in iter_features(
-            bb, todo_paths, batch_size=batch_size or cfg.batch_size,
-            num_workers=cfg.num_workers if num_workers is None else num_workers,
-            device=device or cfg.device,
-        ):
-            for j, err in bad:
-                report.skipped.append((todo_paths[j], err))
-            for j, f in zip(idx, feats):
-                k = todo[j]
-                buf_ids.append(ids[k])
-                buf_hashes.append(hashes[k] or "")
-                buf_feats.append(f)
-            if len(buf_ids) >= FLUSH_EVERY:
-                _write_part(directory, buf_ids, buf_hashes, np.stack(buf_feats))
-                report.embedded += len(buf_ids)
-                buf_ids, buf_hashes, buf_feats = [], [], []
+        loader = dict(batch_size=batch_size or cfg.batch_size, device=device or cfg.device,
+                      num_workers=cfg.num_workers if num_workers is None else num_workers)
+        if wants_ray(address):
+            from fieldguide.models.distributed import ray_features
+
+            batches = ray_features(name, _absolute(weights), project.runs_dir.resolve(), bb.weights_id, todo_paths,
+                                   address=address, **loader)
+        else:
+            batches = iter_features(bb, todo_paths, **loader)
+        with closing(batches):
+            for idx, feats, bad in batches:
+                for j, err in bad:
+                    report.skipped.append((todo_paths[j], err))
+                for j, f in zip(idx, feats):
+                    k = todo[j]
+                    buf_ids.append(ids[k])
+                    buf_hashes.append(hashes[k] or "")
+                    buf_feats.append(f)
+                if len(buf_ids) >= FLUSH_EVERY:
+                    _write_part(directory, buf_ids, buf_hashes, np.stack(buf_feats))
+                    report.embedded += len(buf_ids)
+                    buf_ids, buf_hashes, buf_feats = [], [], []
         if buf_ids:
             _write_part(directory, buf_ids, buf_hashes, np.stack(buf_feats))
             report.embedded += len(buf_ids)
@@ -161,6 +181,12 @@ def embed(project: Project, backbone: str | None = None, weights: str | None = N
         elif wh.query("SELECT 1 FROM backbone_costs WHERE backbone = ?", [bb.name]).empty:
             record_cost(project, bb, None)
     return report
+
+
+def _absolute(weights: str | None) -> str | None:
+    """``weights`` as an absolute path when it is a local file or folder (a Ray worker's working
+    folder is not this one)."""
+    return str(Path(weights).resolve()) if weights and Path(weights).exists() else weights
 
 
 def _not_cached(directory: Path, ids: list[str], hashes: list[str | None]) -> list[int]:

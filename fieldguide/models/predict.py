@@ -41,6 +41,7 @@ from fieldguide.errors import FieldguideError, NotReadyError
 from fieldguide.models import open_set
 from fieldguide.models.costs import decide, project_costs
 from fieldguide.models.crossval import aligned_proba, cross_val_pred_probs
+from fieldguide.models.distributed import wants_ray
 from fieldguide.models.backbones import DISTILLED
 from fieldguide.models.embed import embedded_backbones, embedded_table, joint_embedded_table
 from fieldguide.models.heads import make_head
@@ -87,17 +88,20 @@ class PredictReport:
 @writes('predict')
 def predict(project: Project, *, head: str | None = None, folds: int | None = None,
             backbone: str | None = None, backbones: list[str] | None = None, seed: int | None = None,
-            metadata: str | None = None, decision: str | None = None) -> PredictReport:
+            metadata: str | None = None, decision: str | None = None, ray_address: str | None = None) -> PredictReport:
     """Out-of-sample predictions for every sample with an embedding; see the module docstring.
     ``metadata``: auto | none (default: models.metadata); ``decision``: argmax | expected_cost
     (default: predict.decision). ``backbone``: one backbone; ``backbones``: heads across these
-    (default: models.backbones, else every embedded one)."""
+    (default: models.backbones, else every embedded one). ``ray_address``: ``auto`` or a Ray
+    cluster's address to fit the K-fold heads there, one task per fold (default: models.ray_address)."""
     cfg = project.config.predict
     decision = decision or cfg.decision
     head = head or cfg.head
     folds = folds or cfg.folds
     seed = cfg.seed if seed is None else seed
     metadata = metadata or project.config.models.metadata
+    address = ray_address if ray_address is not None else project.config.models.ray_address
+    address = address if wants_ray(address) else None
     check_metadata_mode(metadata)
     make_head(head)  # unknown names fail before any work
     names, by_default = _backbones(project, backbone, backbones)
@@ -126,13 +130,15 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
     groups = prior_groups(M[fit_mask])
     used = list(widths)
     config = {"head": head, "folds": folds, "seed": seed, "backbone": used[0],
-              "metadata": {"mode": metadata, "groups": groups}, "decision": decision}
+              "metadata": {"mode": metadata, "groups": groups}, "decision": decision,
+              **({"ray": address} if address else {})}
     if len(used) > 1:
         config["backbones"] = {"names": used, "by_default": by_default, "left_out": [n for n in names if n not in widths]}
     with wh.run("predict", config) as run_id:
         probs = np.zeros((len(ids), len(classes)))
         fold = np.full(len(ids), -1, dtype=int)
-        oof, fold_fit = cross_val_pred_probs(model, X[fit_mask], y, len(classes), folds=folds, seed=seed)
+        oof, fold_fit = cross_val_pred_probs(model, X[fit_mask], y, len(classes), folds=folds, seed=seed,
+                                             ray_address=address)
         fold[fit_mask] = fold_fit
         # across backbones the head fit on all training samples is fit anyway: its choice is recorded
         full = clone(model).fit(X[fit_mask], y) if (~fit_mask).any() or len(used) > 1 else None
