@@ -123,7 +123,7 @@ def _load() -> float:
 def signal_rows(n: int, settings, shape: tuple) -> list[dict]:
     """Time and memory of each step of the signals on a synthetic collection of ``n`` samples."""
     from fieldguide.curation import signals as sig
-    from fieldguide.curation.knn_graph import build_knn_graph, normalized, uniqueness
+    from fieldguide.curation.knn_graph import build_knn_graph, uniqueness
 
     X, _, noisy, probs = synthetic(n, shape)
     load = _load()
@@ -135,15 +135,9 @@ def signal_rows(n: int, settings, shape: tuple) -> list[dict]:
                      "seconds": round(m.seconds, 1), "peak_mb": round(m.added_mb), "load": load})
         log.info("n=%d %s: %.1f s, +%.0f MB", n, step, m.seconds, m.added_mb)
 
-    method = f"{settings.method}" + (f", PCA {settings.pca_dim}" if settings.pca_dim else "")
-    if settings.pca_dim:  # timed apart: the graph is built on the reduced rows (normalising them again is a no-op)
-        with PeakRss() as m:
-            reduced = normalized(X, settings.pca_dim, seed=settings.seed)
-        row(f"PCA to {settings.pca_dim} (scikit-learn)", m, method)
-    else:
-        reduced = X
-    with PeakRss() as m:
-        inputs.knn_graph = build_knn_graph(reduced, sig.DATALAB_K, replace(settings, pca_dim=0))
+    method = graph_label(settings)
+    with PeakRss() as m:  # PCA, the approximate search and the re-ranking on the full rows
+        inputs.knn_graph = build_knn_graph(X, sig.DATALAB_K, settings)
     row("kNN graph (FAISS)", m, method)
     for name in ("knn", "cleanlab", "datalab"):
         with PeakRss() as m:
@@ -192,13 +186,24 @@ def graph_rows(part: str, collection: str, X: np.ndarray, labels: np.ndarray, fl
     return rows
 
 
-def variants(pca_dim: int) -> dict:
+def graph_label(settings) -> str:
+    """How a graph was built, as the CSV's ``method`` says it."""
+    if settings.method == "exact" or not settings.pca_dim:
+        return settings.method
+    return f"{settings.method}, PCA {settings.pca_dim}" + (f", re-rank x{settings.refine}" if settings.refine else "")
+
+
+def variants(pca_dim: int, refine: int) -> dict:
+    """The approximate graphs compared with exact search: full rows, PCA-reduced rows, and
+    PCA-reduced candidates re-ranked on the full rows (the default above ``knn_exact_below``)."""
     from fieldguide.curation.knn_graph import GraphSettings
 
-    out = {"hnsw": GraphSettings(method="hnsw"), "ivf": GraphSettings(method="ivf")}
-    if pca_dim:
-        out[f"hnsw, PCA {pca_dim}"] = GraphSettings(method="hnsw", pca_dim=pca_dim)
-        out[f"ivf, PCA {pca_dim}"] = GraphSettings(method="ivf", pca_dim=pca_dim)
+    out = {}
+    for method in ("hnsw", "ivf"):
+        for settings in (GraphSettings(method=method, pca_dim=0),
+                         GraphSettings(method=method, pca_dim=pca_dim, refine=0),
+                         GraphSettings(method=method, pca_dim=pca_dim, refine=refine)):
+            out[graph_label(settings)] = settings
     return out
 
 
@@ -211,7 +216,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,200000", help="synthetic collection sizes (1000000: ~16 GB)")
     ap.add_argument("--recall-n", type=int, default=50_000)
     ap.add_argument("--method", default="hnsw", choices=["hnsw", "ivf", "exact"], help="graph of the signals part")
-    ap.add_argument("--pca-dim", type=int, default=128, help="PCA before the graph (0: none)")
+    ap.add_argument("--pca-dim", type=int, default=128, help="the approximate search's PCA dimensions (0: none)")
+    ap.add_argument("--refine", type=int, default=16, help="candidates per neighbour re-ranked on the full rows")
+    ap.add_argument("--graphs", default="", help="recall/auroc: only these approximate graphs (';'-separated "
+                    "methods as the CSV names them); default: all")
     ap.add_argument("--collections", default="inat-plants-dev,cub100")
     ap.add_argument("--shape-of", default="inat-plants-dev", help="the synthetic features take this collection's spectrum")
     ap.add_argument("--backbone", default="efficientnet_lite0")
@@ -222,14 +230,17 @@ def main() -> None:
     parts = set(args.parts.split(","))
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[dict] = []
+    graphs = variants(args.pca_dim, args.refine)
+    if args.graphs:
+        graphs = {k: v for k, v in graphs.items() if k in args.graphs.split(";")}
     shape = real_shape(args.cache / "arrays" / f"{args.shape_of}_{args.backbone}.npz")
     if "signals" in parts:
-        settings = GraphSettings(method=args.method, pca_dim=args.pca_dim)
+        settings = GraphSettings(method=args.method, pca_dim=args.pca_dim, refine=args.refine)
         for n in sizes:
             rows += signal_rows(n, settings, shape)
     if "recall" in parts:
         X, clean, noisy, _ = synthetic(args.recall_n, shape)
-        rows += graph_rows("recall", "synthetic", X, noisy, noisy != clean, variants(args.pca_dim), "symmetric 10%")
+        rows += graph_rows("recall", "synthetic", X, noisy, noisy != clean, graphs, "symmetric 10%")
     if "auroc" in parts:
         for name in args.collections.split(","):
             path = args.cache / "arrays" / f"{name}_{args.backbone}.npz"
@@ -240,7 +251,7 @@ def main() -> None:
             X, y = z["X_train"], z["y_train"].astype(int)
             for rate in (0.1, 0.2, 0.4):
                 noisy = inject_noise(y, len(z["classes"]), rate, "symmetric", seed=0)
-                rows += graph_rows("auroc", name, X, noisy, noisy != y, variants(args.pca_dim), f"symmetric {rate:.0%}")
+                rows += graph_rows("auroc", name, X, noisy, noisy != y, graphs, f"symmetric {rate:.0%}")
     out = pd.DataFrame(rows)
     if args.out.exists():  # parts not run this time keep their rows
         old = pd.read_csv(args.out)

@@ -161,7 +161,7 @@ class CurationSection(_Section):
     knn_exact_below: int = Field(default=50_000, ge=0, description="auto: exact kNN search below this many samples")
     knn_pca_dim: int = Field(default=128, ge=0, description="hnsw/ivf: search among the embeddings PCA-reduced to "
                              "this many dimensions (0: the full embeddings; exact always reads the full ones)")
-    knn_refine: int = Field(default=4, ge=0, description="hnsw/ivf with PCA: this many candidates per neighbour, "
+    knn_refine: int = Field(default=16, ge=0, description="hnsw/ivf with PCA: this many candidates per neighbour, "
                             "re-ranked by the exact cosine on the full embeddings (0: none)")
     knn_ef_search: int = Field(default=64, ge=1, description="hnsw: search breadth (higher: better recall, slower)")
     pred_probs_budget_mb: float = Field(default=2048, gt=0, description="pred_probs larger than this: cleanlab "
