@@ -84,6 +84,20 @@ def _write_part(directory: Path, ids: list[str], hashes: list[str], feats: np.nd
     tmp.rename(directory / f"part-{n:05d}.parquet")  # a half-written part is never read
 
 
+def write_embeddings(project: Project, backbone: str, weights_id: str, ids: list[str], hashes: list[str],
+                     feats: np.ndarray, *, part_rows: int | None = FLUSH_EVERY) -> Path:
+    """Add the rows ``(ids[i], hashes[i], feats[i])`` to the cache of ``backbone`` with the weights
+    ``weights_id``, in parts of ``part_rows`` rows (None: one part), and make these weights the
+    backbone's current ones (what :func:`load_embeddings` reads). Returns the cache folder."""
+    directory = cache_dir(project, backbone, weights_id)
+    step = part_rows or max(len(ids), 1)
+    for start in range(0, len(ids), step):
+        _write_part(directory, ids[start:start + step], hashes[start:start + step], feats[start:start + step])
+    _current_file(project, backbone).parent.mkdir(parents=True, exist_ok=True)
+    _current_file(project, backbone).write_text(weights_id)
+    return directory
+
+
 def read_cache(directory: Path) -> tuple[list[str], list[str], np.ndarray]:
     """All cached rows (the newest row per sample wins)."""
     parts = sorted(directory.glob("part-*.parquet"))
@@ -262,10 +276,8 @@ def import_embeddings(project: Project, source: Project, backbone: str | None = 
     directory = cache_dir(project, name, weights_id)
     have = dict(zip(*read_cache(directory)[:2]))
     rows = [(sid, h, by_hash[h]) for sid, h in zip(ids, hashes) if h in by_hash and have.get(sid) != h]
-    if rows:
-        _write_part(directory, [r[0] for r in rows], [r[1] for r in rows], feats[[r[2] for r in rows]])
-    _current_file(project, name).parent.mkdir(parents=True, exist_ok=True)
-    _current_file(project, name).write_text(weights_id)
+    write_embeddings(project, name, weights_id, [r[0] for r in rows], [r[1] for r in rows],
+                     feats[[r[2] for r in rows]], part_rows=None)
     return len(rows)
 
 

@@ -157,17 +157,11 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
         if rest is not None:
             probs[~fit_mask] = rest
         scores = _open_set_scores(head, X, y, fit_mask, full, seed)
-        path = project.run_dir(run_id) / "pred_probs.npz"
-        np.savez_compressed(path, sample_ids=np.array(ids), classes=np.array(classes), pred_probs=probs,
-                            fold=fold, labels=table["label"].fillna("").to_numpy().astype(str),
-                            splits=table["split"].fillna("").to_numpy().astype(str), open_set=scores,
-                            open_set_names=np.array([*open_set.SCORES, "combined"]))
+        path = save_pred_probs(project.run_dir(run_id) / "pred_probs.npz", ids, classes, probs, fold,
+                               table["label"].fillna("").to_numpy().astype(str),
+                               table["split"].fillna("").to_numpy().astype(str), scores)
         top = decide(probs, cost, decision)
-        logits = np.log(np.clip(probs, 1e-12, None))
-        predictions = {
-            sid: {"label": classes[t], "confidence": float(probs[i, t]), "logits": logits[i].tolist()}
-            for i, (sid, t) in enumerate(zip(ids, top))
-        }
+        predictions = prediction_values(ids, classes, probs, top)
         tree = project_tree(project, classes)
         unknown = {sid: None if np.isnan(s) else float(s) for sid, s in zip(ids, scores[:, -1])}  # None: clear
         backed = backoff_labels(ids, probs, tree, project.config.models.backoff_threshold)
@@ -186,6 +180,25 @@ def predict(project: Project, *, head: str | None = None, folds: int | None = No
                          decision=decision, n_unknown=sum(v is not None and v >= UNKNOWN_AT for v in unknown.values()),
                          backbones=used, by_default=by_default and len(used) > 1,
                          left_out=[n for n in names if n not in widths], combination=combination)
+
+
+def save_pred_probs(path: Path, ids: list[str], classes: list[str], probs: np.ndarray, fold: np.ndarray,
+                    labels: np.ndarray, splits: np.ndarray, scores: np.ndarray) -> Path:
+    """Write ``pred_probs.npz`` as :func:`load_pred_probs` reads it: per sample of ``ids`` its row of
+    ``probs`` (n, len(classes)), ``fold`` (-1: not cross-validated), given label, split and open-set
+    ``scores`` (n, len(SCORES) + 1; NaN where not scored). Returns ``path``."""
+    np.savez_compressed(path, sample_ids=np.array(ids), classes=np.array(classes), pred_probs=probs,
+                        fold=fold, labels=labels, splits=splits, open_set=scores,
+                        open_set_names=np.array([*open_set.SCORES, "combined"]))
+    return path
+
+
+def prediction_values(ids: list[str], classes: list[str], probs: np.ndarray, top: np.ndarray) -> dict[str, dict]:
+    """The stored ``prediction`` of each sample of ``ids``: the class ``top[i]``, its probability
+    as confidence, and the log-probabilities as logits."""
+    logits = np.log(np.clip(probs, 1e-12, None))
+    return {sid: {"label": classes[t], "confidence": float(probs[i, t]), "logits": logits[i].tolist()}
+            for i, (sid, t) in enumerate(zip(ids, top))}
 
 
 def _backbones(project: Project, backbone: str | None, backbones: list[str] | None) -> tuple[list[str], bool]:
