@@ -315,6 +315,22 @@ def test_flag_weights_come_from_the_project_file(predicted):
         "error: signals.weights: 'knn_disagremeent' is not a signal output (known: ")
 
 
+def test_flag_leaves_brain_mistakenness_out_past_its_maximum(predicted):
+    """Past curation.brain_mistakenness_max assessed samples flag skips FiftyOne Brain's
+    mistakenness (it reads every sample's logits); every other signal is still written."""
+    from fieldguide.config import dump_config, open_project
+
+    p = predicted
+    p.config.curation.brain_mistakenness_max = 23  # one fewer than the 24 assessed samples
+    p.config_path.write_text(dump_config(p.config))
+    report = flag(open_project(p.root))
+    counts = store.warehouse(p).query("SELECT signal, count(*) AS n FROM signals WHERE run_id = ? GROUP BY signal",
+                                      [report.run_id]).set_index("signal")["n"]
+    assert report.assessed == 24 and "mistakenness" not in counts
+    assert counts["uniqueness"] == counts["noise_score"] == counts["label_quality"] == 24
+    assert not store.dataset(p).has_sample_field("mistakenness")  # never computed on this store
+
+
 def test_reflag_replaces_tags_and_keeps_old_signals(predicted):
     p = predicted
     first = flag(p)

@@ -145,3 +145,26 @@ def test_cleanlab_batched_path_over_the_memory_budget():
     # the batched issue set is cleanlab's low self-confidence filter's, and finds flips only
     assert (small[names.CL_ISSUE] == find_label_issues(noisy, probs, filter_by="low_self_confidence")).all()
     assert small[names.CL_ISSUE][:12].sum() >= 3 and small[names.CL_ISSUE][12:].sum() == 0
+
+
+@pytest.mark.parametrize("method", ["hnsw", "ivf"])
+def test_approximate_methods_on_fewer_samples_than_pca_dimensions(method):
+    """hnsw/ivf chosen by hand on a collection smaller than the PCA dimensions (128 by default)
+    search the full rows instead of failing in PCA."""
+    X, _ = _clustered(100, d=200)
+    graph = build_knn_graph(X, 5, GraphSettings(method=method, nprobe=64))
+    assert graph.method == method and graph.indices.shape == (100, 5)
+    assert recall_at_k(graph.indices, build_knn_graph(X, 5, GraphSettings(method="exact")).indices) >= 0.9
+
+
+def test_blockwise_re_ranking_matches_one_block(monkeypatch):
+    """The search and re-ranking run block by block (a real collection's blocks hold 50,000 rows):
+    the graph is the same whatever the block size."""
+    import fieldguide.curation.knn_graph as kg
+
+    X, _ = _clustered(1200, d=32)
+    settings = GraphSettings(method="hnsw", pca_dim=10, refine=4)
+    whole = build_knn_graph(X, 10, settings)
+    monkeypatch.setattr(kg, "BLOCK", 257)
+    blocks = build_knn_graph(X, 10, settings)
+    assert (blocks.indices == whole.indices).all() and np.allclose(blocks.distances, whole.distances)

@@ -268,6 +268,9 @@ def test_bad_database_settings_are_one_error_line(tmp_path):
         (text.replace("port = 5432", "port = 70000"), "'labelstudio.database.port'"),
         (text.replace('engine = "sqlite"', 'engine = "postgresql"').replace('password = ""', 'password = "s3cret-pw"'),
          "'labelstudio.database': Value error, engine 'postgresql' needs host, name, user"),
+        # a connection URI pasted into host: its password is never echoed back
+        (text.replace('engine = "sqlite"', 'engine = "postgresql"').replace('host = ""', 'host = "postgres://u:s3cret-pw@db"'),
+         "'labelstudio.database.host'"),
     ]
     for bad, expected in cases:
         assert bad != text

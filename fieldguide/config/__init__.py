@@ -145,7 +145,8 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
             parts.append(f"unknown key '{where}'")
         elif e["type"] == "missing":
             parts.append(f"missing key '{where}'")
-        elif e["loc"] and str(e["loc"][-1]) in SECRET_KEYS:
+        elif (e["loc"] and str(e["loc"][-1]) in SECRET_KEYS) or tuple(map(str, e["loc"][:2])) == ("labelstudio", "database"):
+            # any value of the database table may hold a pasted connection URI with its password
             parts.append(f"'{where}': {e['msg']} (value not shown)")
         elif isinstance(e.get("input"), dict):  # a whole table: it may hold a secret
             parts.append(f"'{where}': {e['msg']}")

@@ -164,6 +164,9 @@ class CurationSection(_Section):
     knn_refine: int = Field(default=16, ge=0, description="hnsw/ivf with PCA: this many candidates per neighbour, "
                             "re-ranked by the exact cosine on the full embeddings (0: none)")
     knn_ef_search: int = Field(default=64, ge=1, description="hnsw: search breadth (higher: better recall, slower)")
+    brain_mistakenness_max: int = Field(
+        default=50_000, ge=0, description="FiftyOne Brain's mistakenness (shown in the App, not in the noise score) "
+        "only up to this many assessed samples: it reads every sample's stored logits (half of flag's time at 100k)")
     pred_probs_budget_mb: float = Field(default=2048, gt=0, description="pred_probs larger than this: cleanlab "
                                         "reads them in batches (find_label_issues_batched)")
 

@@ -179,7 +179,8 @@ def flag(project: Project, *, backbone: str | None = None, include_test: bool = 
         requeued = review.requeue(ds, flagged_ids, unknown=unknown_ids, include_test=include_test)
         index_fields(ds)  # after requeue: review_state exists once a sample was queued
         if len(assess) >= 2:
-            values.update(brain_signals(ds, assess, uniq))
+            values.update(brain_signals(ds, assess, uniq,
+                                        mistakenness=len(assess) <= project.config.curation.brain_mistakenness_max))
         _write_warehouse(wh, run_id, assess, values, stats)
         _save_views(ds, project.config.curation.scarce_class_count, counts, project.config.curation.review_order)
         store.snapshot_samples(project, ds)

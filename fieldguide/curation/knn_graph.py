@@ -128,14 +128,20 @@ def build_knn_graph(features: np.ndarray, k: int, settings: GraphSettings = Grap
     method = settings.method
     if method == "auto":
         method = "exact" if n < settings.exact_below else "hnsw"
-    reduced = method != "exact" and 0 < settings.pca_dim < features.shape[1]
+    # PCA needs more samples than dimensions; a smaller collection is searched on its full rows
+    reduced = method != "exact" and 0 < settings.pca_dim < min(features.shape[1], n)
     X = normalized(features, settings.pca_dim if reduced else 0, seed=settings.seed)
     refine = settings.refine if reduced else 0
-    wanted = min(n, (k + 1) * max(refine, 1))
-    sims, idx = _index(X, method, settings).search(X, wanted)
-    del X
-    if refine:
-        sims, idx = rerank(features, idx, k + 1)
+    index = _index(X, method, settings)
+    if refine:  # block by block: only the re-ranked (n, k + 1) result is kept whole
+        wanted, F = min(n, (k + 1) * refine), _float32_rows(features)
+        inv = _inverse_norms(F)
+        parts = [rerank(F, index.search(X[i:i + BLOCK], wanted)[1], k + 1, start=i, inverse_norms=inv)
+                 for i in range(0, n, BLOCK)]
+        sims, idx = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    else:
+        sims, idx = index.search(X, k + 1)
+    del X, index
     indices, distances = _drop_self(idx, 1.0 - sims, k)
     graph = KnnGraph(indices, distances, method, time.perf_counter() - start)
     if (distances[:, 0] <= 1e-6).any():  # exact duplicates: every member of a set sees the others at 0
@@ -146,29 +152,42 @@ def build_knn_graph(features: np.ndarray, k: int, settings: GraphSettings = Grap
     return graph
 
 
-def rerank(features: np.ndarray, candidates: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``keep`` most cosine-similar of each row's ``candidates`` (n, c) (-1: none) by the exact
-    cosine on ``features`` (n, d), as (similarities, indices), most similar first. Inner products by
-    FAISS (``fvec_inner_products_by_idx``) on the rows in place, divided by the rows' norms."""
+def rerank(features: np.ndarray, candidates: np.ndarray, keep: int, *, start: int = 0,
+           inverse_norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` most cosine-similar of the ``candidates`` (m, c) (-1: none) of the rows
+    ``start .. start + m`` of ``features`` (n, d), by the exact cosine on the full rows, as
+    (similarities, indices), most similar first. Inner products by FAISS
+    (``fvec_inner_products_by_idx``) on the rows in place, divided by the rows' norms
+    (``inverse_norms``: 1 / norm of each row, computed when not given)."""
     import faiss
 
-    F = np.ascontiguousarray(features, dtype=np.float32)  # no copy when already float32 C-ordered
-    norms = np.concatenate([np.linalg.norm(F[i:i + BLOCK], axis=1) for i in range(0, len(F), BLOCK)])
-    inv = (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
-    n, c = candidates.shape
-    sims = np.empty((n, keep), dtype=np.float32)
-    out = np.empty((n, keep), dtype=np.int64)
-    for i in range(0, n, BLOCK):
+    F = _float32_rows(features)
+    inv = _inverse_norms(F) if inverse_norms is None else inverse_norms
+    m, c = candidates.shape
+    sims = np.empty((m, keep), dtype=np.float32)
+    out = np.empty((m, keep), dtype=np.int64)
+    for i in range(0, m, BLOCK):
         ids = np.ascontiguousarray(candidates[i:i + BLOCK], dtype=np.int64)
+        rows = slice(start + i, start + i + len(ids))
         ip = np.empty(ids.shape, dtype=np.float32)
-        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(ip), faiss.swig_ptr(F[i:i + len(ids)]), faiss.swig_ptr(F),
-                                         faiss.swig_ptr(ids), F.shape[1], len(ids), c)
-        cos = ip * inv[i:i + len(ids), None] * inv[np.maximum(ids, 0)]
+        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(ip), faiss.swig_ptr(np.ascontiguousarray(F[rows])),
+                                         faiss.swig_ptr(F), faiss.swig_ptr(ids), F.shape[1], len(ids), c)
+        cos = ip * inv[rows, None] * inv[np.maximum(ids, 0)]
         cos[ids < 0] = -np.inf
         top = np.argsort(-cos, axis=1, kind="stable")[:, :keep]
         sims[i:i + len(ids)] = np.take_along_axis(cos, top, axis=1)
         out[i:i + len(ids)] = np.where(np.isfinite(sims[i:i + len(ids)]), np.take_along_axis(ids, top, axis=1), -1)
     return sims, out
+
+
+def _float32_rows(features: np.ndarray) -> np.ndarray:
+    """``features`` as C-ordered float32 (the array itself, or a memory-mapped one, when it is)."""
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def _inverse_norms(F: np.ndarray) -> np.ndarray:
+    norms = np.concatenate([np.linalg.norm(F[i:i + BLOCK], axis=1) for i in range(0, len(F), BLOCK)])
+    return (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def _index(X: np.ndarray, method: str, settings: GraphSettings):

@@ -137,7 +137,8 @@ def embed(project: Project, backbone: str | None = None, weights: str | None = N
     cfg = project.config.models
     name = backbone or cfg.backbone
     weights = weights if weights is not None else (cfg.weights or None)
-    address = ray_address if ray_address is not None else cfg.ray_address
+    # a backbone loaded here (bench backbones) stays here unless a cluster is asked for by name
+    address = ray_address if ray_address is not None else ("" if bb is not None else cfg.ray_address)
     if bb is not None and wants_ray(address):
         raise ModelError(f"backbone {bb.name!r}: a loaded backbone cannot go to a Ray cluster (name it instead)")
     if bb is None:

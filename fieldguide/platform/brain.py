@@ -18,9 +18,11 @@ from fieldguide.platform.fields import write_values
 log = logging.getLogger(__name__)
 
 
-def brain_signals(ds, sample_ids: list[str], uniqueness: np.ndarray | None) -> dict[str, np.ndarray]:
+def brain_signals(ds, sample_ids: list[str], uniqueness: np.ndarray | None, *,
+                  mistakenness: bool = True) -> dict[str, np.ndarray]:
     """FiftyOne Brain on the samples ``sample_ids`` (in that order): ``mistakenness`` from the
-    stored ``prediction`` logits against ``ground_truth``, absent when the Brain failed (logged);
+    stored ``prediction`` logits against ``ground_truth``, absent when the Brain failed (logged) or
+    when ``mistakenness`` is False (flag past ``curation.brain_mistakenness_max`` samples);
     ``uniqueness`` (n,) aligned with ``sample_ids``, when given, is written to the samples' field
     ``uniqueness`` and returned. Each is an (n,) float array."""
     view = ds.select(sample_ids, ordered=True)
@@ -29,9 +31,11 @@ def brain_signals(ds, sample_ids: list[str], uniqueness: np.ndarray | None) -> d
     level = brain_log.level
     brain_log.setLevel(logging.WARNING)
     try:
-        out = _brain_fields(view)
+        out = _brain_fields(view) if mistakenness else {}
     finally:
         brain_log.setLevel(level)
+    if not mistakenness:
+        log.info("FiftyOne Brain mistakenness left out: %d samples, over curation.brain_mistakenness_max", len(sample_ids))
     if uniqueness is not None:
         write_values(ds, {"uniqueness": {sid: float(u) for sid, u in zip(sample_ids, uniqueness)}})
         out["uniqueness"] = np.asarray(uniqueness, dtype=float)
