@@ -135,3 +135,30 @@ def test_written_fields_take_their_declared_type(ingested):
     assert table.values.tolist() == [[second, None, "red_bird", None], [first, None, None, "obs-1"]]
     with pytest.raises(ValueError, match="not in the sample schema"):
         declare_fields(ds, ["noise_scor"])
+
+
+def test_plain_values_of_many_fields_in_one_update_per_sample(ingested):
+    """write_values' bulk path (numbers, booleans, strings of declared fields): the values land
+    typed as the schema says, None clears, a sample already loaded sees them, and the sample's
+    last_modified_at moves; a Classification field in the same call still goes through set_values."""
+    import time
+
+    from fieldguide.platform import samples
+    from fieldguide.platform.fields import declare_fields, write_values
+
+    ds = store.dataset(ingested, create=False)
+    a, b = samples.arrays(ds, tags="train", limit=2)["id"]
+    declare_fields(ds, ["noise_score", "label_issue", "error_rank"])
+    loaded = ds[a]
+    before = loaded.last_modified_at
+    write_values(ds, {"noise_score": {a: 1, b: 0.25}, "label_issue": {a: True, b: False},
+                      "error_rank": {a: "genus", b: None}})
+    time.sleep(0.01)
+    write_values(ds, {"noise_score": {b: None},
+                      "prediction": {a: {"label": "red_bird", "confidence": 0.9}}})
+    table = samples.arrays(ds, ["noise_score", "label_issue", "error_rank", "prediction.label"], ids=[a, b])
+    assert table.values.tolist() == [[a, 1.0, True, "genus", "red_bird"], [b, None, False, None, None]]
+    raw = ds._dataset._sample_collection.find_one({"_id": loaded._id}, {"noise_score": 1})
+    assert isinstance(raw["noise_score"], float)  # an int given for a float field is stored as a float
+    assert loaded.noise_score == 1.0 and loaded.error_rank == "genus"  # the loaded sample was reloaded
+    assert loaded.last_modified_at > before

@@ -132,9 +132,10 @@ def build_knn_graph(features: np.ndarray, k: int, settings: GraphSettings = Grap
     reduced = method != "exact" and 0 < settings.pca_dim < min(features.shape[1], n)
     X = normalized(features, settings.pca_dim if reduced else 0, seed=settings.seed)
     refine = settings.refine if reduced else 0
-    index = _index(X, method, settings)
+    wanted = min(n, (k + 1) * max(refine, 1))
+    index = _index(X, method, settings, wanted)
     if refine:  # block by block: only the re-ranked (n, k + 1) result is kept whole
-        wanted, F = min(n, (k + 1) * refine), _float32_rows(features)
+        F = _float32_rows(features)
         inv = _inverse_norms(F)
         parts = [rerank(F, index.search(X[i:i + BLOCK], wanted)[1], k + 1, start=i, inverse_norms=inv)
                  for i in range(0, n, BLOCK)]
@@ -190,7 +191,7 @@ def _inverse_norms(F: np.ndarray) -> np.ndarray:
     return (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _index(X: np.ndarray, method: str, settings: GraphSettings):
+def _index(X: np.ndarray, method: str, settings: GraphSettings, wanted: int):
     import faiss
 
     n, d = X.shape
@@ -199,7 +200,7 @@ def _index(X: np.ndarray, method: str, settings: GraphSettings):
     elif method == "hnsw":
         index = faiss.IndexHNSWFlat(d, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = settings.ef_construction
-        index.hnsw.efSearch = settings.ef_search  # FAISS searches max(efSearch, k) wide
+        index.hnsw.efSearch = max(settings.ef_search, wanted)  # FAISS does not widen it to k itself
     else:
         nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)

@@ -115,16 +115,61 @@ INDEXED_FIELDS = ("noise_score", "review_state", "tags")
 
 @retrying
 def write_values(ds, columns: Mapping[str, Mapping[str, object]], *, batch_size: int = WRITE_BATCH) -> None:
-    """Bulk-write sample fields: ``{field: {sample id: value}}``, one write per field and batch of
-    ``batch_size`` samples (None clears a value). A field of :data:`SCHEMA` is declared first when
-    the dataset lacks it, and its Classification values are given as dicts (see
-    :func:`classification`); any other field is a free field, typed by its values."""
+    """Bulk-write sample fields: ``{field: {sample id: value}}`` (None clears a value), in batches
+    of ``batch_size`` samples. A field of :data:`SCHEMA` is declared first when the dataset lacks
+    it, and its Classification values are given as dicts (see :func:`classification`); any other
+    field is a free field, typed by its values.
+
+    Plain values (numbers, booleans, strings, None) of fields the dataset already has go in one
+    update per sample for all such fields together (``$set``, FiftyOne's own bulk write): a flag
+    of 100,000 samples writes ~15 fields, one ``set_values`` per field took ~2 minutes of it. Other
+    fields (labels, new free fields) go through FiftyOne's ``set_values``, one call per field and
+    batch."""
     declare_fields(ds, [f for f, values in columns.items() if values and f in SCHEMA])
+    plain = {f: v for f, v in columns.items() if _plain(ds, f, v)}
+    if plain:
+        _write_plain(ds, plain, batch_size)
     for field, values in columns.items():
+        if field in plain:
+            continue
         items = list(values.items())
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             ds.set_values(field, {sid: _stored(field, v) for sid, v in chunk}, key_field="id")
+
+
+_PLAIN_KINDS = {"float": float, "bool": bool, "string": str}
+
+
+def _plain(ds, field: str, values: Mapping) -> bool:
+    """True when ``field`` exists in the dataset as a float, bool or string field (of
+    :data:`SCHEMA`) and every value is of that kind or None."""
+    kind = _PLAIN_KINDS.get(SCHEMA.get(field, ""))
+    if kind is None or not ds.has_sample_field(field):
+        return False
+    ok = (float, int) if kind is float else kind
+    return all(v is None or (isinstance(v, ok) and not (kind is float and isinstance(v, bool))) for v in values.values())
+
+
+def _write_plain(ds, columns: Mapping[str, Mapping[str, object]], batch_size: int) -> None:
+    """One ``$set`` per sample of every column's value for it (floats as floats)."""
+    from datetime import datetime, timezone
+
+    from bson import ObjectId
+    from pymongo import UpdateOne
+
+    floats = {f for f in columns if SCHEMA.get(f) == "float"}
+    ids = list(dict.fromkeys(sid for values in columns.values() for sid in values))
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        ops = []
+        for sid in chunk:
+            update = {f: (float(values[sid]) if f in floats and values[sid] is not None else values[sid])
+                      for f, values in columns.items() if sid in values}
+            update["last_modified_at"] = now
+            ops.append(UpdateOne({"_id": ObjectId(sid)}, {"$set": update}))
+        ds._bulk_write(ops, ids=chunk)  # FiftyOne's own: also reloads the samples loaded in memory
 
 
 @retrying
