@@ -105,10 +105,12 @@ def postgres():
             conn.execute(f"CREATE DATABASE {db['name']} OWNER {db['user']}")
         yield db
     finally:
-        if started:
-            _run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])[0],
-                 "pg_ctl stop")
-        shutil.rmtree(area, ignore_errors=True)
+        try:
+            if started or (data / "postmaster.pid").exists():  # also a start that timed out
+                _run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])[0],
+                     "pg_ctl stop")
+        finally:
+            shutil.rmtree(area, ignore_errors=True)
 
 
 def _query(db: dict, sql: str, *params) -> list[tuple]:

@@ -147,6 +147,9 @@ class EmbedBatch:
                 "weights_id": np.full(len(paths), self.bb.weights_id, dtype=object)}
 
 
+MAX_CPU_ACTORS = 8  # CPU actors by default (``workers`` overrides it)
+
+
 def ray_features(name: str, weights: str | None, runs_dir: str | Path | None, weights_id: str, paths: list[str], *,
                  address: str, batch_size: int = 64, device: str = "auto", num_workers: int = 2,
                  workers: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]]:
@@ -155,7 +158,8 @@ def ray_features(name: str, weights: str | None, runs_dir: str | Path | None, we
     ``address`` by backbone ``name`` with ``weights`` (loaded by each actor; its ``weights_id``
     must be the driver's).
 
-    ``workers``: actors (default: one per GPU of the cluster, else one per CPU). A GPU actor
+    ``workers``: actors (default: one per GPU of the cluster, else one per CPU, at most
+    :data:`MAX_CPU_ACTORS`). A GPU actor
     decodes its images with ``num_workers`` loader processes; a CPU actor in its own process."""
     if not paths:
         return
@@ -163,7 +167,9 @@ def ray_features(name: str, weights: str | None, runs_dir: str | Path | None, we
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         blocks = math.ceil(len(paths) / batch_size)  # a batch each: the actors share them out
-        n = max(1, min(workers or gpus or int(resources.get("CPU", 1)), blocks))
+        # each actor holds a copy of the backbone: on a wide CPU cluster, a few actors (torch uses the
+        # other cores inside each) rather than one per core
+        n = max(1, min(workers or gpus or min(int(resources.get("CPU", 1)), MAX_CPU_ACTORS), blocks))
         log.info("embedding %d images on Ray: %d %s actors", len(paths), n, "GPU" if gpus else "CPU")
         ds = ray.data.from_items([{"pos": i, "path": p} for i, p in enumerate(paths)], override_num_blocks=blocks)
         ds = ds.map_batches(
