@@ -1,16 +1,18 @@
-"""Proteus distillation on CPU: EfficientNet-Lite0 into a ViT and a hybrid on inat-plants-dev's images.
+"""Proteus distillation on CPU: EfficientNet-Lite0 into a ViT and a hybrid on a collection's images.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/distill_bench.py --cache /work/main/benchmarks/.cache \\
-        [--students vit_tiny_patch16_224,levit_128s] [--image-size 96] [--epochs 15] [--cached-views 4]
+        [--collection inat-plants-dev|cub100] [--students vit_tiny_patch16_224,levit_128s] [--image-size 96] \\
+        [--epochs 15] [--cached-views 4]
 
 Each student is distilled from random init (no labels; token, patch and feature levels; MSE +
-cosine; strong augmentation) on the collection's train images (the suite's split: 30% of each
-species to test, ``random.Random(7)``), the teacher's targets cached on ``--cached-views`` fixed
-views per image (0: the online path, a teacher pass per batch), with the checkpoints of
+cosine; strong augmentation) on the collection's train images (cub100: its own split;
+inat-plants-dev: the suite's, 30% of each species to test, ``random.Random(7)``), the teacher's
+targets cached on ``--cached-views`` fixed views per image (0: the online path, a teacher pass per batch), with the checkpoints of
 :func:`fieldguide.models.distill.distill_images` (a rerun resumes). Then the distilled student,
 the same architecture at random init and the teacher are scored on frozen features: 1-NN (cosine)
 test top-1 and plain LR test top-1 (``LogisticRegression(C=10)`` on L2-normalised features). The
-teacher's features come from the suite's cache (224 px); the students' are computed here, at
+teacher's features come from the suite's cache (224 px; the collection is ingested and embedded
+there first when it is not yet); the students' are computed here, at
 their input size. Writes ``benchmarks/results/distill.csv``, replacing the rows of the students
 it runs and keeping the others (so students can run in separate processes). No GPU: GPU figures
 are missing.
@@ -29,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-COLLECTION = "inat-plants-dev"
 
 
 def knn_top1(X_train, y_train, X_test, y_test) -> float:
@@ -47,18 +48,6 @@ def lr_top1(X_train, y_train, X_test, y_test, n_classes: int) -> float:
     return float((plain_lr_probs(X_train, y_train, X_test, n_classes).argmax(1) == y_test).mean())
 
 
-def split_paths(data: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-    """``(paths, labels as indices, test mask, classes)`` of the collection, split as the suite splits it."""
-    from fieldguide.suite.collections import suite_split
-
-    meta = pd.read_csv(data / COLLECTION / "metadata.csv")
-    paths = [str((data / COLLECTION / p).resolve()) for p in meta["path"]]
-    labels = meta["scientific_name"].tolist()
-    classes = sorted(set(labels))
-    y = np.array([classes.index(c) for c in labels])
-    return paths, y, suite_split(labels, paths), classes
-
-
 def embed_paths(bb, paths: list[str]) -> tuple[np.ndarray, float]:
     from fieldguide.models.embed import iter_features
 
@@ -71,21 +60,24 @@ def embed_paths(bb, paths: list[str]) -> tuple[np.ndarray, float]:
     return X, len(paths) / (time.perf_counter() - t)
 
 
-def teacher_features(cache: Path, data: Path, teacher: str):
-    arrays = cache / "arrays" / f"{COLLECTION}_{teacher}.npz"
-    if arrays.exists():
-        z = np.load(arrays, allow_pickle=True)
-        return z["X_train"], z["y_train"], z["X_test"], z["y_test"]
+def collection_split(cache: Path, data: Path, collection: str, teacher: str):
+    """The collection's :class:`~fieldguide.suite.collections.Features` with the teacher's embeddings
+    (ingested and embedded into ``cache/<collection>`` when not yet there) and ``(paths, labels as
+    indices, test mask)`` of its labeled images in that order: cub100 by its own split, a collection
+    without one by the suite's (30% of each species to test, ``random.Random(7)``)."""
     from fieldguide.suite.collections import bundled_collections, collection_features
 
-    f = collection_features(bundled_collections(data)[COLLECTION], cache, backbone=teacher)
-    return f.X_train, f.y_train, f.X_test, f.y_test
+    f = collection_features(bundled_collections(data)[collection], cache, backbone=teacher)
+    paths = f.paths_train + f.paths_test
+    test = np.r_[np.zeros(len(f.paths_train), bool), np.ones(len(f.paths_test), bool)]
+    return f, paths, np.r_[f.y_train, f.y_test], test
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
+    ap.add_argument("--collection", default="inat-plants-dev", help="A bundled collection (cub100, inat-plants-dev).")
     ap.add_argument("--teacher", default="efficientnet_lite0")
     ap.add_argument("--students", default="vit_tiny_patch16_224,levit_128s")
     ap.add_argument("--image-size", type=int, default=96)
@@ -112,27 +104,28 @@ def main() -> None:
     from fieldguide.platform.warehouse import now
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    paths, y, test, classes = split_paths(args.data)
+    coll = args.collection
+    f, paths, y, test = collection_split(args.cache, args.data, coll, args.teacher)
+    Xt_tr, yt_tr, Xt_te, yt_te, classes = f.X_train, f.y_train, f.X_test, f.y_test, f.classes
     train_paths = [p for p, t in zip(paths, test) if not t][:args.limit or None]
     teacher = load_backbone(args.teacher)
-    Xt_tr, yt_tr, Xt_te, yt_te = teacher_features(args.cache, args.data, args.teacher)
-    assert len(Xt_te) == test.sum(), (len(Xt_te), test.sum())
-    rows = [{"collection": COLLECTION, "backbone": args.teacher, "arch": args.teacher, "init": "teacher (ImageNet)",
+    rows = [{"collection": coll, "backbone": args.teacher, "arch": args.teacher, "init": "teacher (ImageNet)",
              "image_size": teacher.input_size, "params_m": count_params(teacher.model) / 1e6, "epochs": "",
              "distill_seconds": "", "distill_images_per_s": "",
              "knn_top1": knn_top1(Xt_tr, yt_tr, Xt_te, yt_te),
              "lr_top1": lr_top1(Xt_tr, yt_tr, Xt_te, yt_te, len(classes)), "device": "cpu (2 shared cores)"}]
     for arch in [a.strip() for a in args.students.split(",") if a.strip()]:
         name = f"{arch} (random init, {args.image_size} px)"
-        done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame({"backbone": []})
-        if not args.evaluate_checkpoint and name not in set(done["backbone"]):  # measured once
+        done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame({"collection": [], "backbone": []})
+        if not args.evaluate_checkpoint and name not in set(done.loc[done["collection"] == coll, "backbone"]):
             torch.manual_seed(0)
             random_bb, _ = create_student(arch, args.image_size)
-            rows.append(scored_row(random_bb, paths, y, test, len(classes), backbone=name, arch=arch, init="random",
+            rows.append(scored_row(random_bb, paths, y, test, len(classes), collection=coll, backbone=name, arch=arch, init="random",
                                    image_size=args.image_size, epochs=0))
             write_rows(rows, args.out)
         student, kwargs = create_student(arch, args.image_size)
-        folder = args.work / (f"{arch}-{args.image_size}px-{args.epochs}ep-v{args.cached_views}-t{args.teacher_size}"
+        prefix = "" if coll == "inat-plants-dev" else f"{coll}-"  # inat-plants-dev's folders predate --collection
+        folder = args.work / (f"{prefix}{arch}-{args.image_size}px-{args.epochs}ep-v{args.cached_views}-t{args.teacher_size}"
                               f"-w{args.token_weight:g}-lr{args.lr:g}")
         folder.mkdir(parents=True, exist_ok=True)
         ckpt_path = folder / "last.pt"
@@ -159,7 +152,7 @@ def main() -> None:
                 "interpolation": student.interpolation, "crop_pct": student.crop_pct, "teacher": args.teacher})
             epochs = args.epochs
             name += f", {args.epochs} ep)"
-        rows.append(scored_row(student, paths, y, test, len(classes), backbone=name, arch=arch, init="distilled",
+        rows.append(scored_row(student, paths, y, test, len(classes), collection=coll, backbone=name, arch=arch, init="distilled",
                                image_size=args.image_size, epochs=epochs, **recipe,
                                views_seconds=state.views_seconds, distill_seconds=state.seconds,
                                distill_images_per_s=state.images / state.seconds if state.seconds else ""))
@@ -173,24 +166,32 @@ def scored_row(bb, paths, y, test, n_classes: int, **row) -> dict:
     from fieldguide.models.backbones import count_params
 
     X, _ = embed_paths(bb, paths)
-    return {"collection": COLLECTION, **row, "params_m": count_params(bb.model) / 1e6,
+    return {**row, "params_m": count_params(bb.model) / 1e6,
             "knn_top1": knn_top1(X[~test], y[~test], X[test], y[test]),
             "lr_top1": lr_top1(X[~test], y[~test], X[test], y[test], n_classes), "device": "cpu (2 shared cores)"}
 
 
 def write_rows(rows: list[dict], out: Path) -> pd.DataFrame:
-    """``rows`` into ``out``, replacing the rows of the same backbones and keeping the others."""
+    """``rows`` into ``out``, replacing the rows of the same (collection, backbone) and keeping the others."""
     df = pd.DataFrame(rows)
     if out.exists():
         old = pd.read_csv(out)
-        df = pd.concat([old[~old["backbone"].isin(df["backbone"])], df], ignore_index=True)
-    order = df["init"].map({"random": 1, "distilled": 2}).fillna(0)  # the teacher first, then per student
-    df = (df.assign(_student=order > 0, _order=order).sort_values(["_student", "arch", "_order"], kind="stable")
+        key = ["collection", "backbone"]
+        new_keys = pd.MultiIndex.from_frame(df[key])
+        df = pd.concat([old[~pd.MultiIndex.from_frame(old[key]).isin(new_keys)], df], ignore_index=True)
+    order = df["init"].map({"random": 1, "distilled": 2}).fillna(0)  # per collection: the teacher, then per student
+    df = (df.assign(_student=order > 0, _order=order)
+          .sort_values(["collection", "_student", "arch", "_order"], kind="stable", key=_collection_order)
           .drop(columns=["_student", "_order"]))
-    teacher = df.loc[df["init"].str.startswith("teacher"), "knn_top1"].iloc[0]
-    df["knn_gap_to_teacher"] = df["knn_top1"] - teacher
+    teacher = df[df["init"].str.startswith("teacher")].groupby("collection")["knn_top1"].first()
+    df["knn_gap_to_teacher"] = df["knn_top1"] - df["collection"].map(teacher)
     df.to_csv(out, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.4f")
     return df
+
+
+def _collection_order(col: pd.Series) -> pd.Series:
+    """inat-plants-dev (the first collection measured) before the others, which are in name order."""
+    return col.map(lambda c: (c != "inat-plants-dev", c)) if col.name == "collection" else col
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 against exact search, and the kNN signal's AUROC with the approximate graph against the exact one.
 
     OMP_NUM_THREADS=2 PYTHONPATH=$PWD python benchmarks/scale.py [--cache benchmarks/.cache] \\
-        [--sizes 100000,200000] [--recall-n 50000] [--method hnsw] [--pca-dim 128] [--parts signals,recall,auroc]
+        [--sizes 100000,200000] [--recall-n 50000] [--method hnsw] [--pca-dim 128] [--parts signals,recall,frontier,auroc]
 
 ``signals``: for each size n of ``--sizes`` (1,000,000 works too, given ~16 GB: the features are
 5 GB and the pred_probs 4 GB in float32), a synthetic collection of n samples of 1,000 classes in
@@ -18,6 +18,11 @@ every 20 ms) of each.
 ``recall``: on the first ``--recall-n`` samples of the first size, recall@10 of the approximate
 graphs (hnsw and ivf, full d and PCA-reduced) against exact search (``IndexFlatIP``), and the
 AUROC of the kNN signal on the synthetic flips with each graph.
+
+``frontier``: on the same ``--recall-n`` samples, HNSW graphs from cheap to thorough (links per
+node M 16/32/48 x 4..24 candidates per neighbour re-ranked), their time and recall@10, and the
+ceiling of any search on the PCA-reduced rows (their exact nearest candidates, re-ranked): the
+price of recall on this spectrum.
 
 ``auroc``: the noise benchmark's symmetric flips (10/20/40%) on the real embeddings of the suite
 cache (``<cache>/arrays/<collection>_<backbone>.npz``, training split), the kNN signal's AUROC with
@@ -207,6 +212,38 @@ def variants(pca_dim: int, refine: int) -> dict:
     return out
 
 
+def frontier_variants(pca_dim: int, ms=(16, 32, 48), refines=(4, 8, 12, 16, 24)) -> dict:
+    """HNSW graphs on PCA-reduced rows from cheap to thorough: links per node x candidates re-ranked."""
+    from fieldguide.curation.knn_graph import GraphSettings
+
+    return {f"{graph_label(s)}, M {s.hnsw_m}": s for s in
+            (GraphSettings(method="hnsw", pca_dim=pca_dim, refine=r, hnsw_m=m) for m in ms for r in refines)}
+
+
+def ceiling_rows(X: np.ndarray, pca_dim: int, refines=(4, 8, 12, 16, 24), setting: str = "") -> list[dict]:
+    """The best any search on the PCA-reduced rows can do: their exact nearest candidates
+    (``IndexFlatIP``), re-ranked on the full rows; recall@10 against exact search on the full rows."""
+    from fieldguide.curation.knn_graph import GraphSettings, build_knn_graph, normalized, recall_at_k, rerank
+
+    exact = build_knn_graph(X, 10, GraphSettings(method="exact")).indices
+    Xr = normalized(X, pca_dim)
+    import faiss
+
+    index = faiss.IndexFlatIP(Xr.shape[1])
+    index.add(Xr)
+    rows = []
+    for r in refines:
+        with PeakRss() as m:
+            _, cand = index.search(Xr, 11 * r)
+            _, idx = rerank(X, cand, 11)
+        idx = np.stack([row[row != i][:10] for i, row in enumerate(idx)])
+        rows.append({"part": "frontier", "collection": "synthetic", "n": len(X), "setting": setting, "load": _load(),
+                     "method": f"exact on PCA {pca_dim}, re-rank x{r}", "seconds": round(m.seconds, 1),
+                     "peak_mb": round(m.added_mb), "recall_at_10": round(recall_at_k(idx, exact), 4)})
+        log.info("ceiling PCA %d x%d: recall %.4f", pca_dim, r, rows[-1]["recall_at_10"])
+    return rows
+
+
 def main() -> None:
     from fieldguide.curation.knn_graph import GraphSettings
     from fieldguide.curation.noise_bench import inject_noise
@@ -241,6 +278,11 @@ def main() -> None:
     if "recall" in parts:
         X, clean, noisy, _ = synthetic(args.recall_n, shape)
         rows += graph_rows("recall", "synthetic", X, noisy, noisy != clean, graphs, "symmetric 10%")
+    if "frontier" in parts:  # what recall each setting buys, and how far a search on PCA rows can go
+        X, clean, noisy, _ = synthetic(args.recall_n, shape)
+        rows += graph_rows("frontier", "synthetic", X, noisy, noisy != clean, frontier_variants(args.pca_dim),
+                           "symmetric 10%")
+        rows += ceiling_rows(X, args.pca_dim, setting="symmetric 10%")
     if "auroc" in parts:
         for name in args.collections.split(","):
             path = args.cache / "arrays" / f"{name}_{args.backbone}.npz"

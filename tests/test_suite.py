@@ -4,6 +4,7 @@ on tiny arrays; and the command end to end on a tiny folder collection (tiny bac
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -221,6 +222,10 @@ def test_bench_suite_on_a_tiny_folder_collection(tmp_path, tiny_weights):
     f = collection_features(Collection("mine", folder, "folder"), cache, backbone="timm/test_efficientnet",
                             weights=str(tiny_weights))
     assert (len(f.y_train), len(f.y_test)) == (21, 9)
+    # the file paths line up with the rows: each train path is an image of its row's class
+    assert (len(f.paths_train), len(f.paths_test)) == (21, 9) and not set(f.paths_train) & set(f.paths_test)
+    assert [Path(p).parent.name for p in f.paths_train] == [f.classes[c] for c in f.y_train]
+    assert [Path(p).parent.name for p in f.paths_test] == [f.classes[c] for c in f.y_test]
     from fieldguide.config import open_project
     from fieldguide.platform import store
 

@@ -86,6 +86,8 @@ class Features:
     X_test: np.ndarray
     y_test: np.ndarray
     split: str  # "store" or the suite's split rule
+    paths_train: list[str] = field(default_factory=list)  # the images' file paths, in the rows' order
+    paths_test: list[str] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -158,4 +160,6 @@ def collection_features(collection: Collection, cache: Path, *, backbone: str | 
     if len(classes) < 2 or not (~test).any():
         raise FieldguideError(f"collection {collection.name}: needs labeled images of 2 or more classes "
                               f"(found {len(classes)} classes, {len(y)} labeled)")
-    return Features(collection.name, classes, X[~test], y[~test], X[test], y[test], split)
+    paths = table["filepath"].to_numpy()
+    return Features(collection.name, classes, X[~test], y[~test], X[test], y[test], split,
+                    paths[~test].tolist(), paths[test].tolist())
