@@ -193,9 +193,11 @@ def graph_rows(part: str, collection: str, X: np.ndarray, labels: np.ndarray, fl
 
 def graph_label(settings) -> str:
     """How a graph was built, as the CSV's ``method`` says it."""
+    method = settings.method + (f" {settings.hnsw_storage}" if settings.method == "hnsw" and
+                                settings.hnsw_storage != "flat" else "")
     if settings.method == "exact" or not settings.pca_dim:
-        return settings.method
-    return f"{settings.method}, PCA {settings.pca_dim}" + (f", re-rank x{settings.refine}" if settings.refine else "")
+        return method
+    return f"{method}, PCA {settings.pca_dim}" + (f", re-rank x{settings.refine}" if settings.refine else "")
 
 
 def variants(pca_dim: int, refine: int) -> dict:

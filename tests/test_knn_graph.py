@@ -50,6 +50,18 @@ def test_approximate_graph_recall_at_10(method):
     assert recall_at_k(exact.indices, exact.indices) == 1.0
 
 
+@pytest.mark.parametrize("storage", ["fp16", "sq8", "flat"])
+def test_hnsw_storage_keeps_the_recall(storage):
+    """Half floats (the default) and 8-bit codes in the HNSW index: the same neighbours as float32,
+    once re-ranked on the full rows."""
+    X, _ = _clustered(3000, d=32)
+    exact = build_knn_graph(X, 10, GraphSettings(method="exact"))
+    graph = build_knn_graph(X, 10, GraphSettings(method="hnsw", pca_dim=10, refine=4, hnsw_storage=storage))
+    assert recall_at_k(graph.indices, exact.indices) >= 0.95
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    assert np.allclose(graph.distances, 1 - (Xn[np.arange(len(X))[:, None]] * Xn[graph.indices]).sum(-1), atol=1e-5)
+
+
 def test_auto_is_exact_below_the_threshold_and_reads_the_full_rows():
     X, _ = _clustered(500)
     exact = build_knn_graph(X, 5, GraphSettings(method="exact"))
@@ -78,6 +90,8 @@ def test_pca_candidates_re_ranked_on_the_full_rows(method):
 def test_bad_settings_and_k():
     with pytest.raises(ValueError, match="method 'annoy'"):
         GraphSettings(method="annoy")
+    with pytest.raises(ValueError, match="HNSW storage 'pq'"):
+        GraphSettings(hnsw_storage="pq")
     with pytest.raises(ValueError, match="k must be"):
         build_knn_graph(np.ones((3, 4), dtype=np.float32), 3)
 

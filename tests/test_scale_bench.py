@@ -38,6 +38,6 @@ def test_ceiling_recall_grows_with_the_candidates_and_reaches_exact(bench):
 
 def test_frontier_variants_go_from_cheap_to_thorough(bench):
     v = bench.frontier_variants(128, ms=(16, 32), refines=(4, 16))
-    assert list(v) == ["hnsw, PCA 128, re-rank x4, M 16", "hnsw, PCA 128, re-rank x16, M 16",
-                       "hnsw, PCA 128, re-rank x4, M 32", "hnsw, PCA 128, re-rank x16, M 32"]
+    assert list(v) == ["hnsw fp16, PCA 128, re-rank x4, M 16", "hnsw fp16, PCA 128, re-rank x16, M 16",
+                       "hnsw fp16, PCA 128, re-rank x4, M 32", "hnsw fp16, PCA 128, re-rank x16, M 32"]
     assert {s.hnsw_m for s in v.values()} == {16, 32} and {s.refine for s in v.values()} == {4, 16}
