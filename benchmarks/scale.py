@@ -25,7 +25,8 @@ ceiling of any search on the PCA-reduced rows (their exact nearest candidates, r
 price of recall on this spectrum.
 
 ``auroc``: the noise benchmark's symmetric flips (10/20/40%) on the real embeddings of the suite
-cache (``<cache>/arrays/<collection>_<backbone>.npz``, training split), the kNN signal's AUROC with
+cache (the collection's project under ``--cache``, ingested and embedded first when it is not
+there; training split), the kNN signal's AUROC with
 the exact graph and with each approximate one.
 
 The 2-core machine this ran on was shared with other jobs: the load average at the start of each
@@ -76,13 +77,13 @@ class PeakRss:
         self.added_mb = self.peak_mb - self.start_mb
 
 
-def real_shape(path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def real_shape(train: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean (d,), centroid basis (r, d), within-class basis (r', d)) of a real collection's training
-    embeddings: Gaussians with these covariances have its spectrum. Without the arrays, a stand-in:
-    centroids in a 64-dimensional subspace, within-class variation of rank 32, isotropic noise."""
-    if path is not None and path.exists():
-        z = np.load(path, allow_pickle=True)
-        X, y = z["X_train"].astype(np.float64), z["y_train"].astype(int)
+    embeddings and labels ``train``: Gaussians with these covariances have its spectrum. Without
+    them, a stand-in: centroids in a 64-dimensional subspace, within-class variation of rank 32,
+    isotropic noise."""
+    if train is not None:
+        X, y = np.asarray(train[0], dtype=np.float64), np.asarray(train[1]).astype(int)
         classes = np.unique(y)
         cent = np.stack([X[y == c].mean(axis=0) for c in classes])
         resid = X - cent[np.searchsorted(classes, y)]
@@ -260,6 +261,7 @@ def main() -> None:
     ap.add_argument("--graphs", default="", help="recall/auroc: only these approximate graphs (';'-separated "
                     "methods as the CSV names them); default: all")
     ap.add_argument("--collections", default="inat-plants-dev,cub100")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--shape-of", default="inat-plants-dev", help="the synthetic features take this collection's spectrum")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--parts", default="signals,recall,auroc")
@@ -272,7 +274,10 @@ def main() -> None:
     graphs = variants(args.pca_dim, args.refine)
     if args.graphs:
         graphs = {k: v for k, v in graphs.items() if k in args.graphs.split(";")}
-    shape = real_shape(args.cache / "arrays" / f"{args.shape_of}_{args.backbone}.npz")
+    from fieldguide.suite.collections import bundled_collections, collection_features
+
+    f = collection_features(bundled_collections(args.data)[args.shape_of], args.cache, backbone=args.backbone)
+    shape = real_shape((f.X_train, f.y_train))
     if "signals" in parts:
         settings = GraphSettings(method=args.method, pca_dim=args.pca_dim, refine=args.refine)
         for n in sizes:
@@ -287,19 +292,17 @@ def main() -> None:
         rows += ceiling_rows(X, args.pca_dim, setting="symmetric 10%")
     if "auroc" in parts:
         for name in args.collections.split(","):
-            path = args.cache / "arrays" / f"{name}_{args.backbone}.npz"
-            if not path.exists():
-                log.warning("%s: no arrays at %s, skipped", name, path)
-                continue
-            z = np.load(path, allow_pickle=True)
-            X, y = z["X_train"], z["y_train"].astype(int)
+            # the suite's project of the collection (ingested and embedded first when not yet)
+            f = collection_features(bundled_collections(args.data)[name], args.cache, backbone=args.backbone)
+            X, y = f.X_train, f.y_train
             for rate in (0.1, 0.2, 0.4):
-                noisy = inject_noise(y, len(z["classes"]), rate, "symmetric", seed=0)
+                noisy = inject_noise(y, f.n_classes, rate, "symmetric", seed=0)
                 rows += graph_rows("auroc", name, X, noisy, noisy != y, graphs, f"symmetric {rate:.0%}")
     out = pd.DataFrame(rows)
-    if args.out.exists():  # parts not run this time keep their rows
+    if args.out.exists():  # parts (and sizes of a part) not run this time keep their rows
         old = pd.read_csv(args.out)
-        out = pd.concat([old[~old["part"].isin(out["part"].unique())], out], ignore_index=True)
+        ran = pd.MultiIndex.from_frame(out[["part", "n"]].drop_duplicates())
+        out = pd.concat([old[~pd.MultiIndex.from_frame(old[["part", "n"]]).isin(ran)], out], ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.out, index=False)
     print(out.to_markdown(index=False))
