@@ -7,8 +7,9 @@
 Each student is distilled from random init (no labels; token, patch and feature levels; MSE +
 cosine; strong augmentation) on the collection's train images (cub100: its own split;
 inat-plants-dev: the suite's, 30% of each species to test, ``random.Random(7)``), the teacher's
-targets cached on ``--cached-views`` fixed views per image (0: the online path, a teacher pass per batch), with the checkpoints of
-:func:`fieldguide.models.distill.distill_images` (a rerun resumes). Then the distilled student,
+targets cached on ``--cached-views`` fixed views per image (0: the online path, a teacher pass
+per batch), with the checkpoints of :func:`fieldguide.models.distill.distill_images` (a rerun
+resumes). Then the distilled student,
 the same architecture at random init and the teacher are scored on frozen features: 1-NN (cosine)
 test top-1 and plain LR test top-1 (``LogisticRegression(C=10)`` on L2-normalised features). The
 teacher's features come from the suite's cache (224 px; the collection is ingested and embedded
@@ -77,7 +78,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
-    ap.add_argument("--collection", default="inat-plants-dev", help="A bundled collection (cub100, inat-plants-dev).")
+    ap.add_argument("--collection", default="inat-plants-dev",
+                    help="A bundled collection (cub100, inat-plants-dev).")
     ap.add_argument("--teacher", default="efficientnet_lite0")
     ap.add_argument("--students", default="vit_tiny_patch16_224,levit_128s")
     ap.add_argument("--image-size", type=int, default=96)
@@ -120,13 +122,13 @@ def main() -> None:
         if not args.evaluate_checkpoint and name not in set(done.loc[done["collection"] == coll, "backbone"]):
             torch.manual_seed(0)
             random_bb, _ = create_student(arch, args.image_size)
-            rows.append(scored_row(random_bb, paths, y, test, len(classes), collection=coll, backbone=name, arch=arch, init="random",
-                                   image_size=args.image_size, epochs=0))
+            rows.append(scored_row(random_bb, paths, y, test, len(classes), collection=coll, backbone=name,
+                                   arch=arch, init="random", image_size=args.image_size, epochs=0))
             write_rows(rows, args.out)
         student, kwargs = create_student(arch, args.image_size)
         prefix = "" if coll == "inat-plants-dev" else f"{coll}-"  # inat-plants-dev's folders predate --collection
-        folder = args.work / (f"{prefix}{arch}-{args.image_size}px-{args.epochs}ep-v{args.cached_views}-t{args.teacher_size}"
-                              f"-w{args.token_weight:g}-lr{args.lr:g}")
+        folder = args.work / (f"{prefix}{arch}-{args.image_size}px-{args.epochs}ep-v{args.cached_views}"
+                              f"-t{args.teacher_size}-w{args.token_weight:g}-lr{args.lr:g}")
         folder.mkdir(parents=True, exist_ok=True)
         ckpt_path = folder / "last.pt"
         resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
@@ -152,8 +154,8 @@ def main() -> None:
                 "interpolation": student.interpolation, "crop_pct": student.crop_pct, "teacher": args.teacher})
             epochs = args.epochs
             name += f", {args.epochs} ep)"
-        rows.append(scored_row(student, paths, y, test, len(classes), collection=coll, backbone=name, arch=arch, init="distilled",
-                               image_size=args.image_size, epochs=epochs, **recipe,
+        rows.append(scored_row(student, paths, y, test, len(classes), collection=coll, backbone=name, arch=arch,
+                               init="distilled", image_size=args.image_size, epochs=epochs, **recipe,
                                views_seconds=state.views_seconds, distill_seconds=state.seconds,
                                distill_images_per_s=state.images / state.seconds if state.seconds else ""))
         logging.info("%s: %s", arch, rows[-1])

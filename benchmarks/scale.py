@@ -2,7 +2,8 @@
 against exact search, and the kNN signal's AUROC with the approximate graph against the exact one.
 
     OMP_NUM_THREADS=2 PYTHONPATH=$PWD python benchmarks/scale.py [--cache benchmarks/.cache] \\
-        [--sizes 100000,200000] [--recall-n 50000] [--method hnsw] [--pca-dim 128] [--parts signals,recall,frontier,auroc]
+        [--sizes 100000,200000] [--recall-n 50000] [--method hnsw] [--pca-dim 128] \\
+        [--parts signals,recall,frontier,auroc]
 
 ``signals``: for each size n of ``--sizes`` (1,000,000 works too, given ~16 GB: the features are
 5 GB and the pred_probs 4 GB in float32), a synthetic collection of n samples of 1,000 classes in
