@@ -65,7 +65,9 @@ def collection_split(cache: Path, data: Path, collection: str, teacher: str):
     """The collection's :class:`~fieldguide.suite.collections.Features` with the teacher's embeddings
     (ingested and embedded into ``cache/<collection>`` when not yet there) and ``(paths, labels as
     indices, test mask)`` of its labeled images in that order: cub100 by its own split, a collection
-    without one by the suite's (30% of each species to test, ``random.Random(7)``)."""
+    without one by the suite's (30% of each species to test, ``random.Random(7)``; for
+    inat-plants-dev the same train rows, in the same order, as the metadata.csv split this script
+    read before ``--collection``: checked equal to the last digit)."""
     from fieldguide.suite.collections import bundled_collections, collection_features
 
     f = collection_features(bundled_collections(data)[collection], cache, backbone=teacher)
@@ -112,8 +114,8 @@ def main() -> None:
     train_paths = [p for p, t in zip(paths, test) if not t][:args.limit or None]
     teacher = load_backbone(args.teacher)
     rows = [{"collection": coll, "backbone": args.teacher, "arch": args.teacher, "init": "teacher (ImageNet)",
-             "image_size": teacher.input_size, "params_m": count_params(teacher.model) / 1e6, "epochs": "",
-             "distill_seconds": "", "distill_images_per_s": "",
+             "image_size": teacher.input_size, "params_m": count_params(teacher.model) / 1e6, "epochs": np.nan,
+             "distill_seconds": np.nan, "distill_images_per_s": np.nan,
              "knn_top1": knn_top1(Xt_tr, yt_tr, Xt_te, yt_te),
              "lr_top1": lr_top1(Xt_tr, yt_tr, Xt_te, yt_te, len(classes)), "device": "cpu (2 shared cores)"}]
     for arch in [a.strip() for a in args.students.split(",") if a.strip()]:
@@ -157,7 +159,7 @@ def main() -> None:
         rows.append(scored_row(student, paths, y, test, len(classes), collection=coll, backbone=name, arch=arch,
                                init="distilled", image_size=args.image_size, epochs=epochs, **recipe,
                                views_seconds=state.views_seconds, distill_seconds=state.seconds,
-                               distill_images_per_s=state.images / state.seconds if state.seconds else ""))
+                               distill_images_per_s=state.images / state.seconds if state.seconds else np.nan))
         logging.info("%s: %s", arch, rows[-1])
         write_rows(rows, args.out)
     print(write_rows(rows, args.out).to_string(index=False))

@@ -3,7 +3,7 @@ against exact search, and the kNN signal's AUROC with the approximate graph agai
 
     OMP_NUM_THREADS=2 PYTHONPATH=$PWD python benchmarks/scale.py [--cache benchmarks/.cache] \\
         [--sizes 100000,200000] [--recall-n 50000] [--method hnsw] [--pca-dim 128] \\
-        [--parts signals,recall,frontier,auroc]
+        [--parts signals,recall,frontier,storage,auroc]
 
 ``signals``: for each size n of ``--sizes`` (1,000,000 works too, given ~16 GB: the features are
 5 GB and the pred_probs 4 GB in float32), a synthetic collection of n samples of 1,000 classes in
@@ -24,6 +24,9 @@ AUROC of the kNN signal on the synthetic flips with each graph.
 node M 16/32/48 x 4..24 candidates per neighbour re-ranked), their time and recall@10, and the
 ceiling of any search on the PCA-reduced rows (their exact nearest candidates, re-ranked): the
 price of recall on this spectrum.
+
+``storage``: on the same samples, the default graph with the HNSW index keeping the PCA rows as
+half floats (the default), 8-bit codes, or float32.
 
 ``auroc``: the noise benchmark's symmetric flips (10/20/40%) on the real embeddings of the suite
 cache (the collection's project under ``--cache``, ingested and embedded first when it is not
@@ -170,13 +173,16 @@ def knn_auroc(labels: np.ndarray, flipped: np.ndarray, graph) -> float:
 
 
 def graph_rows(part: str, collection: str, X: np.ndarray, labels: np.ndarray, flipped: np.ndarray,
-               variants: dict, setting: str = "") -> list[dict]:
-    """Exact graph and each approximate variant: build time, recall@10, kNN-signal AUROC."""
+               variants: dict, setting: str = "", graphs: dict | None = None) -> list[dict]:
+    """Exact graph and each approximate variant: build time, recall@10, kNN-signal AUROC (the
+    exact graph is also left in ``graphs["exact"]`` when ``graphs`` is given)."""
     from fieldguide.curation.knn_graph import GraphSettings, build_knn_graph, recall_at_k
 
     load = _load()
     with PeakRss() as m:
         exact = build_knn_graph(X, 10, GraphSettings(method="exact"))
+    if graphs is not None:
+        graphs["exact"] = exact
     exact_auroc = knn_auroc(labels, flipped, exact)
     base = {"part": part, "collection": collection, "n": len(X), "setting": setting, "load": load}
     rows = [{**base, "method": "exact", "seconds": round(m.seconds, 1), "peak_mb": round(m.added_mb),
@@ -224,15 +230,18 @@ def frontier_variants(pca_dim: int, ms=(16, 32, 48), refines=(4, 8, 12, 16, 24))
             (GraphSettings(method="hnsw", pca_dim=pca_dim, refine=r, hnsw_m=m) for m in ms for r in refines)}
 
 
-def ceiling_rows(X: np.ndarray, pca_dim: int, refines=(4, 8, 12, 16, 24), setting: str = "") -> list[dict]:
+def ceiling_rows(X: np.ndarray, pca_dim: int, refines=(4, 8, 12, 16, 24), setting: str = "",
+                 exact: np.ndarray | None = None) -> list[dict]:
     """The best any search on the PCA-reduced rows can do: their exact nearest candidates
-    (``IndexFlatIP``), re-ranked on the full rows; recall@10 against exact search on the full rows."""
-    from fieldguide.curation.knn_graph import GraphSettings, build_knn_graph, normalized, recall_at_k, rerank
-
-    exact = build_knn_graph(X, 10, GraphSettings(method="exact")).indices
-    Xr = normalized(X, pca_dim)
+    (``IndexFlatIP``), re-ranked on the full rows; recall@10 against ``exact`` (the exact graph's
+    (n, 10) indices on the full rows; built when not given)."""
     import faiss
 
+    from fieldguide.curation.knn_graph import GraphSettings, build_knn_graph, normalized, recall_at_k, rerank
+
+    if exact is None:
+        exact = build_knn_graph(X, 10, GraphSettings(method="exact")).indices
+    Xr = normalized(X, pca_dim)
     index = faiss.IndexFlatIP(Xr.shape[1])
     index.add(Xr)
     rows = []
@@ -249,7 +258,7 @@ def ceiling_rows(X: np.ndarray, pca_dim: int, refines=(4, 8, 12, 16, 24), settin
 
 
 def main() -> None:
-    from fieldguide.curation.knn_graph import GraphSettings
+    from fieldguide.curation.knn_graph import HNSW_STORAGE, GraphSettings
     from fieldguide.curation.noise_bench import inject_noise
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -277,8 +286,10 @@ def main() -> None:
         graphs = {k: v for k, v in graphs.items() if k in args.graphs.split(";")}
     from fieldguide.suite.collections import bundled_collections, collection_features
 
-    f = collection_features(bundled_collections(args.data)[args.shape_of], args.cache, backbone=args.backbone)
-    shape = real_shape((f.X_train, f.y_train))
+    shape = None
+    if parts & {"signals", "recall", "frontier", "storage"}:  # the synthetic collections take a real spectrum
+        f = collection_features(bundled_collections(args.data)[args.shape_of], args.cache, backbone=args.backbone)
+        shape = real_shape((f.X_train, f.y_train))
     if "signals" in parts:
         settings = GraphSettings(method=args.method, pca_dim=args.pca_dim, refine=args.refine)
         for n in sizes:
@@ -288,9 +299,15 @@ def main() -> None:
         rows += graph_rows("recall", "synthetic", X, noisy, noisy != clean, graphs, "symmetric 10%")
     if "frontier" in parts:  # what recall each setting buys, and how far a search on PCA rows can go
         X, clean, noisy, _ = synthetic(args.recall_n, shape)
+        built: dict = {}
         rows += graph_rows("frontier", "synthetic", X, noisy, noisy != clean, frontier_variants(args.pca_dim),
-                           "symmetric 10%")
-        rows += ceiling_rows(X, args.pca_dim, setting="symmetric 10%")
+                           "symmetric 10%", graphs=built)
+        rows += ceiling_rows(X, args.pca_dim, setting="symmetric 10%", exact=built["exact"].indices)
+    if "storage" in parts:  # how the HNSW index keeps the PCA rows, at the default links and re-ranking
+        X, clean, noisy, _ = synthetic(args.recall_n, shape)
+        rows += graph_rows("storage", "synthetic", X, noisy, noisy != clean,
+                           {graph_label(s): s for s in (GraphSettings(method="hnsw", hnsw_storage=st)
+                                                        for st in HNSW_STORAGE)}, "symmetric 10%")
     if "auroc" in parts:
         for name in args.collections.split(","):
             # the suite's project of the collection (ingested and embedded first when not yet)
@@ -302,8 +319,9 @@ def main() -> None:
     out = pd.DataFrame(rows)
     if args.out.exists():  # parts (and sizes of a part) not run this time keep their rows
         old = pd.read_csv(args.out)
-        ran = pd.MultiIndex.from_frame(out[["part", "n"]].drop_duplicates())
-        out = pd.concat([old[~pd.MultiIndex.from_frame(old[["part", "n"]]).isin(ran)], out], ignore_index=True)
+        key = ["part", "collection", "n"]
+        ran = pd.MultiIndex.from_frame(out[key].drop_duplicates())
+        out = pd.concat([old[~pd.MultiIndex.from_frame(old[key]).isin(ran)], out], ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.out, index=False)
     print(out.to_markdown(index=False))

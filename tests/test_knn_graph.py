@@ -54,9 +54,23 @@ def test_approximate_graph_recall_at_10(method):
 def test_hnsw_storage_keeps_the_recall(storage):
     """Half floats (the default) and 8-bit codes in the HNSW index: the same neighbours as float32,
     once re-ranked on the full rows."""
+    import faiss
+
+    from fieldguide.curation.knn_graph import _index, normalized
+
     X, _ = _clustered(3000, d=32)
+    settings = GraphSettings(method="hnsw", pca_dim=10, refine=4, hnsw_storage=storage)
+    index = _index(normalized(X, 10), "hnsw", settings, 44)
+    if storage == "flat":
+        assert isinstance(index, faiss.IndexHNSWFlat)
+    else:  # the rows are kept as the asked codes: 2 bytes (fp16) or 1 byte (sq8) per dimension
+        assert isinstance(index, faiss.IndexHNSWSQ)
+        sq = faiss.downcast_index(index.storage).sq
+        assert sq.qtype == {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}[storage]
+        assert sq.code_size == {"fp16": 20, "sq8": 10}[storage]
+    assert index.ntotal == len(X) and index.hnsw.efSearch >= 44
     exact = build_knn_graph(X, 10, GraphSettings(method="exact"))
-    graph = build_knn_graph(X, 10, GraphSettings(method="hnsw", pca_dim=10, refine=4, hnsw_storage=storage))
+    graph = build_knn_graph(X, 10, settings)
     assert recall_at_k(graph.indices, exact.indices) >= 0.95
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     assert np.allclose(graph.distances, 1 - (Xn[np.arange(len(X))[:, None]] * Xn[graph.indices]).sum(-1), atol=1e-5)
