@@ -38,8 +38,8 @@ class GraphSettings:
     search returns this many candidates per wanted neighbour, re-ranked on the full rows (0: none);
     hnsw_m / ef_search / ef_construction: HNSW's links per node and search / build breadth;
     hnsw_storage: how the HNSW index keeps the rows: ``fp16`` (half floats, ``IndexHNSWSQ``: the
-    same recall as ``flat`` float32 and ~30% faster to build and search, as it reads half the
-    memory), ``sq8`` (8-bit scalar quantisation) or ``flat``; nprobe:
+    same recall as ``flat`` float32 in half the memory), ``sq8`` (8-bit scalar quantisation, ranges
+    learnt on a sample: a quarter of the memory) or ``flat``; nprobe:
     IVF lists visited per query (the index has ``4 * sqrt(n)`` lists).
     """
 
