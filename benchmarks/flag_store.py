@@ -48,9 +48,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script scale.py
-from scale import PeakRss, real_shape, synthetic  # noqa: E402
+from scale import PeakRss, suite_shape, synthetic  # noqa: E402
 
-SHAPE_OF = ROOT / "benchmarks" / ".cache" / "arrays" / "inat-plants-dev_efficientnet_lite0.npz"
+CACHE, DATA = ROOT / "benchmarks" / ".cache", ROOT.parent / "shared" / "data"  # the suite's, for the spectrum
 FOLDS = 5
 CHUNK = 10_000  # samples per store write of the predictions (their logits as Python floats: ~300 MB)
 log = logging.getLogger("flag_store")
@@ -63,7 +63,7 @@ def load() -> float:
 def synthetic_collection(n: int, classes: int, shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(features (n, 1280) float32, noisy labels in 0..classes-1, pred_probs (n, classes) float64)``:
     :func:`scale.synthetic`'s 1,000 classes folded onto ``classes`` (class j -> j % classes)."""
-    X, _, noisy, probs = synthetic(n, shape if shape is not None else real_shape(SHAPE_OF))
+    X, _, noisy, probs = synthetic(n, shape if shape is not None else suite_shape(CACHE, DATA, build=False))
     if classes != probs.shape[1]:
         fold = np.zeros((probs.shape[1], classes), dtype=np.float32)
         fold[np.arange(probs.shape[1]), np.arange(probs.shape[1]) % classes] = 1

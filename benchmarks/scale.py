@@ -100,6 +100,19 @@ def real_shape(train: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray,
     return np.zeros(DIM, np.float32), (1.5 / 8 * rng.standard_normal((64, DIM))).astype(np.float32), within.astype(np.float32)
 
 
+def suite_shape(cache: Path, data: Path, collection: str = "inat-plants-dev", backbone: str = "efficientnet_lite0",
+                *, build: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`real_shape` of ``collection``'s training embeddings in the suite's project under
+    ``cache`` (ingested and embedded first when it is not there and ``build``; else the stand-in)."""
+    from fieldguide.config import CONFIG_NAME
+    from fieldguide.suite.collections import bundled_collections, collection_features
+
+    if not build and not (Path(cache) / collection / CONFIG_NAME).is_file():
+        return real_shape(None)
+    f = collection_features(bundled_collections(data)[collection], cache, backbone=backbone)
+    return real_shape((f.X_train, f.y_train))
+
+
 def synthetic(n: int, shape: tuple, *, seed: int = 0, noise_rate: float = 0.1):
     """(features (n, 1280) float32, clean labels, noisy labels, pred_probs (n, 1000) float32): 1,000
     class centroids and each sample's deviation from its centroid drawn from Gaussians with the
@@ -288,8 +301,7 @@ def main() -> None:
 
     shape = None
     if parts & {"signals", "recall", "frontier", "storage"}:  # the synthetic collections take a real spectrum
-        f = collection_features(bundled_collections(args.data)[args.shape_of], args.cache, backbone=args.backbone)
-        shape = real_shape((f.X_train, f.y_train))
+        shape = suite_shape(args.cache, args.data, args.shape_of, args.backbone)
     if "signals" in parts:
         settings = GraphSettings(method=args.method, pca_dim=args.pca_dim, refine=args.refine)
         for n in sizes:
