@@ -30,6 +30,17 @@ def no_project_from_the_environment(monkeypatch):
     monkeypatch.delenv("FIELDGUIDE_PROJECT", raising=False)
 
 
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_image(path: Path, color: tuple[int, int, int], size: int = 32, seed: int = 0) -> Path:
     """A small JPEG: a base colour plus noise, so images of one class look alike."""
     rng = np.random.default_rng(seed)
