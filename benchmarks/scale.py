@@ -250,7 +250,8 @@ def ceiling_rows(X: np.ndarray, pca_dim: int, refines=(4, 8, 12, 16, 24), settin
     (n, 10) indices on the full rows; built when not given)."""
     import faiss
 
-    from fieldguide.curation.knn_graph import GraphSettings, build_knn_graph, normalized, recall_at_k, rerank
+    from fieldguide.curation.knn_graph import (GraphSettings, _drop_self, build_knn_graph, normalized, recall_at_k,
+                                               rerank)
 
     if exact is None:
         exact = build_knn_graph(X, 10, GraphSettings(method="exact")).indices
@@ -261,8 +262,8 @@ def ceiling_rows(X: np.ndarray, pca_dim: int, refines=(4, 8, 12, 16, 24), settin
     for r in refines:
         with PeakRss() as m:
             _, cand = index.search(Xr, 11 * r)
-            _, idx = rerank(X, cand, 11)
-        idx = np.stack([row[row != i][:10] for i, row in enumerate(idx)])
+            sims, idx = rerank(X, cand, 11)
+        idx, _ = _drop_self(idx, 1.0 - sims, 10)
         rows.append({"part": "frontier", "collection": "synthetic", "n": len(X), "setting": setting, "load": _load(),
                      "method": f"exact on PCA {pca_dim}, re-rank x{r}", "seconds": round(m.seconds, 1),
                      "peak_mb": round(m.added_mb), "recall_at_10": round(recall_at_k(idx, exact), 4)})

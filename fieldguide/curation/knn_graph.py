@@ -121,9 +121,10 @@ BLOCK = 50_000  # rows per block of the blockwise passes
 
 
 def _unit_rows(rows: np.ndarray) -> np.ndarray:
-    X = np.array(rows, dtype=np.float32, order="C", copy=True)
-    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    return X
+    """``rows`` as a new array of L2-normalised float32 rows (a zero row stays zero)."""
+    from sklearn.preprocessing import normalize
+
+    return normalize(np.asarray(rows, dtype=np.float32))
 
 
 def build_knn_graph(features: np.ndarray, k: int, settings: GraphSettings = GraphSettings()) -> KnnGraph:
@@ -209,10 +210,11 @@ def _index(X: np.ndarray, method: str, settings: GraphSettings, wanted: int):
         if settings.hnsw_storage == "flat":
             index = faiss.IndexHNSWFlat(d, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         else:
-            qtype = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}[settings.hnsw_storage]
-            index = faiss.IndexHNSWSQ(d, qtype, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            sample = np.random.default_rng(settings.seed).choice(n, min(n, 50_000), replace=False)
-            index.train(X[np.sort(sample)])  # sq8: each dimension's range (fp16 learns nothing)
+            qtype = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
+            index = faiss.IndexHNSWSQ(d, qtype[settings.hnsw_storage], settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            if not index.is_trained:  # sq8 learns each dimension's range on a sample; fp16 needs nothing
+                sample = np.random.default_rng(settings.seed).choice(n, min(n, 50_000), replace=False)
+                index.train(X[np.sort(sample)])
         index.hnsw.efConstruction = settings.ef_construction
         index.hnsw.efSearch = max(settings.ef_search, wanted)  # FAISS does not widen it to k itself
     else:
